@@ -1,0 +1,5 @@
+"""Where messages, devices and room membership are kept: Redis or SQLite, one contract."""
+
+from storage.base import Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
+
+__all__ = ["Delivery", "HeadAck", "Message", "Store", "StoreUnavailable", "StoredMessage"]

@@ -1,0 +1,124 @@
+"""The one store interface that both back-ends implement.
+
+The store is the source of truth for reliable delivery: devices, their queues and room
+membership live here, not in process memory, so a restart or another node sees the same state.
+Every method is one atomic decision (a Lua script on Redis, one transaction on SQLite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a site asked to send, encoded once for every device that stores it."""
+
+    event: str
+    args: list[Any]
+    resync: bool = False
+
+    def encode(self) -> bytes:
+        """One byte of flags, then the JSON of ``[event, *args]`` exactly as ``_batch`` holds it."""
+        return (b"1" if self.resync else b"0") + orjson.dumps([self.event, *self.args])
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message in one device's queue; ``seq`` is dense and increasing per device."""
+
+    seq: int
+    event: str
+    args: list[Any]
+    resync: bool
+
+    @classmethod
+    def decode(cls, seq: int, record: bytes) -> StoredMessage:
+        event, *args = orjson.loads(record[1:])
+        return cls(seq=seq, event=event, args=args, resync=record[:1] == b"1")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stored copy of a message: for ``device`` of ``user``, at position ``seq``."""
+
+    user: str
+    device: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeadAck:
+    """The outcome of a resync ack: removed as the head, or the event's queue was cleared.
+
+    ``cleared_through`` is the device's last assigned seq when the queue was cleared, so the
+    caller can skip live copies of messages that were cleared before they were emitted.
+    """
+
+    cleared: bool
+    cleared_through: int = 0
+
+
+class Store(Protocol):
+    """Per-device message queues and the membership index, for every site.
+
+    ``device_ttl`` (seconds, 0 = never) is how long a device's queue outlives its last
+    connection. User and device names are opaque strings; shared room names compare
+    case-insensitively.
+    """
+
+    device_ttl: int
+
+    async def open(self) -> None:
+        """Connect, create what is missing, and recover state a crash left behind."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers now."""
+
+    async def connect_device(
+        self, site: str, user: str, device: str, shared_rooms: Sequence[str]
+    ) -> bool:
+        """Count one more connection of ``device`` and stop its expiry.
+
+        ``shared_rooms`` replaces the user's membership (the latest auth answer wins). A device
+        whose queue had expired starts empty. Returns True if the user had no connection before.
+        """
+
+    async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
+        """Count one connection of ``device`` less; at zero its queue starts to expire.
+
+        ``forget`` drops the queue at once (a device that can never come back). Returns True
+        if the user has no connection left.
+        """
+
+    async def enqueue(
+        self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
+    ) -> list[Delivery]:
+        """Store ``message`` once for every live device of ``users`` and of every user in
+        ``shared_rooms``; each device at most once. Returns where it was stored."""
+
+    async def pending(
+        self, site: str, user: str, device: str, after_seq: int = 0
+    ) -> list[StoredMessage]:
+        """The device's stored messages with ``seq > after_seq``, oldest first."""
+
+    async def ack(self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]) -> int:
+        """Remove exactly the ``(seq, event)`` messages given; returns how many were there."""
+
+    async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
+        """Resync ack: remove ``seq`` if it is the oldest pending message of ``event``; if an
+        older one of that event is pending, clear every pending message of ``event`` instead.
+        An ack of a message that is no longer stored changes nothing."""
+
+    async def shared_room_members(self, site: str, room: str) -> set[str]:
+        """Users whose latest auth answer holds ``room`` and who have not expired."""

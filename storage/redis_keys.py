@@ -1,0 +1,35 @@
+"""Every Redis key this service writes, in one place.
+
+User and device names are escaped (``%`` and ``:``) so that no two (user, device) pairs can
+name the same key; the Lua scripts receive escaped names and only ever join them with ``:``.
+
+    {prefix}{site}:dev:{user}:{device}   HASH  seq (last assigned), conns
+    {prefix}{site}:msg:{user}:{device}   HASH  seq -> record (flags byte + JSON [event, *args])
+    {prefix}{site}:evt:{user}:{device}   ZSET  "event\\0<seq, 20 digits>", score 0: per-event order
+    {prefix}{site}:user:{user}           HASH  conns
+    {prefix}{site}:devices:{user}        SET   device names
+    {prefix}{site}:rooms:{user}          SET   shared rooms (lower case) from the latest auth
+    {prefix}{site}:members:{room}        SET   users holding the shared room
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "sws:"
+SEQ_DIGITS = 20
+
+
+def escape(name: str) -> str:
+    return name.replace("%", "%25").replace(":", "%3A")
+
+
+def unescape(name: str) -> str:
+    return name.replace("%3A", ":").replace("%25", "%")
+
+
+def site_prefix(prefix: str, site: str) -> str:
+    """The part every key of ``site`` starts with; scripts append the rest."""
+    return f"{prefix}{escape(site)}:"
+
+
+def event_member(event: str, seq: int) -> str:
+    return f"{event}\0{seq:0{SEQ_DIGITS}d}"

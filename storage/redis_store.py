@@ -1,0 +1,142 @@
+"""Redis store: for production, and for several nodes sharing one Redis.
+
+Each decision is one Lua script (see ``redis_scripts``), so it is atomic across nodes and costs
+one round trip however many devices a /send reaches. No ``KEYS``: every key a script touches is
+found from the sets that index it (``redis_keys``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from storage import redis_scripts as scripts
+from storage.base import Delivery, HeadAck, Message, StoredMessage, StoreUnavailable
+from storage.redis_keys import DEFAULT_PREFIX, escape, event_member, site_prefix, unescape
+
+T = TypeVar("T")
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        device_ttl: int,
+        key_prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.device_ttl = device_ttl
+        self.key_prefix = key_prefix
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+        )
+        self._connect = self.redis.register_script(scripts.CONNECT_DEVICE)
+        self._disconnect = self.redis.register_script(scripts.DISCONNECT_DEVICE)
+        self._enqueue = self.redis.register_script(scripts.ENQUEUE)
+        self._ack = self.redis.register_script(scripts.ACK)
+        self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
+
+    async def open(self) -> None:
+        await self.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis error: {exc}") from exc
+
+    async def _run(self, script: Any, *args: Any) -> Any:
+        return await self._call(lambda: script(keys=[], args=list(args)))
+
+    def _prefix(self, site: str) -> str:
+        return site_prefix(self.key_prefix, site)
+
+    async def ping(self) -> None:
+        await self._call(self.redis.ping)
+
+    async def connect_device(
+        self, site: str, user: str, device: str, shared_rooms: Sequence[str]
+    ) -> bool:
+        rooms = sorted({escape(room.lower()) for room in shared_rooms})
+        conns = await self._run(self._connect, self._prefix(site), escape(user), escape(device), *rooms)
+        return int(conns) == 1
+
+    async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
+        left = await self._run(
+            self._disconnect,
+            self._prefix(site),
+            escape(user),
+            escape(device),
+            self.device_ttl * 1000,
+            "1" if forget else "0",
+        )
+        return int(left) <= 0
+
+    async def enqueue(
+        self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
+    ) -> list[Delivery]:
+        rooms = {escape(room.lower()) for room in shared_rooms}
+        flat = await self._run(
+            self._enqueue,
+            self._prefix(site),
+            message.event,
+            message.encode(),
+            len(users),
+            *[escape(user) for user in users],
+            *rooms,
+        )
+        return [
+            Delivery(user=unescape(flat[i].decode()), device=unescape(flat[i + 1].decode()),
+                     seq=int(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def pending(
+        self, site: str, user: str, device: str, after_seq: int = 0
+    ) -> list[StoredMessage]:
+        key = f"{self._prefix(site)}msg:{escape(user)}:{escape(device)}"
+        records: dict[bytes, bytes] = await self._call(lambda: self.redis.hgetall(key))
+        ordered = sorted((int(seq), record) for seq, record in records.items())
+        return [StoredMessage.decode(seq, record) for seq, record in ordered if seq > after_seq]
+
+    async def ack(self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]) -> int:
+        if not acked:
+            return 0
+        args: list[Any] = []
+        for seq, event in acked:
+            args += [seq, event_member(event, seq)]
+        removed = await self._run(self._ack, self._prefix(site), escape(user), escape(device), *args)
+        return int(removed)
+
+    async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
+        through = int(
+            await self._run(
+                self._ack_head, self._prefix(site), escape(user), escape(device), seq, event
+            )
+        )
+        if through < 0:
+            return HeadAck(cleared=False)
+        return HeadAck(cleared=True, cleared_through=through)
+
+    async def shared_room_members(self, site: str, room: str) -> set[str]:
+        prefix = self._prefix(site)
+        members = await self._call(
+            lambda: self.redis.smembers(f"{prefix}members:{escape(room.lower())}")
+        )
+        alive = set()
+        for member in members:
+            name = member.decode()
+            if await self._call(lambda n=name: self.redis.exists(f"{prefix}user:{n}")):
+                alive.add(unescape(name))
+        return alive

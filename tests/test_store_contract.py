@@ -1,0 +1,245 @@
+"""One contract, both stores: every test here runs on SQLite and on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from storage import Message, Store
+from tests.conftest import make_store
+
+SITE = "shop"
+
+
+def msg(event: str, *args: object, resync: bool = False) -> Message:
+    return Message(event=event, args=list(args), resync=resync)
+
+
+async def until(predicate_coro, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a time-based store change (TTL expiry), polling the store itself."""
+    deadline = time.monotonic() + timeout
+    while not await predicate_coro():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_messages_are_kept_in_send_order_across_events(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "phone", [])
+    for i, event in enumerate(["a", "b", "a", "c"]):
+        await store.enqueue(SITE, ["user_1"], [], msg(event, i))
+    pending = await store.pending(SITE, "user_1", "phone")
+    assert [(m.event, m.args) for m in pending] == [("a", [0]), ("b", [1]), ("a", [2]), ("c", [3])]
+    assert [m.seq for m in pending] == [1, 2, 3, 4]
+
+
+async def test_enqueue_reports_each_device_once(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "phone", ["Staff"])
+    await store.connect_device(SITE, "user_1", "laptop", ["Staff"])
+    await store.connect_device(SITE, "user_2", "phone", ["staff"])
+    deliveries = await store.enqueue(SITE, ["user_1", "user_1"], ["STAFF", "staff"], msg("e"))
+    assert sorted((d.user, d.device) for d in deliveries) == [
+        ("user_1", "laptop"), ("user_1", "phone"), ("user_2", "phone")]
+    assert {len(await store.pending(SITE, u, d)) for u, d in
+            [("user_1", "phone"), ("user_1", "laptop"), ("user_2", "phone")]} == {1}
+
+
+async def test_unknown_user_stores_nothing(store: Store) -> None:
+    assert await store.enqueue(SITE, ["user_9"], ["nobody-here"], msg("e")) == []
+
+
+async def test_sites_do_not_share_queues_or_rooms(store: Store) -> None:
+    await store.connect_device("a", "user_1", "d", ["staff"])
+    await store.connect_device("b", "user_1", "d", ["staff"])
+    await store.enqueue("a", [], ["staff"], msg("only-a"))
+    assert [m.event for m in await store.pending("a", "user_1", "d")] == ["only-a"]
+    assert await store.pending("b", "user_1", "d") == []
+
+
+async def test_ack_removes_exactly_the_acked_messages(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", [])
+    for i in range(3):
+        await store.enqueue(SITE, ["user_1"], [], msg("e", i))
+    assert await store.ack(SITE, "user_1", "d", [(2, "e")]) == 1
+    assert [m.seq for m in await store.pending(SITE, "user_1", "d")] == [1, 3]
+    assert await store.ack(SITE, "user_1", "d", [(2, "e")]) == 0
+
+
+async def test_batch_ack_never_removes_a_message_stored_after_the_read(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", [])
+    await store.enqueue(SITE, ["user_1"], [], msg("a"))
+    await store.enqueue(SITE, ["user_1"], [], msg("b"))
+    batch = await store.pending(SITE, "user_1", "d")
+    await store.enqueue(SITE, ["user_1"], [], msg("late"))
+    assert await store.ack(SITE, "user_1", "d", [(m.seq, m.event) for m in batch]) == 2
+    assert [m.event for m in await store.pending(SITE, "user_1", "d")] == ["late"]
+
+
+async def test_pending_after_seq(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", [])
+    for i in range(4):
+        await store.enqueue(SITE, ["user_1"], [], msg("e", i))
+    assert [m.seq for m in await store.pending(SITE, "user_1", "d", after_seq=2)] == [3, 4]
+
+
+async def test_resync_ack_of_the_head_removes_it(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", [])
+    await store.enqueue(SITE, ["user_1"], [], msg("other"))
+    await store.enqueue(SITE, ["user_1"], [], msg("e", 1, resync=True))
+    await store.enqueue(SITE, ["user_1"], [], msg("e", 2, resync=True))
+    outcome = await store.ack_head(SITE, "user_1", "d", 2, "e")
+    assert not outcome.cleared
+    assert [(m.event, m.resync) for m in await store.pending(SITE, "user_1", "d")] == [
+        ("other", False), ("e", True)]
+
+
+async def test_resync_ack_past_the_head_clears_only_that_event(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", [])
+    await store.enqueue(SITE, ["user_1"], [], msg("e", 1))
+    await store.enqueue(SITE, ["user_1"], [], msg("other"))
+    await store.enqueue(SITE, ["user_1"], [], msg("e", 2))
+    outcome = await store.ack_head(SITE, "user_1", "d", 3, "e")
+    assert outcome.cleared and outcome.cleared_through == 3
+    assert [m.event for m in await store.pending(SITE, "user_1", "d")] == ["other"]
+
+
+async def test_resync_ack_of_a_message_no_longer_stored_changes_nothing(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", [])
+    await store.enqueue(SITE, ["user_1"], [], msg("e", 1))
+    await store.enqueue(SITE, ["user_1"], [], msg("e", 2))
+    await store.ack(SITE, "user_1", "d", [(2, "e")])
+    assert not (await store.ack_head(SITE, "user_1", "d", 2, "e")).cleared
+    assert [m.seq for m in await store.pending(SITE, "user_1", "d")] == [1]
+
+
+async def test_queue_expires_ttl_after_disconnect(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=1)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "d", ["staff"])
+        await store.enqueue(SITE, ["user_1"], [], msg("e"))
+        assert await store.disconnect_device(SITE, "user_1", "d", forget=False)
+        assert len(await store.pending(SITE, "user_1", "d")) == 1
+
+        async def expired() -> bool:
+            return await store.pending(SITE, "user_1", "d") == []
+
+        await until(expired)
+        assert await store.enqueue(SITE, ["user_1"], ["staff"], msg("after-expiry")) == []
+        assert await store.shared_room_members(SITE, "staff") == set()
+        await store.connect_device(SITE, "user_1", "d", [])
+        assert await store.pending(SITE, "user_1", "d") == []
+    finally:
+        await store.close()
+
+
+async def test_reconnect_before_ttl_keeps_queue_forever_while_connected(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=1)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "d", [])
+        await store.enqueue(SITE, ["user_1"], [], msg("e"))
+        await store.disconnect_device(SITE, "user_1", "d", forget=False)
+        await store.connect_device(SITE, "user_1", "d", [])
+        # A second device that disconnects expires on its own schedule; "d" must outlive it.
+        await store.connect_device(SITE, "user_1", "other", [])
+        await store.enqueue(SITE, ["user_1"], [], msg("e2"))
+        await store.disconnect_device(SITE, "user_1", "other", forget=False)
+
+        async def other_expired() -> bool:
+            return await store.pending(SITE, "user_1", "other") == []
+
+        await until(other_expired)
+        assert [m.event for m in await store.pending(SITE, "user_1", "d")] == ["e", "e2"]
+    finally:
+        await store.close()
+
+
+async def test_zero_ttl_keeps_offline_queues(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=0)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "d", [])
+        await store.disconnect_device(SITE, "user_1", "d", forget=False)
+        assert len(await store.enqueue(SITE, ["user_1"], [], msg("offline"))) == 1
+        assert [m.event for m in await store.pending(SITE, "user_1", "d")] == ["offline"]
+    finally:
+        await store.close()
+
+
+async def test_forget_drops_a_device_at_once(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "sid-1", [])
+    await store.connect_device(SITE, "user_1", "phone", [])
+    await store.enqueue(SITE, ["user_1"], [], msg("e"))
+    await store.disconnect_device(SITE, "user_1", "sid-1", forget=True)
+    assert await store.pending(SITE, "user_1", "sid-1") == []
+    deliveries = await store.enqueue(SITE, ["user_1"], [], msg("e2"))
+    assert [d.device for d in deliveries] == ["phone"]
+
+
+async def test_connection_counts_decide_first_and_last(store: Store) -> None:
+    assert await store.connect_device(SITE, "user_1", "a", [])
+    assert not await store.connect_device(SITE, "user_1", "a", [])  # second tab, same device
+    assert not await store.connect_device(SITE, "user_1", "b", [])
+    assert not await store.disconnect_device(SITE, "user_1", "a", forget=False)
+    assert not await store.disconnect_device(SITE, "user_1", "b", forget=False)
+    assert await store.disconnect_device(SITE, "user_1", "a", forget=False)
+
+
+async def test_membership_follows_the_latest_auth_answer(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", ["Staff", "admins"])
+    await store.connect_device(SITE, "user_2", "d", ["staff"])
+    assert await store.shared_room_members(SITE, "STAFF") == {"user_1", "user_2"}
+    await store.connect_device(SITE, "user_1", "d2", ["admins"])
+    assert await store.shared_room_members(SITE, "staff") == {"user_2"}
+    deliveries = await store.enqueue(SITE, [], ["staff"], msg("e"))
+    assert {d.user for d in deliveries} == {"user_2"}
+
+
+async def test_names_with_separators_do_not_collide(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "z:q", [])
+    await store.connect_device(SITE, "user_1:z", "q", [])
+    await store.enqueue(SITE, ["user_1"], [], msg("for-user-1"))
+    assert [m.event for m in await store.pending(SITE, "user_1:z", "q")] == []
+    assert [m.event for m in await store.pending(SITE, "user_1", "z:q")] == ["for-user-1"]
+
+
+async def test_reopening_keeps_queues_devices_and_membership(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    first = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600)
+    if store_kind == "sqlite":
+        path = first.path  # type: ignore[attr-defined]
+    await first.open()
+    await first.connect_device(SITE, "user_1", "d", ["staff"])
+    await first.enqueue(SITE, ["user_1"], [], msg("before", {"n": 1}))
+    await first.close()
+
+    if store_kind == "sqlite":
+        from storage.sqlite_store import SQLiteStore
+
+        second: Store = SQLiteStore(path, device_ttl=3600)
+    else:
+        second = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600)
+    await second.open()
+    try:
+        assert await second.shared_room_members(SITE, "staff") == {"user_1"}
+        await second.enqueue(SITE, [], ["staff"], msg("after"))
+        pending = await second.pending(SITE, "user_1", "d")
+        assert [(m.event, m.args) for m in pending] == [("before", [{"n": 1}]), ("after", [])]
+    finally:
+        await second.close()
+
+
+async def test_concurrent_enqueues_get_distinct_dense_seqs(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "d", ["staff"])
+    await asyncio.gather(*(store.enqueue(SITE, [], ["staff"], msg("e", i)) for i in range(50)))
+    pending = await store.pending(SITE, "user_1", "d")
+    assert [m.seq for m in pending] == list(range(1, 51))
+    assert sorted(m.args[0] for m in pending) == list(range(50))
