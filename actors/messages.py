@@ -1,0 +1,72 @@
+"""What a UserActor's mailbox carries. Transport turns socket and HTTP events into these."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from storage import Message
+
+
+@dataclass(slots=True)
+class Register:
+    """A socket passed auth: count it in the store before the handshake completes.
+
+    ``reply`` resolves to True if this is the user's first connection anywhere; it fails with
+    the store's error, which the transport turns into a connect error.
+    """
+
+    sid: str
+    device: str
+    shared_rooms: list[str]
+    authorization: str
+    forget_on_disconnect: bool
+    reply: asyncio.Future[bool]
+
+
+@dataclass(slots=True)
+class Attach:
+    """The handshake is complete: greet the socket and send what its device missed."""
+
+    sid: str
+
+
+@dataclass(slots=True)
+class Detach:
+    sid: str
+
+
+@dataclass(slots=True)
+class Deliver:
+    """``message`` was stored for these devices of the user, at these seqs."""
+
+    message: Message
+    seqs: dict[str, int]
+
+
+@dataclass(slots=True)
+class Ack:
+    """The client acked these ``(seq, event)`` messages (one live message or a whole batch)."""
+
+    device: str
+    acked: list[tuple[int, str]]
+
+
+@dataclass(slots=True)
+class ResyncAck:
+    """The client acked a message sent with ``resync``: it must be its event's oldest."""
+
+    sid: str
+    device: str
+    seq: int
+    event: str
+
+
+@dataclass(slots=True)
+class CatchUp:
+    """Deliveries were dropped because the mailbox was full: re-read every device's queue."""
+
+    reason: str = field(default="mailbox full")
+
+
+ActorMessage = Register | Attach | Detach | Deliver | Ack | ResyncAck | CatchUp

@@ -1,0 +1,82 @@
+"""Spawns a UserActor for a user on first need, watches it, and retires it when idle."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loguru import logger
+
+from actors.messages import ActorMessage
+from actors.outbox import Outbox
+from actors.user_actor import UserActor
+from webservice.config import SiteConfig
+from storage import Store
+
+
+class ActorRegistry:
+    """The actors of one site on this node."""
+
+    def __init__(self, site: SiteConfig, store: Store, outbox: Outbox) -> None:
+        self.site = site
+        self.store = store
+        self.outbox = outbox
+        self.actors: dict[str, UserActor] = {}
+        self._tasks: dict[UserActor, asyncio.Task[None]] = {}
+
+    def tell(self, user: str, message: ActorMessage) -> None:
+        """Post to the user's actor, spawning it if the user has none on this node."""
+        actor = self.actors.get(user)
+        if actor is None:
+            actor = self._spawn(user)
+        actor.tell(message)
+
+    def tell_if_present(self, user: str, message: ActorMessage) -> bool:
+        """Post only if the user has sockets here: a delivery for nobody here is already
+        safe in the store."""
+        actor = self.actors.get(user)
+        if actor is None:
+            return False
+        actor.tell(message)
+        return True
+
+    def _spawn(self, user: str) -> UserActor:
+        actor = UserActor(self, user)
+        self.actors[user] = actor
+        task = asyncio.create_task(actor.run(), name=f"actor:{self.site.name}:{user}")
+        self._tasks[actor] = task
+        task.add_done_callback(lambda done, a=actor: self._on_exit(a, done))  # type: ignore[misc]
+        return actor
+
+    def retire(self, actor: UserActor) -> None:
+        """Called by the actor itself when it has no sockets and an empty mailbox; nothing can
+        be posted to it in between, since both happen without yielding."""
+        if self.actors.get(actor.user) is actor:
+            del self.actors[actor.user]
+
+    def _on_exit(self, actor: UserActor, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(actor, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.opt(exception=exc).error("actor {} crashed; respawning", actor.user)
+        if self.actors.get(actor.user) is actor:
+            # It stopped without retiring: hand its sockets and mailbox to a fresh actor.
+            del self.actors[actor.user]
+            successor = self._spawn(actor.user)
+            successor.sockets, successor.devices = actor.sockets, actor.devices
+            while not actor.mailbox.empty():
+                successor.tell(actor.mailbox.get_nowait())
+
+    async def drain(self, timeout: float) -> None:
+        """Let every actor finish what is in its mailbox, then stop them."""
+        drained = asyncio.gather(*(actor.mailbox.join() for actor in self.actors.values()))
+        try:
+            await asyncio.wait_for(drained, timeout)
+        except TimeoutError:
+            logger.warning("site={}: actors still busy after {}s; stopping them", self.site.name,
+                           timeout)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,139 @@
+"""``POST /send``: a site's backend pushes an event to rooms.
+
+For reliable sites the message is stored for every target device before the answer is 200
+(delivery invariant 1); the live emit is then the user's actor's decision.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from loguru import logger
+
+from actors.messages import Deliver
+from storage import Message, Store, StoreUnavailable
+from transport.form_body import FormError, parse_form
+from transport.site_namespace import SiteNamespace
+
+TRUE_WORDS = {"true", "1", "yes", "on"}
+FALSE_WORDS = {"false", "0", "no", "off", ""}
+
+
+class BadRequest(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    rooms: list[str]
+    event: str
+    args: list[Any]
+
+
+def parse_bool(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise BadRequest(f"Query param '{name}' must be true or false, not {value!r}.")
+
+
+async def read_body(request: web.Request) -> Any:
+    raw = await request.read()
+    content_type = request.content_type
+    if content_type == "application/json" or content_type.endswith("+json"):
+        if not raw.strip():
+            return {}
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"Body is not valid JSON: {exc}") from None
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return parse_form(raw.decode("utf-8"))
+        except (UnicodeDecodeError, FormError, ValueError) as exc:
+            raise BadRequest(f"Body is not a valid form: {exc}") from None
+    raise BadRequest(
+        f"Unsupported Content-Type {content_type!r}: "
+        "use application/json or application/x-www-form-urlencoded."
+    )
+
+
+def validate(body: Any) -> SendRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("Body must be an object with 'rooms', 'event' and 'args'.")
+    rooms = body.get("rooms")
+    if rooms is None:
+        raise BadRequest("Field 'rooms' is missing.")
+    if isinstance(rooms, str):
+        rooms = [rooms]
+    if not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms):
+        raise BadRequest("Field 'rooms' must be a room name or a list of room names.")
+    event = body.get("event")
+    if event is None:
+        raise BadRequest("Field 'event' is missing.")
+    if not isinstance(event, str) or not event or "\0" in event:
+        raise BadRequest("Field 'event' must be a non-empty string.")
+    args = body.get("args", [])
+    if not isinstance(args, list):
+        raise BadRequest("Field 'args' must be a list.")
+    return SendRequest(rooms=list(dict.fromkeys(rooms)), event=event, args=args)
+
+
+class SendHandler:
+    def __init__(self, namespaces: dict[str, SiteNamespace], store: Store | None) -> None:
+        self.namespaces = namespaces
+        self.store = store
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        site_name, api_key = request.query.get("site"), request.query.get("apiKey")
+        if not site_name or not api_key:
+            return self._reject(400, "Missing query param 'site' or 'apiKey'.", site_name)
+        namespace = self.namespaces.get(site_name)
+        if namespace is None or not hmac.compare_digest(
+            namespace.site.api_key.encode(), api_key.encode()
+        ):
+            return self._reject(401, "ApiKey invalid.", site_name)
+        try:
+            resync = parse_bool(request.query.get("resync"), "resync")
+            send = validate(await read_body(request))
+        except BadRequest as exc:
+            return self._reject(400, str(exc), site_name)
+        if not namespace.site.reliable:
+            await namespace.server.emit(send.event, tuple(send.args), to=send.rooms,
+                                        namespace=namespace.namespace)
+            return web.Response(text="OK")
+        try:
+            await self._store_and_deliver(namespace, send, resync)
+        except StoreUnavailable as exc:
+            logger.error("site={} send not stored: {}", site_name, exc)
+            return web.Response(status=503, text=f"Message not stored, try again: {exc}")
+        return web.Response(text="OK")
+
+    async def _store_and_deliver(
+        self, namespace: SiteNamespace, send: SendRequest, resync: bool
+    ) -> None:
+        assert self.store is not None
+        site = namespace.site
+        users = [room for room in send.rooms if site.is_user_room(room)]
+        # The public channel is a user of its own and also a room that signed-in users hold.
+        shared = [room for room in send.rooms if not room.startswith(site.user_room_prefix)]
+        message = Message(event=send.event, args=send.args, resync=resync)
+        deliveries = await self.store.enqueue(site.name, users, shared, message)
+        by_user: dict[str, dict[str, int]] = {}
+        for delivery in deliveries:
+            by_user.setdefault(delivery.user, {})[delivery.device] = delivery.seq
+        for user, seqs in by_user.items():
+            namespace.registry.tell_if_present(user, Deliver(message, seqs))
+
+    @staticmethod
+    def _reject(status: int, text: str, site: str | None) -> web.Response:
+        logger.info("send rejected ({}) site={}: {}", status, site, text)
+        return web.Response(status=status, text=text)

@@ -1,0 +1,131 @@
+"""The Socket.IO namespace ``/<site>``: turns socket events into actor messages and back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import aiohttp
+import socketio
+from loguru import logger
+
+from actors.messages import Attach, Detach, Register
+from actors.registry import ActorRegistry
+from storage import Store
+from transport.auth import AuthRejected, fetch_rooms
+from transport.presence import PresenceNotifier
+from webservice.config import SiteConfig
+
+REGISTER_TIMEOUT = 10.0
+
+
+def connect_params(environ: dict[str, Any], auth: Any) -> dict[str, str]:
+    """token, deviceId and meta from the query string, or from the v4 client's ``auth``."""
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    params = {key: values[-1] for key, values in query.items() if values}
+    if isinstance(auth, dict):
+        for key in ("token", "deviceId", "meta"):
+            if isinstance(auth.get(key), (str, int)) and not isinstance(auth.get(key), bool):
+                params[key] = str(auth[key])
+    return params
+
+
+class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(
+        self,
+        site: SiteConfig,
+        store: Store,
+        http: aiohttp.ClientSession,
+        device_ttl: int,
+        auth_timeout: float,
+    ) -> None:
+        super().__init__(f"/{site.name}")
+        self.site = site
+        self.device_ttl = device_ttl
+        self.auth_timeout = auth_timeout
+        self.http = http
+        self.presence = PresenceNotifier(http, site)
+        self.registry = ActorRegistry(site, store, self)
+        self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
+        self._greetings: set[asyncio.Task[None]] = set()
+
+    # --- Outbox, for the actors -------------------------------------------------------------
+
+    async def emit(  # type: ignore[override]
+        self, sid: str, event: str, args: list[Any], on_ack: Callable[..., Any] | None = None
+    ) -> None:
+        # The actor runs on the node that holds the socket: no need for the cross-node queue.
+        await self.server.emit(event, tuple(args), to=sid, namespace=self.namespace,
+                               callback=on_ack, ignore_queue=True)
+
+    def is_connected(self, sid: str) -> bool:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
+        if eio_sid is not None and eio_sid in self.server.environ:
+            return True
+        if self.server.manager.is_connected(sid, self.namespace):
+            asyncio.ensure_future(self.server.manager.disconnect(sid, self.namespace,
+                                                                 ignore_queue=True))
+        return False
+
+    def presence_changed(self, user: str, authorization: str, connected: bool) -> None:
+        self.presence.notify(user, authorization, connected)
+
+    # --- Socket.IO events --------------------------------------------------------------------
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        params = connect_params(environ, auth)
+        token, meta = params.get("token", ""), params.get("meta", "")
+        try:
+            rooms = await fetch_rooms(self.http, self.site, token, meta, self.auth_timeout)
+        except AuthRejected as exc:
+            logger.info("site={} connect refused: {}", self.site.name, exc)
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        if not self.site.reliable:
+            for room in rooms:
+                await self.enter_room(sid, room)
+            # A task runs only after this handler returns and the CONNECT packet is queued.
+            task = asyncio.create_task(self.emit(sid, "_settings", [{"device_ttl": self.device_ttl}]))
+            self._greetings.add(task)
+            task.add_done_callback(self._greetings.discard)
+            return True
+        return await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
+
+    async def _register(
+        self, sid: str, params: dict[str, str], rooms: list[str], authorization: str
+    ) -> bool:
+        prefix = self.site.user_room_prefix
+        private = [room for room in rooms if room.startswith(prefix)]
+        public = self.site.public_channel if self.site.public_channel in rooms else ""
+        if not private and not public:
+            logger.info("site={} connect refused: no private room in {}", self.site.name, rooms)
+            raise socketio.exceptions.ConnectionRefusedError("User is missing a private room")
+        user = private[0] if private else public
+        shared = [room for room in rooms if not room.startswith(prefix) and room != user]
+        device = params.get("deviceId", "")
+        reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.registry.tell(user, Register(sid, device or f"~{sid}", shared, authorization,
+                                          forget_on_disconnect=not device, reply=reply))
+        try:
+            await asyncio.wait_for(asyncio.shield(reply), REGISTER_TIMEOUT)
+        except Exception as exc:
+            reply.cancel()
+            logger.warning("site={} connect refused, store unavailable: {}", self.site.name, exc)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"Service unavailable: {exc or type(exc).__name__}"
+            ) from None
+        self.users[sid] = user
+        # Posted with no await after it: the CONNECT packet is queued before the actor runs,
+        # so _settings and _batch reach the client after its connect.
+        self.registry.tell(user, Attach(sid))
+        return True
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        user = self.users.pop(sid, None)
+        if user is not None:
+            self.registry.tell(user, Detach(sid))
+
+    async def close(self, timeout: float) -> None:
+        await self.registry.drain(timeout)
+        await self.presence.drain(timeout)

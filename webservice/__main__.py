@@ -1,0 +1,59 @@
+"""``python -m webservice`` (or ``socketio-webservice``): run the push service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from loguru import logger
+
+from webservice.config import ConfigError, load_config
+from webservice.demo import add_demo_site, install_demo_routes
+from webservice.logging import setup_logging
+from webservice.service import Service
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="socketio-webservice", description=__doc__)
+    parser.add_argument("--config", help="config.yml path (default ./config.yml, or CONFIG_FILE)")
+    parser.add_argument("--sites", help="sites.yml path (default ./sites.yml, or SITES_FILE)")
+    parser.add_argument("--demo", action="store_true",
+                        help="add the demo site, with its own auth endpoint and a page at /demo")
+    return parser.parse_args(argv)
+
+
+async def serve(service: Service) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    await stop.wait()
+    logger.info("stopping: draining sends and closing sockets")
+    await service.stop()
+    logger.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        config = load_config(config_file=args.config, sites_file=args.sites)
+        if args.demo:
+            config = add_demo_site(config)
+        if not config.sites:
+            raise ConfigError("no site configured: give SITE_NAME and AUTH_URL, a sites.yml, "
+                              "or --demo")
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(config.logging)
+    service = Service(config)
+    if args.demo:
+        install_demo_routes(service.app)
+    asyncio.run(serve(service))
+
+
+if __name__ == "__main__":
+    main()

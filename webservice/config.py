@@ -1,0 +1,272 @@
+"""Configuration, read the way the Node original reads it.
+
+``config.yml`` holds one section per environment (``NODE_ENV``, else ``APP_ENV``, else
+``production``); ``sites.yml`` maps each site name to its settings. Environment variables
+describe a single site and override the files. Any mistake stops start-up with one line that
+names the key (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PORT = 1337
+DEFAULT_DEVICE_TTL = 3600
+DEFAULT_SQLITE_PATH = "data/webservice.sqlite3"
+DEFAULT_AUTH_TIMEOUT = 10.0
+SITE_NAME = re.compile(r"^[A-Za-z0-9_.~-]+$")
+
+# Socket.IO server options of the original (``io:``) and how python-socketio names them.
+# Times are milliseconds there, seconds here.
+IO_OPTIONS: dict[str, tuple[str, float | None]] = {
+    "pingTimeout": ("ping_timeout", 1000),
+    "pingInterval": ("ping_interval", 1000),
+    "upgradeTimeout": ("upgrade_timeout", 1000),
+    "maxHttpBufferSize": ("max_http_buffer_size", None),
+    "transports": ("transports", None),
+    "cookie": ("cookie", None),
+    "allowUpgrades": ("allow_upgrades", None),
+    "perMessageDeflate": ("websocket_compression", None),
+    "httpCompression": ("http_compression", None),
+    "cors": ("cors_allowed_origins", None),
+    "origins": ("cors_allowed_origins", None),
+}
+IGNORED_IO_OPTIONS = {"path", "serveClient", "adapter", "parser", "connectTimeout", "wsEngine"}
+
+
+class ConfigError(Exception):
+    """A configuration mistake; its message names the key and is shown as-is."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    name: str
+    auth_url: str
+    api_key: str
+    auth_scheme: str = "Bearer"
+    user_room_prefix: str = ""
+    update_user_url: str = ""
+    public_channel: str = ""
+
+    @property
+    def reliable(self) -> bool:
+        """Sites with user rooms store every message until the device acks it."""
+        return bool(self.user_room_prefix)
+
+    def is_user_room(self, room: str) -> bool:
+        return room.startswith(self.user_room_prefix) or self.is_public_channel(room)
+
+    def is_public_channel(self, room: str) -> bool:
+        return bool(self.public_channel) and room == self.public_channel
+
+    def user_id(self, user_room: str) -> str:
+        return user_room[len(self.user_room_prefix):]
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    console_level: str = "INFO"
+    file_level: str = "INFO"
+    file_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    sites: dict[str, SiteConfig]
+    env: str = "production"
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    device_ttl: int = DEFAULT_DEVICE_TTL
+    redis_url: str = ""
+    sqlite_path: str = DEFAULT_SQLITE_PATH
+    sqlite_synchronous: str = "FULL"
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    socketio_options: dict[str, Any] = field(default_factory=dict)
+    logging: LogConfig = field(default_factory=LogConfig)
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path}: not valid YAML: {exc}".splitlines()[0]) from exc
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot be read: {exc.strerror}") from exc
+
+
+def _int(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a whole number, not {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{key} must be at least {minimum}, not {number}")
+    return number
+
+
+def _text(value: Any, key: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key} must be a string, not {type(value).__name__}")
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping of keys to values")
+    return value
+
+
+def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
+    if not SITE_NAME.match(name):
+        raise ConfigError(f"{where}{name}: a site name may hold only letters, digits and _.~-")
+    values = _mapping(raw, f"{where}{name}")
+    known = {"authUrl", "authScheme", "apiKey", "userRoomPrefix", "updateUserUrl", "publicChannel"}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}{name}.{key}: unknown site key (known: {', '.join(sorted(known))})")
+    auth_url = _text(values.get("authUrl"), f"{where}{name}.authUrl")
+    api_key = _text(values.get("apiKey"), f"{where}{name}.apiKey")
+    if not auth_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}{name}.authUrl: must be an http(s) URL, not {auth_url!r}")
+    if not api_key:
+        raise ConfigError(f"{where}{name}.apiKey: is required")
+    update_url = _text(values.get("updateUserUrl"), f"{where}{name}.updateUserUrl")
+    if update_url and not update_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}{name}.updateUserUrl: must be an http(s) URL, not {update_url!r}")
+    return SiteConfig(
+        name=name,
+        auth_url=auth_url,
+        api_key=api_key,
+        auth_scheme=_text(values.get("authScheme"), f"{where}{name}.authScheme") or "Bearer",
+        user_room_prefix=_text(values.get("userRoomPrefix"), f"{where}{name}.userRoomPrefix"),
+        update_user_url=update_url,
+        public_channel=_text(values.get("publicChannel"), f"{where}{name}.publicChannel"),
+    )
+
+
+def _socketio_options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in IGNORED_IO_OPTIONS:
+            continue
+        if key not in IO_OPTIONS:
+            raise ConfigError(f"io.{key}: not a supported Socket.IO option "
+                              f"(supported: {', '.join(sorted(IO_OPTIONS))})")
+        name, scale = IO_OPTIONS[key]
+        if key in ("cors", "origins"):
+            origin = value.get("origin") if isinstance(value, Mapping) else value
+            options[name] = origin if origin not in (None, True) else "*"
+        elif scale is not None:
+            options[name] = _int(value, f"io.{key}", minimum=1) / scale
+        else:
+            options[name] = value
+    return options
+
+
+def _logging(section: Mapping[str, Any]) -> LogConfig:
+    winston = _mapping(section.get("winston"), "winston")
+    console = _mapping(winston.get("console"), "winston.console")
+    file = _mapping(winston.get("file"), "winston.file")
+    log = LogConfig(
+        console_level=_text(console.get("level"), "winston.console.level").upper() or "INFO",
+        file_level=_text(file.get("level"), "winston.file.level").upper() or "INFO",
+        file_path=_text(file.get("filename"), "winston.file.filename"),
+    )
+    levels = {"TRACE", "DEBUG", "VERBOSE", "INFO", "WARN", "WARNING", "ERROR", "SILLY"}
+    for key, level in (("console", log.console_level), ("file", log.file_level)):
+        if level not in levels:
+            raise ConfigError(f"winston.{key}.level: unknown level {level!r}")
+    return log
+
+
+def _redis_url(section: Mapping[str, Any]) -> str:
+    redis = _mapping(section.get("redis"), "redis")
+    url = _text(redis.get("url"), "redis.url")
+    if not url and ("host" in redis or "port" in redis):
+        host = _text(redis.get("host"), "redis.host") or "127.0.0.1"
+        port = _int(redis.get("port", 6379), "redis.port", minimum=1)
+        url = f"redis://{host}:{port}/{_int(redis.get('db', 0), 'redis.db')}"
+    return url
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    sites_file: str | None = None,
+) -> Config:
+    """Build the configuration from files and environment; see the README for every key."""
+    env = os.environ if environ is None else environ
+    env_name = env.get("NODE_ENV") or env.get("APP_ENV") or "production"
+
+    config_path = Path(config_file or env.get("CONFIG_FILE") or "config.yml")
+    sites_path = Path(sites_file or env.get("SITES_FILE") or "sites.yml")
+    explicit_config = bool(config_file or env.get("CONFIG_FILE"))
+    explicit_sites = bool(sites_file or env.get("SITES_FILE"))
+
+    section: Mapping[str, Any] = {}
+    if config_path.exists() or explicit_config:
+        document = _mapping(_read_yaml(config_path, "config file"), str(config_path))
+        if env_name not in document and explicit_config:
+            raise ConfigError(f"{config_path}: has no section for environment {env_name!r}")
+        section = _mapping(document.get(env_name), f"{config_path}: {env_name}")
+
+    sites: dict[str, SiteConfig] = {}
+    if sites_path.exists() or explicit_sites:
+        raw_sites = _mapping(_read_yaml(sites_path, "sites file"), str(sites_path))
+        for name, raw in raw_sites.items():
+            sites[str(name)] = parse_site(str(name), raw, f"{sites_path}: ")
+
+    if env.get("SITE_NAME"):
+        name = env["SITE_NAME"]
+        sites[name] = parse_site(
+            name,
+            {
+                key: env[var]
+                for key, var in (
+                    ("authUrl", "AUTH_URL"), ("authScheme", "AUTH_SCHEME"), ("apiKey", "API_KEY"),
+                    ("userRoomPrefix", "USER_ROOM_PREFIX"), ("updateUserUrl", "UPDATE_USER_URL"),
+                    ("publicChannel", "PUBLIC_CHANNEL"),
+                )
+                if env.get(var)
+            },
+            "SITE_NAME=",
+        )
+
+    sqlite = _mapping(section.get("sqlite"), "sqlite")
+    synchronous = (env.get("SQLITE_SYNCHRONOUS") or _text(sqlite.get("synchronous"),
+                   "sqlite.synchronous") or "FULL").upper()
+    if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
+        raise ConfigError(f"sqlite.synchronous: must be FULL, EXTRA or NORMAL, not {synchronous!r}")
+    _mapping(section.get("flakeid"), "flakeid")  # accepted for compatibility; seqs replace it
+
+    return Config(
+        sites=sites,
+        env=env_name,
+        port=_int(env.get("PORT") or section.get("port", DEFAULT_PORT), "port", minimum=1),
+        host=env.get("HOST") or _text(section.get("host"), "host") or "0.0.0.0",
+        device_ttl=_int(
+            env.get("DEVICE_TTL") or section.get("device_ttl", DEFAULT_DEVICE_TTL), "device_ttl"
+        ),
+        redis_url=env.get("REDIS_URL") or _redis_url(section),
+        sqlite_path=env.get("SQLITE_PATH") or _text(sqlite.get("path"), "sqlite.path")
+        or DEFAULT_SQLITE_PATH,
+        sqlite_synchronous=synchronous,
+        auth_timeout=float(_int(env.get("AUTH_TIMEOUT") or section.get("auth_timeout",
+                                int(DEFAULT_AUTH_TIMEOUT)), "auth_timeout", minimum=1)),
+        socketio_options=_socketio_options(_mapping(section.get("io"), "io")),
+        logging=_logging(section),
+    )
