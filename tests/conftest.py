@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -11,6 +12,9 @@ from storage import Store
 from storage.redis_store import RedisStore
 from storage.sqlite_store import SQLiteStore
 from tests.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from tests.harness import Harness, SiteStub
 
 STORE_KINDS = ["sqlite", "redis"]
 
@@ -59,3 +63,34 @@ async def store(store_kind: str, tmp_path: Path, store_redis_url: str | None) ->
     await instance.open()
     yield instance
     await instance.close()
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator["SiteStub"]:
+    from tests.harness import SiteStub
+
+    site_stub = SiteStub()
+    await site_stub.start()
+    yield site_stub
+    await site_stub.stop()
+
+
+@pytest.fixture
+async def harness(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None, stub: "SiteStub"
+) -> AsyncIterator["Harness"]:
+    """The service on a free port, on the store of the test's parameter, with two sites:
+    ``shop`` delivers reliably (user rooms ``user_*``, public channel ``browse``), ``news``
+    broadcasts to rooms only."""
+    from tests.harness import Harness
+    from webservice.config import SiteConfig
+
+    sites = {
+        "shop": SiteConfig(name="shop", auth_url=f"{stub.url}/auth", api_key="key",
+                           user_room_prefix="user_", public_channel="browse",
+                           update_user_url=f"{stub.url}/users/:id"),
+        "news": SiteConfig(name="news", auth_url=f"{stub.url}/auth", api_key="key"),
+    }
+    instance = Harness(store_kind, tmp_path, store_redis_url, stub, sites=sites)
+    yield instance
+    await instance.stop()

@@ -76,8 +76,10 @@ class Service:
         if self.runner is not None:
             for site in self.runner.sites:
                 await site.stop()
-        if self.sio.eio.sockets:
-            await self.sio.eio.disconnect()  # clients see a transport close and reconnect
+        # Clients see a transport close and reconnect (elsewhere). wait=False: a socket whose
+        # client already left has no writer any more to flush its queue.
+        for socket in list(self.sio.eio.sockets.values()):
+            await socket.close(wait=False)
         await self.sio.shutdown()
         for namespace in self.namespaces.values():
             await namespace.close(DRAIN_TIMEOUT)
