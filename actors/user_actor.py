@@ -146,9 +146,11 @@ class UserActor:
             await self._detach(sid)
             return
         info.attached = True
-        await self.outbox.emit(sid, "_settings", [{"device_ttl": self.store.device_ttl}])
         batch = await self.store.pending(self.site, self.user, info.device)
         self.devices[info.device] = DeviceLink(sid, batch[-1].seq if batch else 0)
+        # Read before the greeting, so a client can count on it: whatever is stored after
+        # _settings arrives comes live, after the _batch.
+        await self.outbox.emit(sid, "_settings", [{"device_ttl": self.store.device_ttl}])
         if batch:
             await self.outbox.emit(
                 sid,

@@ -92,6 +92,7 @@ class Client(socketio.AsyncClient):  # type: ignore[misc]
         self.events: asyncio.Queue[Received] = asyncio.Queue()
         self.connect_errors: asyncio.Queue[Any] = asyncio.Queue()
         self.namespace = "/"
+        self.settings: dict[str, Any] = {}
 
     async def _handle_event(self, namespace: str, id: int | None, data: list[Any]) -> None:
         received = Received(data[0], data[1:], id)
@@ -104,11 +105,8 @@ class Client(socketio.AsyncClient):  # type: ignore[misc]
         await self._send_packet(self.packet_class(
             packet.ACK, namespace=self.namespace, id=received.ack_id, data=list(args)))
 
-    async def next(self, *, skip: tuple[str, ...] = ("_settings",)) -> Received:
-        while True:
-            received = await asyncio.wait_for(self.events.get(), WAIT)
-            if received.event not in skip:
-                return received
+    async def next(self) -> Received:
+        return await asyncio.wait_for(self.events.get(), WAIT)
 
     async def no_event_within(self, seconds: float) -> None:
         """For a negative check only: the service must stay silent for this long."""
@@ -191,6 +189,10 @@ class Harness:
                              transports=["websocket"], auth=params if use_auth else None,
                              wait_timeout=WAIT)
         self.clients.append(client)
+        # Every connection is greeted first; after the greeting, sends arrive live.
+        greeting = await client.next()
+        assert greeting.event == "_settings", f"first event was {greeting.event}"
+        client.settings = greeting.args[0]
         return client
 
     async def connect_error(self, site: str, token: str, device: str = "dev") -> str:
