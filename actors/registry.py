@@ -9,8 +9,8 @@ from loguru import logger
 from actors.messages import ActorMessage
 from actors.outbox import Outbox
 from actors.user_actor import UserActor
-from webservice.config import SiteConfig
 from storage import Store
+from webservice.config import SiteConfig
 
 
 class ActorRegistry:
@@ -74,8 +74,9 @@ class ActorRegistry:
         try:
             await asyncio.wait_for(drained, timeout)
         except TimeoutError:
-            logger.warning("site={}: actors still busy after {}s; stopping them", self.site.name,
-                           timeout)
+            logger.warning(
+                "site={}: actors still busy after {}s; stopping them", self.site.name, timeout
+            )
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

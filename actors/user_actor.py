@@ -72,8 +72,9 @@ class UserActor:
             # The message is stored; dropping its live copy is safe if the queue is re-read.
             if not self._catch_up_queued:
                 self._catch_up_queued = True
-                logger.warning("site={} user={} mailbox full; will re-read queues", self.site,
-                               self.user)
+                logger.warning(
+                    "site={} user={} mailbox full; will re-read queues", self.site, self.user
+                )
                 self.mailbox.put_nowait(CatchUp())
             return
         self.mailbox.put_nowait(message)
@@ -90,7 +91,10 @@ class UserActor:
             except Exception as exc:  # one bad event must not stop the user's other events
                 logger.opt(exception=exc).error(
                     "site={} user={} failed to handle {}: {}",
-                    self.site, self.user, type(message).__name__, exc,
+                    self.site,
+                    self.user,
+                    type(message).__name__,
+                    exc,
                 )
             finally:
                 self.mailbox.task_done()
@@ -184,8 +188,9 @@ class UserActor:
                 continue
             if seq == link.last_seq + 1:
                 link.last_seq = seq
-                await self._emit_live(link.sid, device, seq, event, message.message.args,
-                                      message.message.resync)
+                await self._emit_live(
+                    link.sid, device, seq, event, message.message.args, message.message.resync
+                )
             else:
                 await self._catch_up(device)
 
@@ -199,8 +204,9 @@ class UserActor:
 
     async def _emit_stored(self, link: DeviceLink, device: str, stored: StoredMessage) -> None:
         link.last_seq = max(link.last_seq, stored.seq)
-        await self._emit_live(link.sid, device, stored.seq, stored.event, stored.args,
-                              stored.resync)
+        await self._emit_live(
+            link.sid, device, stored.seq, stored.event, stored.args, stored.resync
+        )
 
     async def _emit_live(
         self, sid: str, device: str, seq: int, event: str, args: list[Any], resync: bool
@@ -227,7 +233,12 @@ class UserActor:
         link = self.devices.get(message.device)
         if link is not None:
             link.cleared_through[message.event] = outcome.cleared_through
-        logger.info("site={} user={} device={} event={} resync: queue cleared", self.site,
-                    self.user, message.device, message.event)
+        logger.info(
+            "site={} user={} device={} event={} resync: queue cleared",
+            self.site,
+            self.user,
+            message.device,
+            message.event,
+        )
         if message.sid in self.sockets:
             await self.outbox.emit(message.sid, "_resync", [])

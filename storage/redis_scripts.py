@@ -19,7 +19,9 @@ end
 """
 
 # ARGV: prefix, user, device, shared rooms...  -> user's connection count after this one
-CONNECT_DEVICE = _HELPERS + """
+CONNECT_DEVICE = (
+    _HELPERS
+    + """
 local user, device = ARGV[2], ARGV[3]
 local dev, msg, evt = dev_keys(user, device)
 redis.call('HINCRBY', dev, 'conns', 1)
@@ -39,9 +41,12 @@ local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
 return conns
 """
+)
 
 # ARGV: prefix, user, device, ttl_ms, forget (0/1)  -> user's connection count left
-DISCONNECT_DEVICE = _HELPERS + """
+DISCONNECT_DEVICE = (
+    _HELPERS
+    + """
 local user, device, ttl, forget = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
 local dev, msg, evt = dev_keys(user, device)
 local devices, rooms, ukey = p .. 'devices:' .. user, p .. 'rooms:' .. user, p .. 'user:' .. user
@@ -65,10 +70,13 @@ if left <= 0 then
 end
 return left
 """
+)
 
 # ARGV: prefix, event, record, n_users, users..., shared rooms...
 #   -> flat list user, device, seq for every device that stored the message
-ENQUEUE = _HELPERS + """
+ENQUEUE = (
+    _HELPERS
+    + """
 local event, record, n_users = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local targets, seen = {}, {}
 local function add(user)
@@ -100,9 +108,12 @@ for _, user in ipairs(targets) do
 end
 return out
 """
+)
 
 # ARGV: prefix, user, device, (seq, event member)...  -> number removed
-ACK = _HELPERS + """
+ACK = (
+    _HELPERS
+    + """
 local dev, msg, evt = dev_keys(ARGV[2], ARGV[3])
 local removed = 0
 for i = 4, #ARGV, 2 do
@@ -111,9 +122,12 @@ for i = 4, #ARGV, 2 do
 end
 return removed
 """
+)
 
 # ARGV: prefix, user, device, seq, event  -> -1 removed or not stored; else last seq (cleared)
-ACK_HEAD = _HELPERS + """
+ACK_HEAD = (
+    _HELPERS
+    + """
 local seq, event = ARGV[4], ARGV[5]
 local dev, msg, evt = dev_keys(ARGV[2], ARGV[3])
 if redis.call('HEXISTS', msg, seq) == 0 then return -1 end
@@ -130,3 +144,4 @@ end
 redis.call('ZREMRANGEBYLEX', evt, lo, hi)
 return tonumber(redis.call('HGET', dev, 'seq') or seq)
 """
+)

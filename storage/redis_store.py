@@ -22,6 +22,11 @@ from storage.redis_keys import DEFAULT_PREFIX, escape, event_member, site_prefix
 T = TypeVar("T")
 
 
+def _as_bytes(value: bytes | str) -> bytes:
+    """The client returns bytes (no decode_responses); its types also allow str."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
 class RedisStore:
     def __init__(
         self,
@@ -69,7 +74,9 @@ class RedisStore:
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
     ) -> bool:
         rooms = sorted({escape(room.lower()) for room in shared_rooms})
-        conns = await self._run(self._connect, self._prefix(site), escape(user), escape(device), *rooms)
+        conns = await self._run(
+            self._connect, self._prefix(site), escape(user), escape(device), *rooms
+        )
         return int(conns) == 1
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
@@ -97,8 +104,11 @@ class RedisStore:
             *rooms,
         )
         return [
-            Delivery(user=unescape(flat[i].decode()), device=unescape(flat[i + 1].decode()),
-                     seq=int(flat[i + 2]))
+            Delivery(
+                user=unescape(flat[i].decode()),
+                device=unescape(flat[i + 1].decode()),
+                seq=int(flat[i + 2]),
+            )
             for i in range(0, len(flat), 3)
         ]
 
@@ -106,8 +116,8 @@ class RedisStore:
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
         key = f"{self._prefix(site)}msg:{escape(user)}:{escape(device)}"
-        records: dict[bytes, bytes] = await self._call(lambda: self.redis.hgetall(key))
-        ordered = sorted((int(seq), record) for seq, record in records.items())
+        records = await self._call(lambda: self.redis.hgetall(key))
+        ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
         return [StoredMessage.decode(seq, record) for seq, record in ordered if seq > after_seq]
 
     async def ack(self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]) -> int:
@@ -116,7 +126,9 @@ class RedisStore:
         args: list[Any] = []
         for seq, event in acked:
             args += [seq, event_member(event, seq)]
-        removed = await self._run(self._ack, self._prefix(site), escape(user), escape(device), *args)
+        removed = await self._run(
+            self._ack, self._prefix(site), escape(user), escape(device), *args
+        )
         return int(removed)
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
@@ -131,12 +143,16 @@ class RedisStore:
 
     async def shared_room_members(self, site: str, room: str) -> set[str]:
         prefix = self._prefix(site)
-        members = await self._call(
-            lambda: self.redis.smembers(f"{prefix}members:{escape(room.lower())}")
-        )
-        alive = set()
-        for member in members:
-            name = member.decode()
-            if await self._call(lambda n=name: self.redis.exists(f"{prefix}user:{n}")):
-                alive.add(unescape(name))
-        return alive
+        key = f"{prefix}members:{escape(room.lower())}"
+        members = [
+            _as_bytes(m).decode() for m in await self._call(lambda: self.redis.smembers(key))
+        ]
+
+        async def exists() -> list[int]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in members:
+                    pipe.exists(f"{prefix}user:{name}")
+                return list(await pipe.execute())
+
+        alive = await self._call(exists)
+        return {unescape(name) for name, live in zip(members, alive, strict=True) if live}

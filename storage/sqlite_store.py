@@ -113,8 +113,12 @@ class SQLiteStore:
         now = time.time()
         params = {"exp": self._expiry(now)}
         async with self._transaction() as db:
-            await db.execute("UPDATE devices SET conns = 0, expires_at = :exp WHERE conns > 0", params)
-            await db.execute("UPDATE users SET conns = 0, expires_at = :exp WHERE conns > 0", params)
+            await db.execute(
+                "UPDATE devices SET conns = 0, expires_at = :exp WHERE conns > 0", params
+            )
+            await db.execute(
+                "UPDATE users SET conns = 0, expires_at = :exp WHERE conns > 0", params
+            )
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -238,7 +242,8 @@ class SQLiteStore:
             cursor = await db.execute(
                 "UPDATE devices SET seq = seq + 1 WHERE site = :site AND " + LIVE + " AND user IN ("
                 "SELECT value FROM json_each(:users) UNION "
-                "SELECT m.user FROM memberships m JOIN users u ON u.site = m.site AND u.user = m.user "
+                "SELECT m.user FROM memberships m "
+                "JOIN users u ON u.site = m.site AND u.user = m.user "
                 "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
                 "AND (u.expires_at IS NULL OR u.expires_at > :now)"
                 ") RETURNING user, device, seq",
@@ -255,7 +260,13 @@ class SQLiteStore:
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
-        params = {"site": site, "user": user, "device": device, "after": after_seq, "now": time.time()}
+        params = {
+            "site": site,
+            "user": user,
+            "device": device,
+            "after": after_seq,
+            "now": time.time(),
+        }
         async with self._read() as db:
             cursor = await db.execute(
                 "SELECT seq, record FROM messages WHERE site = :site AND user = :user "
@@ -274,7 +285,7 @@ class SQLiteStore:
                 "AND seq IN (SELECT value FROM json_each(?)) RETURNING seq",
                 (site, user, device, orjson.dumps([seq for seq, _event in acked]).decode()),
             )
-            removed = await cursor.fetchall()
+            removed = list(await cursor.fetchall())
         return len(removed)
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
@@ -283,9 +294,7 @@ class SQLiteStore:
         async with self._transaction() as db:
             cursor = await db.execute(f"SELECT MIN(seq) FROM messages WHERE {where}", key)
             head = await cursor.fetchone()
-            cursor = await db.execute(
-                f"SELECT 1 FROM messages WHERE {where} AND seq = :seq", key
-            )
+            cursor = await db.execute(f"SELECT 1 FROM messages WHERE {where} AND seq = :seq", key)
             present = await cursor.fetchone() is not None
             if not present:
                 return HeadAck(cleared=False)

@@ -58,7 +58,9 @@ def store_redis_url(store_kind: str, request: pytest.FixtureRequest) -> str | No
 
 
 @pytest.fixture
-async def store(store_kind: str, tmp_path: Path, store_redis_url: str | None) -> AsyncIterator[Store]:
+async def store(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> AsyncIterator[Store]:
     instance = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600)
     await instance.open()
     yield instance
@@ -66,7 +68,7 @@ async def store(store_kind: str, tmp_path: Path, store_redis_url: str | None) ->
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator["SiteStub"]:
+async def stub() -> AsyncIterator[SiteStub]:
     from tests.harness import SiteStub
 
     site_stub = SiteStub()
@@ -77,8 +79,8 @@ async def stub() -> AsyncIterator["SiteStub"]:
 
 @pytest.fixture
 async def harness(
-    store_kind: str, tmp_path: Path, store_redis_url: str | None, stub: "SiteStub"
-) -> AsyncIterator["Harness"]:
+    store_kind: str, tmp_path: Path, store_redis_url: str | None, stub: SiteStub
+) -> AsyncIterator[Harness]:
     """The service on a free port, on the store of the test's parameter, with two sites:
     ``shop`` delivers reliably (user rooms ``user_*``, public channel ``browse``), ``news``
     broadcasts to rooms only."""
@@ -86,9 +88,14 @@ async def harness(
     from webservice.config import SiteConfig
 
     sites = {
-        "shop": SiteConfig(name="shop", auth_url=f"{stub.url}/auth", api_key="key",
-                           user_room_prefix="user_", public_channel="browse",
-                           update_user_url=f"{stub.url}/users/:id"),
+        "shop": SiteConfig(
+            name="shop",
+            auth_url=f"{stub.url}/auth",
+            api_key="key",
+            user_room_prefix="user_",
+            public_channel="browse",
+            update_user_url=f"{stub.url}/users/:id",
+        ),
         "news": SiteConfig(name="news", auth_url=f"{stub.url}/auth", api_key="key"),
     }
     instance = Harness(store_kind, tmp_path, store_redis_url, stub, sites=sites)

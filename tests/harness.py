@@ -67,7 +67,11 @@ class SiteStub:
 
     async def _update(self, request: web.Request) -> web.Response:
         await self.updates.put(
-            (request.match_info["id"], await request.json(), request.headers.get("Authorization", ""))
+            (
+                request.match_info["id"],
+                await request.json(),
+                request.headers.get("Authorization", ""),
+            )
         )
         return web.json_response({})
 
@@ -102,8 +106,11 @@ class Client(socketio.AsyncClient):  # type: ignore[misc]
 
     async def ack(self, received: Received, *args: Any) -> None:
         assert received.ack_id is not None, f"{received.event} asked for no ack"
-        await self._send_packet(self.packet_class(
-            packet.ACK, namespace=self.namespace, id=received.ack_id, data=list(args)))
+        await self._send_packet(
+            self.packet_class(
+                packet.ACK, namespace=self.namespace, id=received.ack_id, data=list(args)
+            )
+        )
 
     async def next(self) -> Received:
         return await asyncio.wait_for(self.events.get(), WAIT)
@@ -174,8 +181,14 @@ class Harness:
             await self.http.close()
 
     async def connect(
-        self, site: str, token: str, device: str | None = "dev", *, auto_ack: bool = True,
-        meta: str | None = None, use_auth: bool = False,
+        self,
+        site: str,
+        token: str,
+        device: str | None = "dev",
+        *,
+        auto_ack: bool = True,
+        meta: str | None = None,
+        use_auth: bool = False,
     ) -> Client:
         client = Client(auto_ack=auto_ack)
         client.namespace = f"/{site}"
@@ -185,9 +198,13 @@ class Harness:
         if meta is not None:
             params["meta"] = meta
         query = "" if use_auth else "?" + "&".join(f"{k}={v}" for k, v in params.items())
-        await client.connect(self.url + query, namespaces=[client.namespace],
-                             transports=["websocket"], auth=params if use_auth else None,
-                             wait_timeout=WAIT)
+        await client.connect(
+            self.url + query,
+            namespaces=[client.namespace],
+            transports=["websocket"],
+            auth=params if use_auth else None,
+            wait_timeout=WAIT,
+        )
         self.clients.append(client)
         # Every connection is greeted first; after the greeting, sends arrive live.
         greeting = await client.next()
@@ -200,9 +217,12 @@ class Harness:
         errors: asyncio.Queue[Any] = asyncio.Queue()
         client.on("connect_error", errors.put, namespace=f"/{site}")
         try:
-            await client.connect(f"{self.url}?token={token}&deviceId={device}",
-                                 namespaces=[f"/{site}"], transports=["websocket"],
-                                 wait_timeout=WAIT)
+            await client.connect(
+                f"{self.url}?token={token}&deviceId={device}",
+                namespaces=[f"/{site}"],
+                transports=["websocket"],
+                wait_timeout=WAIT,
+            )
         except socketio.exceptions.ConnectionError:
             pass
         else:
@@ -214,13 +234,19 @@ class Harness:
         return str(data["message"] if isinstance(data, dict) else data)
 
     async def send(
-        self, site: str, rooms: Any, event: str, *args: Any, api_key: str = "key",
+        self,
+        site: str,
+        rooms: Any,
+        event: str,
+        *args: Any,
+        api_key: str = "key",
         resync: bool = False,
     ) -> tuple[int, str]:
         assert self.http is not None
         query = f"site={site}&apiKey={api_key}" + ("&resync=true" if resync else "")
-        async with self.http.post(f"{self.url}/send?{query}",
-                                  json={"rooms": rooms, "event": event, "args": list(args)}) as r:
+        async with self.http.post(
+            f"{self.url}/send?{query}", json={"rooms": rooms, "event": event, "args": list(args)}
+        ) as r:
             return r.status, await r.text()
 
     async def post(self, query: str, **kwargs: Any) -> tuple[int, str]:

@@ -23,7 +23,9 @@ async def test_message_to_a_user_room_arrives_with_its_args_and_ack_removes_it(
     harness.stub.answers["t1"] = ["user_1"]
     client = await harness.connect("shop", "t1", "phone", auto_ack=False)
     assert await harness.send("shop", ["user_1"], "update_store", "user", {"id": 1, "age": 5}) == (
-        200, "OK")
+        200,
+        "OK",
+    )
     received = await client.next()
     assert (received.event, received.args) == ("update_store", ["user", {"id": 1, "age": 5}])
     assert received.ack_id is not None
@@ -35,7 +37,8 @@ async def test_message_to_a_user_room_arrives_with_its_args_and_ack_removes_it(
 async def test_shared_room_reaches_every_device_of_every_member_once(harness: Harness) -> None:
     await harness.start()
     harness.stub.answers.update(
-        {"a": ["user_1", "Staff"], "b": ["user_2", "staff"], "c": ["user_3", "buyers"]})
+        {"a": ["user_1", "Staff"], "b": ["user_2", "staff"], "c": ["user_3", "buyers"]}
+    )
     phone = await harness.connect("shop", "a", "phone")
     laptop = await harness.connect("shop", "a", "laptop")
     other = await harness.connect("shop", "b", "phone")

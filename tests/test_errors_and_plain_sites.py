@@ -53,11 +53,13 @@ async def test_send_body_errors_name_the_field(harness: Harness, body: object, f
 
 async def test_send_rejects_broken_json_and_unknown_content_types(harness: Harness) -> None:
     await harness.start()
-    status, text = await harness.post("site=shop&apiKey=key", data=b"{nope",
-                                      headers={"Content-Type": "application/json"})
+    status, text = await harness.post(
+        "site=shop&apiKey=key", data=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert status == 400 and "not valid JSON" in text
-    status, text = await harness.post("site=shop&apiKey=key", data=b"x",
-                                      headers={"Content-Type": "text/plain"})
+    status, text = await harness.post(
+        "site=shop&apiKey=key", data=b"x", headers={"Content-Type": "text/plain"}
+    )
     assert status == 400 and "Unsupported Content-Type" in text
 
 
@@ -75,8 +77,11 @@ async def test_form_bodies_are_read_like_the_originals_body_parser(harness: Harn
     harness.stub.answers["t1"] = ["user_1", "staff"]
     client = await harness.connect("shop", "t1", "phone")
     form = "rooms[]=user_1&rooms[]=staff&event=update&args[]=user&args[1][id]=7"
-    status, _ = await harness.post("site=shop&apiKey=key", data=form.encode(),
-                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, _ = await harness.post(
+        "site=shop&apiKey=key",
+        data=form.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 200
     received = await client.next()
     assert (received.event, received.args) == ("update", ["user", {"id": "7"}])
@@ -87,8 +92,12 @@ async def test_resync_false_is_false(harness: Harness) -> None:
     harness.stub.answers["t1"] = ["user_1"]
     client = await harness.connect("shop", "t1", "phone", auto_ack=False)
     for i in range(2):
-        assert (await harness.post("site=shop&apiKey=key&resync=false",
-                                   json={"rooms": "user_1", "event": "e", "args": [i]}))[0] == 200
+        assert (
+            await harness.post(
+                "site=shop&apiKey=key&resync=false",
+                json={"rooms": "user_1", "event": "e", "args": [i]},
+            )
+        )[0] == 200
     await client.next()
     await client.ack(await client.next())  # out of order, but resync is off
     await client.no_event_within(0.3)

@@ -39,9 +39,14 @@ async def test_enqueue_reports_each_device_once(store: Store) -> None:
     await store.connect_device(SITE, "user_2", "phone", ["staff"])
     deliveries = await store.enqueue(SITE, ["user_1", "user_1"], ["STAFF", "staff"], msg("e"))
     assert sorted((d.user, d.device) for d in deliveries) == [
-        ("user_1", "laptop"), ("user_1", "phone"), ("user_2", "phone")]
-    assert {len(await store.pending(SITE, u, d)) for u, d in
-            [("user_1", "phone"), ("user_1", "laptop"), ("user_2", "phone")]} == {1}
+        ("user_1", "laptop"),
+        ("user_1", "phone"),
+        ("user_2", "phone"),
+    ]
+    assert {
+        len(await store.pending(SITE, u, d))
+        for u, d in [("user_1", "phone"), ("user_1", "laptop"), ("user_2", "phone")]
+    } == {1}
 
 
 async def test_unknown_user_stores_nothing(store: Store) -> None:
@@ -90,7 +95,9 @@ async def test_resync_ack_of_the_head_removes_it(store: Store) -> None:
     outcome = await store.ack_head(SITE, "user_1", "d", 2, "e")
     assert not outcome.cleared
     assert [(m.event, m.resync) for m in await store.pending(SITE, "user_1", "d")] == [
-        ("other", False), ("e", True)]
+        ("other", False),
+        ("e", True),
+    ]
 
 
 async def test_resync_ack_past_the_head_clears_only_that_event(store: Store) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import orjson
 
@@ -32,7 +30,7 @@ async def fetch_rooms(
             if response.status != 200:
                 raise AuthRejected(f"Auth {response.status} error")
             body = await response.read()
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise AuthRejected(f"Auth error: no answer from the site within {timeout:g}s") from None
     except aiohttp.ClientError as exc:
         raise AuthRejected(f"Auth error: {exc or type(exc).__name__}") from exc

@@ -41,11 +41,13 @@ class PresenceNotifier:
                 timeout=aiohttp.ClientTimeout(total=UPDATE_TIMEOUT),
             ) as response:
                 if response.status >= 300:
-                    logger.warning("site={} user update {} answered {}", self.site.name, url,
-                                   response.status)
+                    logger.warning(
+                        "site={} user update {} answered {}", self.site.name, url, response.status
+                    )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("site={} user update {} failed: {}", self.site.name, url,
-                           exc or type(exc).__name__)
+            logger.warning(
+                "site={} user update {} failed: {}", self.site.name, url, exc or type(exc).__name__
+            )
 
     async def drain(self, timeout: float) -> None:
         if self._tasks:

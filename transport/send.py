@@ -107,8 +107,9 @@ class SendHandler:
         except BadRequest as exc:
             return self._reject(400, str(exc), site_name)
         if not namespace.site.reliable:
-            await namespace.server.emit(send.event, tuple(send.args), to=send.rooms,
-                                        namespace=namespace.namespace)
+            await namespace.server.emit(
+                send.event, tuple(send.args), to=send.rooms, namespace=namespace.namespace
+            )
             return web.Response(text="OK")
         try:
             await self._store_and_deliver(namespace, send, resync)

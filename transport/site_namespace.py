@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -49,25 +49,31 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.presence = PresenceNotifier(http, site)
         self.registry = ActorRegistry(site, store, self)
         self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
-        self._greetings: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- Outbox, for the actors -------------------------------------------------------------
 
-    async def emit(  # type: ignore[override]
+    async def emit(
         self, sid: str, event: str, args: list[Any], on_ack: Callable[..., Any] | None = None
     ) -> None:
         # The actor runs on the node that holds the socket: no need for the cross-node queue.
-        await self.server.emit(event, tuple(args), to=sid, namespace=self.namespace,
-                               callback=on_ack, ignore_queue=True)
+        await self.server.emit(
+            event, tuple(args), to=sid, namespace=self.namespace, callback=on_ack, ignore_queue=True
+        )
 
     def is_connected(self, sid: str) -> bool:
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
         if eio_sid is not None and eio_sid in self.server.environ:
             return True
         if self.server.manager.is_connected(sid, self.namespace):
-            asyncio.ensure_future(self.server.manager.disconnect(sid, self.namespace,
-                                                                 ignore_queue=True))
+            # python-socketio marks a socket connected even if it left during the handshake.
+            self._background(self.server.manager.disconnect(sid, self.namespace, ignore_queue=True))
         return False
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def presence_changed(self, user: str, authorization: str, connected: bool) -> None:
         self.presence.notify(user, authorization, connected)
@@ -86,9 +92,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             for room in rooms:
                 await self.enter_room(sid, room)
             # A task runs only after this handler returns and the CONNECT packet is queued.
-            task = asyncio.create_task(self.emit(sid, "_settings", [{"device_ttl": self.device_ttl}]))
-            self._greetings.add(task)
-            task.add_done_callback(self._greetings.discard)
+            self._background(self.emit(sid, "_settings", [{"device_ttl": self.device_ttl}]))
             return True
         return await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
 
@@ -105,8 +109,17 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         shared = [room for room in rooms if not room.startswith(prefix) and room != user]
         device = params.get("deviceId", "")
         reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.registry.tell(user, Register(sid, device or f"~{sid}", shared, authorization,
-                                          forget_on_disconnect=not device, reply=reply))
+        self.registry.tell(
+            user,
+            Register(
+                sid,
+                device or f"~{sid}",
+                shared,
+                authorization,
+                forget_on_disconnect=not device,
+                reply=reply,
+            ),
+        )
         try:
             await asyncio.wait_for(asyncio.shield(reply), REGISTER_TIMEOUT)
         except Exception as exc:

@@ -19,8 +19,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="socketio-webservice", description=__doc__)
     parser.add_argument("--config", help="config.yml path (default ./config.yml, or CONFIG_FILE)")
     parser.add_argument("--sites", help="sites.yml path (default ./sites.yml, or SITES_FILE)")
-    parser.add_argument("--demo", action="store_true",
-                        help="add the demo site, with its own auth endpoint and a page at /demo")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="add the demo site, with its own auth endpoint and a page at /demo",
+    )
     return parser.parse_args(argv)
 
 
@@ -43,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.demo:
             config = add_demo_site(config)
         if not config.sites:
-            raise ConfigError("no site configured: give SITE_NAME and AUTH_URL, a sites.yml, "
-                              "or --demo")
+            raise ConfigError(
+                "no site configured: give SITE_NAME and AUTH_URL, a sites.yml, or --demo"
+            )
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -67,7 +67,7 @@ class SiteConfig:
         return bool(self.public_channel) and room == self.public_channel
 
     def user_id(self, user_room: str) -> str:
-        return user_room[len(self.user_room_prefix):]
+        return user_room[len(self.user_room_prefix) :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,9 @@ def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
     known = {"authUrl", "authScheme", "apiKey", "userRoomPrefix", "updateUserUrl", "publicChannel"}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{where}{name}.{key}: unknown site key (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{where}{name}.{key}: unknown site key (known: {', '.join(sorted(known))})"
+            )
     auth_url = _text(values.get("authUrl"), f"{where}{name}.authUrl")
     api_key = _text(values.get("apiKey"), f"{where}{name}.apiKey")
     if not auth_url.startswith(("http://", "https://")):
@@ -146,7 +148,9 @@ def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
         raise ConfigError(f"{where}{name}.apiKey: is required")
     update_url = _text(values.get("updateUserUrl"), f"{where}{name}.updateUserUrl")
     if update_url and not update_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}{name}.updateUserUrl: must be an http(s) URL, not {update_url!r}")
+        raise ConfigError(
+            f"{where}{name}.updateUserUrl: must be an http(s) URL, not {update_url!r}"
+        )
     return SiteConfig(
         name=name,
         auth_url=auth_url,
@@ -164,8 +168,10 @@ def _socketio_options(raw: Mapping[str, Any]) -> dict[str, Any]:
         if key in IGNORED_IO_OPTIONS:
             continue
         if key not in IO_OPTIONS:
-            raise ConfigError(f"io.{key}: not a supported Socket.IO option "
-                              f"(supported: {', '.join(sorted(IO_OPTIONS))})")
+            raise ConfigError(
+                f"io.{key}: not a supported Socket.IO option "
+                f"(supported: {', '.join(sorted(IO_OPTIONS))})"
+            )
         name, scale = IO_OPTIONS[key]
         if key in ("cors", "origins"):
             origin = value.get("origin") if isinstance(value, Mapping) else value
@@ -237,8 +243,11 @@ def load_config(
             {
                 key: env[var]
                 for key, var in (
-                    ("authUrl", "AUTH_URL"), ("authScheme", "AUTH_SCHEME"), ("apiKey", "API_KEY"),
-                    ("userRoomPrefix", "USER_ROOM_PREFIX"), ("updateUserUrl", "UPDATE_USER_URL"),
+                    ("authUrl", "AUTH_URL"),
+                    ("authScheme", "AUTH_SCHEME"),
+                    ("apiKey", "API_KEY"),
+                    ("userRoomPrefix", "USER_ROOM_PREFIX"),
+                    ("updateUserUrl", "UPDATE_USER_URL"),
                     ("publicChannel", "PUBLIC_CHANNEL"),
                 )
                 if env.get(var)
@@ -247,8 +256,11 @@ def load_config(
         )
 
     sqlite = _mapping(section.get("sqlite"), "sqlite")
-    synchronous = (env.get("SQLITE_SYNCHRONOUS") or _text(sqlite.get("synchronous"),
-                   "sqlite.synchronous") or "FULL").upper()
+    synchronous = (
+        env.get("SQLITE_SYNCHRONOUS")
+        or _text(sqlite.get("synchronous"), "sqlite.synchronous")
+        or "FULL"
+    ).upper()
     if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
         raise ConfigError(f"sqlite.synchronous: must be FULL, EXTRA or NORMAL, not {synchronous!r}")
     _mapping(section.get("flakeid"), "flakeid")  # accepted for compatibility; seqs replace it
@@ -262,11 +274,17 @@ def load_config(
             env.get("DEVICE_TTL") or section.get("device_ttl", DEFAULT_DEVICE_TTL), "device_ttl"
         ),
         redis_url=env.get("REDIS_URL") or _redis_url(section),
-        sqlite_path=env.get("SQLITE_PATH") or _text(sqlite.get("path"), "sqlite.path")
+        sqlite_path=env.get("SQLITE_PATH")
+        or _text(sqlite.get("path"), "sqlite.path")
         or DEFAULT_SQLITE_PATH,
         sqlite_synchronous=synchronous,
-        auth_timeout=float(_int(env.get("AUTH_TIMEOUT") or section.get("auth_timeout",
-                                int(DEFAULT_AUTH_TIMEOUT)), "auth_timeout", minimum=1)),
+        auth_timeout=float(
+            _int(
+                env.get("AUTH_TIMEOUT") or section.get("auth_timeout", int(DEFAULT_AUTH_TIMEOUT)),
+                "auth_timeout",
+                minimum=1,
+            )
+        ),
         socketio_options=_socketio_options(_mapping(section.get("io"), "io")),
         logging=_logging(section),
     )

@@ -16,7 +16,9 @@ DEMO_SITE = "demo"
 DEMO_API_KEY = "demo-key"
 PAGE = Path(__file__).parent / "static" / "demo.html"
 # The official client, as `./dev` installs it for the end-to-end tests; else from its CDN.
-CLIENT_JS = Path(__file__).parent.parent / "tests/e2e/node_modules/socket.io-client/dist/socket.io.min.js"
+CLIENT_JS = (
+    Path(__file__).parent.parent / "tests/e2e/node_modules/socket.io-client/dist/socket.io.min.js"
+)
 CLIENT_CDN = "https://cdn.socket.io/4.8.1/socket.io.min.js"
 
 

@@ -24,8 +24,9 @@ DRAIN_TIMEOUT = 5.0
 def make_store(config: Config) -> Store:
     if config.redis_url:
         return RedisStore(config.redis_url, device_ttl=config.device_ttl)
-    return SQLiteStore(config.sqlite_path, device_ttl=config.device_ttl,
-                       synchronous=config.sqlite_synchronous)
+    return SQLiteStore(
+        config.sqlite_path, device_ttl=config.device_ttl, synchronous=config.sqlite_synchronous
+    )
 
 
 class Service:
@@ -48,8 +49,9 @@ class Service:
         await self.store.open()
         self.http = aiohttp.ClientSession()
         for site in self.config.sites.values():
-            namespace = SiteNamespace(site, self.store, self.http, self.config.device_ttl,
-                                      self.config.auth_timeout)
+            namespace = SiteNamespace(
+                site, self.store, self.http, self.config.device_ttl, self.config.auth_timeout
+            )
             self.namespaces[site.name] = namespace
             self.sio.register_namespace(namespace)
         self._send_handler = SendHandler(self.namespaces, self.store)
@@ -57,8 +59,13 @@ class Service:
         await self.runner.setup()
         await web.TCPSite(self.runner, self.config.host, self.config.port).start()
         kind = "Redis" if self.config.redis_url else f"SQLite ({self.config.sqlite_path})"
-        logger.info("listening on {}:{} with {}; sites: {}", self.config.host, self.config.port,
-                    kind, ", ".join(self.namespaces) or "none")
+        logger.info(
+            "listening on {}:{} with {}; sites: {}",
+            self.config.host,
+            self.config.port,
+            kind,
+            ", ".join(self.namespaces) or "none",
+        )
 
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None

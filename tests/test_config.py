@@ -1,0 +1,139 @@
+"""Configuration is read as the Node original reads it; mistakes stop start-up, naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from webservice.config import ConfigError, load_config
+
+CONFIG = """
+production:
+  port: 8080
+  device_ttl: 60
+  redis:
+    url: redis://127.0.0.1:6390/2
+  flakeid: {datacenter: 0, worker: 0}
+  io:
+    pingTimeout: 60000
+    pingInterval: 25000
+  winston:
+    console: {level: warn}
+    file: {level: info, filename: ./logs/log.txt, handleExceptions: true}
+  servers: [deployer@server1.example.com]
+development:
+  port: 3000
+"""
+SITES = """
+newsite:
+  authUrl: http://newsite.example/socketrooms
+  authScheme: Token
+  apiKey: 54321
+  userRoomPrefix: user_
+  updateUserUrl: http://newsite.example/users/:id
+"""
+
+
+def write(tmp_path: Path, config: str = CONFIG, sites: str = SITES) -> tuple[str, str]:
+    (tmp_path / "config.yml").write_text(config)
+    (tmp_path / "sites.yml").write_text(sites)
+    return str(tmp_path / "config.yml"), str(tmp_path / "sites.yml")
+
+
+def test_files_in_the_originals_format(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path)
+    config = load_config({}, config_file, sites_file)
+    assert (config.port, config.device_ttl, config.redis_url) == (
+        8080,
+        60,
+        "redis://127.0.0.1:6390/2",
+    )
+    assert config.socketio_options == {"ping_timeout": 60.0, "ping_interval": 25.0}
+    assert config.logging.console_level == "WARN" and config.logging.file_path == "./logs/log.txt"
+    site = config.sites["newsite"]
+    assert (site.api_key, site.auth_scheme, site.user_room_prefix) == ("54321", "Token", "user_")
+    assert site.reliable and site.user_id("user_8") == "8"
+
+
+def test_node_env_picks_the_section(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path)
+    assert load_config({"NODE_ENV": "development"}, config_file, sites_file).port == 3000
+    assert load_config({"APP_ENV": "development"}, config_file, sites_file).port == 3000
+
+
+def test_environment_alone_describes_one_site_and_overrides_files(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path)
+    env = {
+        "PORT": "80",
+        "DEVICE_TTL": "0",
+        "REDIS_URL": "redis://r:1/0",
+        "SITE_NAME": "goodcity",
+        "AUTH_URL": "https://api.example/rooms",
+        "AUTH_SCHEME": "Bearer",
+        "API_KEY": "k",
+        "USER_ROOM_PREFIX": "user_",
+        "UPDATE_USER_URL": "https://api.example/users/:id",
+        "PUBLIC_CHANNEL": "browse",
+    }
+    config = load_config(env, config_file, sites_file)
+    assert (config.port, config.device_ttl, config.redis_url) == (80, 0, "redis://r:1/0")
+    assert set(config.sites) == {"newsite", "goodcity"}
+    assert config.sites["goodcity"].public_channel == "browse"
+
+
+def test_defaults_use_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.yml or sites.yml here
+    config = load_config({"SITE_NAME": "s", "AUTH_URL": "http://a/x", "API_KEY": "k"})
+    assert config.port == 1337 and config.device_ttl == 3600 and config.redis_url == ""
+    assert config.sqlite_path == "data/webservice.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("config", "sites", "env", "key"),
+    [
+        ("production:\n  port: abc\n", SITES, {}, "port"),
+        ("production:\n  device_ttl: -1\n", SITES, {}, "device_ttl"),
+        ("production:\n  io:\n    pingTimout: 5\n", SITES, {}, "io.pingTimout"),
+        ("production: {}\n", "s:\n  apiKey: k\n", {}, "s.authUrl"),
+        ("production: {}\n", "s:\n  authUrl: http://a/b\n", {}, "s.apiKey"),
+        (
+            "production: {}\n",
+            "s:\n  authUrl: http://a\n  apiKey: k\n  authURL: x\n",
+            {},
+            "s.authURL",
+        ),
+        ("production: {}\n", SITES, {"DEVICE_TTL": "soon"}, "device_ttl"),
+        (
+            "production:\n  winston:\n    console: {level: loud}\n",
+            SITES,
+            {},
+            "winston.console.level",
+        ),
+        ("production: [\n", SITES, {}, "not valid YAML"),
+    ],
+)
+def test_mistakes_name_the_key(
+    tmp_path: Path, config: str, sites: str, env: dict[str, str], key: str
+) -> None:
+    config_file, sites_file = write(tmp_path, config, sites)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(env, config_file, sites_file)
+
+
+def test_a_config_error_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    write(tmp_path, "production:\n  port: abc\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "webservice"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "config error: port must be a whole number, not 'abc'"
+    ]
