@@ -37,6 +37,15 @@ class Detach:
 
 
 @dataclass(slots=True)
+class Release:
+    """Count a gone socket's connection out of the store (retried until the store answers)."""
+
+    device: str
+    authorization: str
+    forget: bool
+
+
+@dataclass(slots=True)
 class Deliver:
     """``message`` was stored for these devices of the user, at these seqs."""
 
@@ -69,4 +78,12 @@ class CatchUp:
     reason: str = field(default="mailbox full")
 
 
-ActorMessage = Register | Attach | Detach | Deliver | Ack | ResyncAck | CatchUp
+@dataclass(slots=True)
+class Retry:
+    """A store write that failed (store unreachable), tried again after ``delay`` seconds."""
+
+    message: Ack | ResyncAck | Release | CatchUp
+    delay: float
+
+
+ActorMessage = Register | Attach | Detach | Release | Deliver | Ack | ResyncAck | CatchUp | Retry

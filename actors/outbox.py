@@ -15,5 +15,8 @@ class Outbox(Protocol):
     def is_connected(self, sid: str) -> bool:
         """Whether the socket is still there (it may leave during its own handshake)."""
 
+    async def disconnect(self, sid: str) -> None:
+        """Close a socket; its client reconnects and starts over."""
+
     def presence_changed(self, user: str, authorization: str, connected: bool) -> None:
         """The user's first device connected, or its last one left (fire and forget)."""

@@ -22,15 +22,19 @@ from actors.messages import (
     Deliver,
     Detach,
     Register,
+    Release,
     ResyncAck,
+    Retry,
 )
 from actors.outbox import Outbox
-from storage import Store, StoredMessage
+from storage import Store, StoredMessage, StoreUnavailable
 
 if TYPE_CHECKING:
     from actors.registry import ActorRegistry
 
 MAILBOX_LIMIT = 10_000
+RETRY_FIRST = 0.2  # seconds; doubles up to RETRY_MAX while the store stays unreachable
+RETRY_MAX = 5.0
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ class UserActor:
         self.sockets: dict[str, SocketInfo] = {}
         self.devices: dict[str, DeviceLink] = {}
         self._catch_up_queued = False
+        self._retries_waiting = 0
 
     def tell(self, message: ActorMessage) -> None:
         if isinstance(message, Deliver) and self.mailbox.qsize() >= MAILBOX_LIMIT:
@@ -81,13 +86,15 @@ class UserActor:
 
     @property
     def idle(self) -> bool:
-        return not self.sockets and self.mailbox.empty()
+        return not self.sockets and self.mailbox.empty() and not self._retries_waiting
 
     async def run(self) -> None:
         while True:
             message = await self.mailbox.get()
             try:
                 await self.handle(message)
+            except StoreUnavailable as exc:
+                self._retry_later(message, exc)
             except Exception as exc:  # one bad event must not stop the user's other events
                 logger.opt(exception=exc).error(
                     "site={} user={} failed to handle {}: {}",
@@ -102,8 +109,39 @@ class UserActor:
                 self.registry.retire(self)
                 return
 
+    def _retry_later(self, failed: ActorMessage, exc: Exception) -> None:
+        """Keep what the client or site asked for until the store is back, instead of
+        dropping it: an ack, a disconnect, or a re-read of the queue."""
+        if isinstance(failed, Retry):
+            retry = Retry(failed.message, min(failed.delay * 2, RETRY_MAX))
+        elif isinstance(failed, Ack | ResyncAck | Release | CatchUp):
+            retry = Retry(failed, RETRY_FIRST)
+        elif isinstance(failed, Deliver):
+            retry = Retry(CatchUp("store unavailable"), RETRY_FIRST)
+        else:
+            logger.warning(
+                "site={} user={} {} failed: {}", self.site, self.user, type(failed).__name__, exc
+            )
+            return
+        if not isinstance(failed, Retry):
+            logger.warning(
+                "site={} user={} {} failed, will retry: {}",
+                self.site,
+                self.user,
+                type(failed).__name__,
+                exc,
+            )
+        self._retries_waiting += 1
+        asyncio.get_running_loop().call_later(retry.delay, self._retry_due, retry)
+
+    def _retry_due(self, retry: Retry) -> None:
+        self._retries_waiting -= 1
+        self.mailbox.put_nowait(retry)
+
     async def handle(self, message: ActorMessage) -> None:
         match message:
+            case Retry():
+                await self.handle(message.message)
             case Deliver():
                 await self._deliver(message)
             case Ack():
@@ -116,6 +154,8 @@ class UserActor:
                 await self._attach(message.sid)
             case Detach():
                 await self._detach(message.sid)
+            case Release():
+                await self._release(message)
             case CatchUp():
                 self._catch_up_queued = False
                 for device in list(self.devices):
@@ -150,7 +190,17 @@ class UserActor:
             await self._detach(sid)
             return
         info.attached = True
-        batch = await self.store.pending(self.site, self.user, info.device)
+        try:
+            batch = await self.store.pending(self.site, self.user, info.device)
+        except StoreUnavailable as exc:
+            logger.warning(
+                "site={} user={} cannot read the queue, closing the socket: {}",
+                self.site,
+                self.user,
+                exc,
+            )
+            await self.outbox.disconnect(sid)  # the client reconnects when it can
+            return
         self.devices[info.device] = DeviceLink(sid, batch[-1].seq if batch else 0)
         # Read before the greeting, so a client can count on it: whatever is stored after
         # _settings arrives comes live, after the _batch.
@@ -170,11 +220,18 @@ class UserActor:
         link = self.devices.get(info.device)
         if link is not None and link.sid == sid:
             del self.devices[info.device]
+        release = Release(info.device, info.authorization, info.forget_on_disconnect)
+        try:
+            await self._release(release)
+        except StoreUnavailable as exc:
+            self._retry_later(release, exc)
+
+    async def _release(self, release: Release) -> None:
         last = await self.store.disconnect_device(
-            self.site, self.user, info.device, forget=info.forget_on_disconnect
+            self.site, self.user, release.device, forget=release.forget
         )
         if last:
-            self.outbox.presence_changed(self.user, info.authorization, connected=False)
+            self.outbox.presence_changed(self.user, release.authorization, connected=False)
 
     async def _deliver(self, message: Deliver) -> None:
         for device, seq in message.seqs.items():

@@ -48,11 +48,16 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One stored copy of a message: for ``device`` of ``user``, at position ``seq``."""
+    """One stored copy of a message: for ``device`` of ``user``, at position ``seq``.
+
+    ``nodes`` are the service nodes where the device has a connection now (none if offline):
+    the only ones that need to hear of it.
+    """
 
     user: str
     device: str
     seq: int
+    nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,7 @@ class Store(Protocol):
     """
 
     device_ttl: int
+    node_id: str
 
     async def open(self) -> None:
         """Connect, create what is missing, and recover state a crash left behind."""
@@ -84,6 +90,10 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers now."""
+
+    async def heartbeat(self) -> list[str]:
+        """Say this node is alive, and release the connections of nodes that stopped saying so
+        (killed or cut off), as if their sockets had disconnected. Returns those nodes."""
 
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]

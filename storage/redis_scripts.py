@@ -1,10 +1,10 @@
 """The Lua scripts behind every Redis store decision, each one atomic.
 
 They build key names from ARGV[1], the site's key prefix (see ``redis_keys``); every script
-touches one site's keys only. Times are in milliseconds; a ttl of 0 means never expire.
+touches one site's keys only, except HEARTBEAT, which works across sites for one node. Times
+are in milliseconds; a ttl of 0 means never expire.
 """
 
-# Shared helpers, prepended to every script.
 _HELPERS = """
 local p = ARGV[1]
 local function dev_keys(user, device)
@@ -18,13 +18,19 @@ local function expire_all(ttl, ...)
 end
 """
 
-# ARGV: prefix, user, device, shared rooms...  -> user's connection count after this one
-CONNECT_DEVICE = (
-    _HELPERS
-    + """
-local user, device = ARGV[2], ARGV[3]
+
+def _script(body: str) -> str:
+    return _HELPERS + body
+
+
+# ARGV: prefix, node field, node devices key, user, device, shared rooms...
+#   -> the user's connection count, this one included
+CONNECT_DEVICE = _script("""
+local field, held, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dev, msg, evt = dev_keys(user, device)
 redis.call('HINCRBY', dev, 'conns', 1)
+redis.call('HINCRBY', dev, field, 1)
+redis.call('SADD', held, p .. '\\t' .. user .. '\\t' .. device)
 redis.call('PERSIST', dev); redis.call('PERSIST', msg); redis.call('PERSIST', evt)
 local devices, rooms, ukey = p .. 'devices:' .. user, p .. 'rooms:' .. user, p .. 'user:' .. user
 redis.call('SADD', devices, device)
@@ -33,26 +39,28 @@ for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
   redis.call('SREM', p .. 'members:' .. room, user)
 end
 redis.call('DEL', rooms)
-for i = 4, #ARGV do
+for i = 6, #ARGV do
   redis.call('SADD', rooms, ARGV[i])
   redis.call('SADD', p .. 'members:' .. ARGV[i], user)
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
 return conns
-"""
-)
+""")
 
-# ARGV: prefix, user, device, ttl_ms, forget (0/1)  -> user's connection count left
-DISCONNECT_DEVICE = (
-    _HELPERS
-    + """
-local user, device, ttl, forget = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+# ARGV: prefix, node field, node devices key, user, device, ttl_ms, forget (0/1)
+#   -> the user's connection count left
+DISCONNECT_DEVICE = _script("""
+local field, held, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 local dev, msg, evt = dev_keys(user, device)
 local devices, rooms, ukey = p .. 'devices:' .. user, p .. 'rooms:' .. user, p .. 'user:' .. user
 if redis.call('EXISTS', dev) == 1 then
-  local conns = redis.call('HINCRBY', dev, 'conns', -1)
-  if conns <= 0 then
+  if redis.call('HINCRBY', dev, field, -1) <= 0 then
+    redis.call('HDEL', dev, field)
+    redis.call('SREM', held, p .. '\\t' .. user .. '\\t' .. device)
+  end
+  if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
     redis.call('HSET', dev, 'conns', 0)
     if forget then
       redis.call('DEL', dev, msg, evt)
@@ -69,14 +77,12 @@ if left <= 0 then
   expire_all(ttl, ukey, devices, rooms)
 end
 return left
-"""
-)
+""")
 
 # ARGV: prefix, event, record, n_users, users..., shared rooms...
-#   -> flat list user, device, seq for every device that stored the message
-ENQUEUE = (
-    _HELPERS
-    + """
+#   -> flat list of user, device, seq, nodes (comma-separated ids of the nodes where the device
+#      is connected) for every device that stored the message
+ENQUEUE = _script("""
 local event, record, n_users = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local targets, seen = {}, {}
 local function add(user)
@@ -102,18 +108,20 @@ for _, user in ipairs(targets) do
       redis.call('HSET', msg, seq, record)
       redis.call('ZADD', evt, 0, event .. '\\0' .. string.format('%020d', seq))
       if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
+      local holders = {}
+      for _, f in ipairs(redis.call('HKEYS', dev)) do
+        if string.sub(f, 1, 2) == 'n:' then holders[#holders + 1] = string.sub(f, 3) end
+      end
       out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
+      out[#out + 1] = table.concat(holders, ',')
     end
   end
 end
 return out
-"""
-)
+""")
 
 # ARGV: prefix, user, device, (seq, event member)...  -> number removed
-ACK = (
-    _HELPERS
-    + """
+ACK = _script("""
 local dev, msg, evt = dev_keys(ARGV[2], ARGV[3])
 local removed = 0
 for i = 4, #ARGV, 2 do
@@ -121,13 +129,11 @@ for i = 4, #ARGV, 2 do
   redis.call('ZREM', evt, ARGV[i + 1])
 end
 return removed
-"""
-)
+""")
 
-# ARGV: prefix, user, device, seq, event  -> -1 removed or not stored; else last seq (cleared)
-ACK_HEAD = (
-    _HELPERS
-    + """
+# ARGV: prefix, user, device, seq, event
+#   -> -1 if removed as the head or not stored; else the device's last seq (event cleared)
+ACK_HEAD = _script("""
 local seq, event = ARGV[4], ARGV[5]
 local dev, msg, evt = dev_keys(ARGV[2], ARGV[3])
 if redis.call('HEXISTS', msg, seq) == 0 then return -1 end
@@ -143,5 +149,45 @@ for _, member in ipairs(redis.call('ZRANGEBYLEX', evt, lo, hi)) do
 end
 redis.call('ZREMRANGEBYLEX', evt, lo, hi)
 return tonumber(redis.call('HGET', dev, 'seq') or seq)
+""")
+
+# ARGV: global prefix, this node, dead_after_ms, ttl_ms  -> ids of the dead nodes released
+#   Records this node's heartbeat (Redis's clock, so nodes' clocks need not agree), then
+#   releases every connection of a node silent for dead_after_ms, as if each had disconnected.
+HEARTBEAT = """
+local g, me, dead_after, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local function expire_all(...)
+  for _, k in ipairs({...}) do
+    if ttl > 0 then redis.call('PEXPIRE', k, ttl) else redis.call('PERSIST', k) end
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', g .. 'nodes', now, me)
+local cutoff = '(' .. string.format('%d', now - dead_after)
+local dead = redis.call('ZRANGEBYSCORE', g .. 'nodes', '-inf', cutoff)
+for _, node in ipairs(dead) do
+  local held = g .. 'node:' .. node .. ':devices'
+  for _, entry in ipairs(redis.call('SMEMBERS', held)) do
+    local p, user, device = string.match(entry, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)$')
+    local tail = user .. ':' .. device
+    local dev = p .. 'dev:' .. tail
+    local count = tonumber(redis.call('HGET', dev, 'n:' .. node) or '0')
+    if count > 0 then
+      redis.call('HDEL', dev, 'n:' .. node)
+      if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
+        redis.call('HSET', dev, 'conns', 0)
+        expire_all(dev, p .. 'msg:' .. tail, p .. 'evt:' .. tail)
+      end
+      local ukey = p .. 'user:' .. user
+      if redis.call('EXISTS', ukey) == 1 and redis.call('HINCRBY', ukey, 'conns', -count) <= 0 then
+        redis.call('HSET', ukey, 'conns', 0)
+        expire_all(ukey, p .. 'devices:' .. user, p .. 'rooms:' .. user)
+      end
+    end
+  end
+  redis.call('DEL', held)
+  redis.call('ZREM', g .. 'nodes', node)
+end
+return dead
 """
-)

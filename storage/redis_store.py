@@ -12,12 +12,21 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage import redis_scripts as scripts
 from storage.base import Delivery, HeadAck, Message, StoredMessage, StoreUnavailable
-from storage.redis_keys import DEFAULT_PREFIX, escape, event_member, site_prefix, unescape
+from storage.redis_keys import (
+    DEFAULT_PREFIX,
+    escape,
+    event_member,
+    node_devices,
+    node_field,
+    site_prefix,
+    unescape,
+)
+
+NODE_DEAD_AFTER = 30.0  # seconds without a heartbeat before a node's connections are released
 
 T = TypeVar("T")
 
@@ -32,12 +41,16 @@ class RedisStore:
         self,
         url: str,
         device_ttl: int,
+        node_id: str,
         key_prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
+        node_dead_after: float = NODE_DEAD_AFTER,
     ) -> None:
         self.url = url
         self.device_ttl = device_ttl
+        self.node_id = node_id
         self.key_prefix = key_prefix
+        self.node_dead_after = node_dead_after
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
         )
@@ -46,9 +59,10 @@ class RedisStore:
         self._enqueue = self.redis.register_script(scripts.ENQUEUE)
         self._ack = self.redis.register_script(scripts.ACK)
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
+        self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
 
     async def open(self) -> None:
-        await self.ping()
+        await self.heartbeat()
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -58,8 +72,7 @@ class RedisStore:
             return await operation()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis error: {exc}") from exc
+        # Any other RedisError (a script error, say) is a bug, not an outage: it propagates.
 
     async def _run(self, script: Any, *args: Any) -> Any:
         return await self._call(lambda: script(keys=[], args=list(args)))
@@ -70,12 +83,30 @@ class RedisStore:
     async def ping(self) -> None:
         await self._call(self.redis.ping)
 
+    def _node_args(self) -> tuple[str, str]:
+        return node_field(self.node_id), node_devices(self.key_prefix, self.node_id)
+
+    async def heartbeat(self) -> list[str]:
+        dead = await self._run(
+            self._heartbeat,
+            self.key_prefix,
+            self.node_id,
+            int(self.node_dead_after * 1000),
+            self.device_ttl * 1000,
+        )
+        return [_as_bytes(node).decode() for node in dead or []]
+
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
     ) -> bool:
         rooms = sorted({escape(room.lower()) for room in shared_rooms})
         conns = await self._run(
-            self._connect, self._prefix(site), escape(user), escape(device), *rooms
+            self._connect,
+            self._prefix(site),
+            *self._node_args(),
+            escape(user),
+            escape(device),
+            *rooms,
         )
         return int(conns) == 1
 
@@ -83,6 +114,7 @@ class RedisStore:
         left = await self._run(
             self._disconnect,
             self._prefix(site),
+            *self._node_args(),
             escape(user),
             escape(device),
             self.device_ttl * 1000,
@@ -108,8 +140,9 @@ class RedisStore:
                 user=unescape(flat[i].decode()),
                 device=unescape(flat[i + 1].decode()),
                 seq=int(flat[i + 2]),
+                nodes=tuple(flat[i + 3].decode().split(",")) if flat[i + 3] else (),
             )
-            for i in range(0, len(flat), 3)
+            for i in range(0, len(flat), 4)
         ]
 
     async def pending(

@@ -53,9 +53,12 @@ SWEEP_INTERVAL = 60.0
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path, device_ttl: int, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, device_ttl: int, synchronous: str = "FULL", node_id: str = "local"
+    ) -> None:
         self.path = Path(path)
         self.device_ttl = device_ttl
+        self.node_id = node_id
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -83,6 +86,9 @@ class SQLiteStore:
     async def ping(self) -> None:
         async with self._read() as db:
             await db.execute("SELECT 1")
+
+    async def heartbeat(self) -> list[str]:
+        return []  # a single node: its crash is recovered at the next open()
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -246,16 +252,19 @@ class SQLiteStore:
                 "JOIN users u ON u.site = m.site AND u.user = m.user "
                 "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
                 "AND (u.expires_at IS NULL OR u.expires_at > :now)"
-                ") RETURNING user, device, seq",
+                ") RETURNING user, device, seq, conns",
                 params,
             )
             rows = await cursor.fetchall()
             await db.executemany(
                 "INSERT INTO messages (site, user, device, seq, event, record) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(site, user, device, seq, message.event, record) for user, device, seq in rows],
+                [(site, user, device, seq, message.event, record) for user, device, seq, _ in rows],
             )
-        return [Delivery(user=user, device=device, seq=seq) for user, device, seq in rows]
+        here = (self.node_id,)  # one node holds every connection
+        return [
+            Delivery(user, device, seq, here if conns else ()) for user, device, seq, conns in rows
+        ]
 
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0

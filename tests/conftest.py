@@ -35,11 +35,19 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-def make_store(kind: str, tmp_path: Path, redis_url: str | None, device_ttl: int) -> Store:
+def make_store(
+    kind: str,
+    tmp_path: Path,
+    redis_url: str | None,
+    device_ttl: int,
+    node_id: str = "node-a",
+    **options: float,
+) -> Store:
     if kind == "sqlite":
-        return SQLiteStore(tmp_path / f"store-{uuid.uuid4().hex}.sqlite3", device_ttl=device_ttl)
+        path = tmp_path / f"store-{uuid.uuid4().hex}.sqlite3"
+        return SQLiteStore(path, device_ttl=device_ttl, node_id=node_id)
     assert redis_url is not None
-    return RedisStore(redis_url, device_ttl=device_ttl)
+    return RedisStore(redis_url, device_ttl=device_ttl, node_id=node_id, **options)
 
 
 @pytest.fixture(params=STORE_KINDS)

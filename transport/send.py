@@ -14,8 +14,8 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-from actors.messages import Deliver
 from storage import Message, Store, StoreUnavailable
+from transport.dispatch import Dispatcher
 from transport.form_body import FormError, parse_form
 from transport.site_namespace import SiteNamespace
 
@@ -88,9 +88,12 @@ def validate(body: Any) -> SendRequest:
 
 
 class SendHandler:
-    def __init__(self, namespaces: dict[str, SiteNamespace], store: Store | None) -> None:
+    def __init__(
+        self, namespaces: dict[str, SiteNamespace], store: Store, dispatcher: Dispatcher
+    ) -> None:
         self.namespaces = namespaces
         self.store = store
+        self.dispatcher = dispatcher
 
     async def __call__(self, request: web.Request) -> web.Response:
         site_name, api_key = request.query.get("site"), request.query.get("apiKey")
@@ -121,18 +124,13 @@ class SendHandler:
     async def _store_and_deliver(
         self, namespace: SiteNamespace, send: SendRequest, resync: bool
     ) -> None:
-        assert self.store is not None
         site = namespace.site
         users = [room for room in send.rooms if site.is_user_room(room)]
         # The public channel is a user of its own and also a room that signed-in users hold.
         shared = [room for room in send.rooms if not room.startswith(site.user_room_prefix)]
         message = Message(event=send.event, args=send.args, resync=resync)
         deliveries = await self.store.enqueue(site.name, users, shared, message)
-        by_user: dict[str, dict[str, int]] = {}
-        for delivery in deliveries:
-            by_user.setdefault(delivery.user, {})[delivery.device] = delivery.seq
-        for user, seqs in by_user.items():
-            namespace.registry.tell_if_present(user, Deliver(message, seqs))
+        await self.dispatcher.dispatch(site.name, message, deliveries)
 
     @staticmethod
     def _reject(status: int, text: str, site: str | None) -> web.Response:

@@ -61,6 +61,9 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             event, tuple(args), to=sid, namespace=self.namespace, callback=on_ack, ignore_queue=True
         )
 
+    async def disconnect(self, sid: str) -> None:
+        await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)
+
     def is_connected(self, sid: str) -> bool:
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
         if eio_sid is not None and eio_sid in self.server.environ:

@@ -1,8 +1,11 @@
-"""Builds the whole service from a Config: the store, one namespace per site, the HTTP routes."""
+"""Builds the whole service from a Config: the store, one namespace per site, the HTTP routes,
+and on Redis the links between nodes."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -10,43 +13,70 @@ import socketio
 from aiohttp import web
 from loguru import logger
 
-from storage import Store, StoreUnavailable
+from storage import Delivery, Message, Store, StoreUnavailable
+from storage.redis_keys import DEFAULT_PREFIX
 from storage.redis_store import RedisStore
 from storage.sqlite_store import SQLiteStore
+from transport.dispatch import Dispatcher
+from transport.node_bus import LocalBus, NodeBus, RedisBus
 from transport.send import SendHandler
 from transport.site_namespace import SiteNamespace
 from webservice.config import Config
 
 HEALTH_TIMEOUT = 2.0
 DRAIN_TIMEOUT = 5.0
+HEARTBEAT_INTERVAL = 5.0
 
 
-def make_store(config: Config) -> Store:
+def make_store(config: Config, node_id: str) -> Store:
     if config.redis_url:
-        return RedisStore(config.redis_url, device_ttl=config.device_ttl)
+        return RedisStore(config.redis_url, device_ttl=config.device_ttl, node_id=node_id)
     return SQLiteStore(
-        config.sqlite_path, device_ttl=config.device_ttl, synchronous=config.sqlite_synchronous
+        config.sqlite_path,
+        device_ttl=config.device_ttl,
+        synchronous=config.sqlite_synchronous,
+        node_id=node_id,
     )
 
 
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = make_store(config)
+        self.node_id = uuid.uuid4().hex[:12]
+        self.store = make_store(config, self.node_id)
         options: dict[str, Any] = {"cors_allowed_origins": "*"}
         options.update(config.socketio_options)
+        if config.redis_url:
+            # Plain-site broadcasts reach the sockets of every node through Redis.
+            options["client_manager"] = socketio.AsyncRedisManager(
+                config.redis_url, channel=f"{DEFAULT_PREFIX}socketio"
+            )
         self.sio = socketio.AsyncServer(async_mode="aiohttp", **options)
         self.app = web.Application()
         self.sio.attach(self.app)
-        self.namespaces: dict[str, SiteNamespace] = {}
-        self.http: aiohttp.ClientSession | None = None
-        self.runner: web.AppRunner | None = None
         self.app.router.add_get("/healthcheck", self.healthcheck)
         self.app.router.add_post("/send", self._send)
+        self.namespaces: dict[str, SiteNamespace] = {}
+        self.dispatcher = Dispatcher(self.node_id, self.namespaces)
+        self.bus: NodeBus = LocalBus()
+        if config.redis_url:
+            self.bus = RedisBus(
+                config.redis_url,
+                self.node_id,
+                DEFAULT_PREFIX,
+                on_delivery=self._delivered_from_elsewhere,
+                on_recovered=self.dispatcher.catch_up_everyone,
+            )
+        self.dispatcher.bus = self.bus
+        self.http: aiohttp.ClientSession | None = None
+        self.runner: web.AppRunner | None = None
         self._send_handler: SendHandler | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.draining = False
 
     async def start(self) -> None:
         await self.store.open()
+        await self.bus.start()
         self.http = aiohttp.ClientSession()
         for site in self.config.sites.values():
             namespace = SiteNamespace(
@@ -54,44 +84,72 @@ class Service:
             )
             self.namespaces[site.name] = namespace
             self.sio.register_namespace(namespace)
-        self._send_handler = SendHandler(self.namespaces, self.store)
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._send_handler = SendHandler(self.namespaces, self.store, self.dispatcher)
+        self._heartbeat = asyncio.create_task(self._beat_forever(), name="heartbeat")
+        self.runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT
+        )
         await self.runner.setup()
         await web.TCPSite(self.runner, self.config.host, self.config.port).start()
         kind = "Redis" if self.config.redis_url else f"SQLite ({self.config.sqlite_path})"
         logger.info(
-            "listening on {}:{} with {}; sites: {}",
+            "node {} listening on {}:{} with {}; sites: {}",
+            self.node_id,
             self.config.host,
             self.config.port,
             kind,
             ", ".join(self.namespaces) or "none",
         )
 
+    def _delivered_from_elsewhere(
+        self, site: str, message: Message, deliveries: Sequence[Delivery]
+    ) -> None:
+        self.dispatcher.deliver_here(site, message, deliveries)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            try:
+                dead = await self.store.heartbeat()
+            except StoreUnavailable as exc:
+                logger.warning("heartbeat failed: {}", exc)
+            else:
+                if dead:
+                    logger.warning("released the connections of stopped nodes {}", dead)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None
         return await self._send_handler(request)
 
     async def healthcheck(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="unhealthy: shutting down")
         try:
             await asyncio.wait_for(self.store.ping(), HEALTH_TIMEOUT)
         except (StoreUnavailable, TimeoutError) as exc:
             return web.Response(status=503, text=f"unhealthy: store unavailable: {exc}")
+        if not self.bus.healthy:
+            return web.Response(status=503, text="unhealthy: cross-node listener is down")
         return web.Response(text="ok")
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight work finish, close sockets, then the store."""
+        """SIGTERM: stop accepting, finish every /send in progress, close sockets so clients
+        reconnect elsewhere, record their disconnects, then close the store."""
+        self.draining = True
         if self.runner is not None:
             for site in self.runner.sites:
                 await site.stop()
-        # Clients see a transport close and reconnect (elsewhere). wait=False: a socket whose
-        # client already left has no writer any more to flush its queue.
+        # wait=False: a socket whose client already left has no writer to flush its queue.
         for socket in list(self.sio.eio.sockets.values()):
             await socket.close(wait=False)
+        if self.runner is not None:
+            await self.runner.cleanup()  # waits for in-flight requests, up to DRAIN_TIMEOUT
         await self.sio.shutdown()
         for namespace in self.namespaces.values():
             await namespace.close(DRAIN_TIMEOUT)
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.bus.stop()
         if self.http is not None:
             await self.http.close()
         await self.store.close()

@@ -1,0 +1,50 @@
+"""Hands stored deliveries to the actors of the devices' users, wherever those sockets are."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from actors.messages import CatchUp, Deliver
+from storage import Delivery, Message
+from transport.node_bus import NodeBus
+from transport.site_namespace import SiteNamespace
+
+
+class Dispatcher:
+    def __init__(self, node_id: str, namespaces: Mapping[str, SiteNamespace]) -> None:
+        self.node_id = node_id
+        self.namespaces = namespaces
+        self.bus: NodeBus | None = None
+
+    async def dispatch(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
+        """Deliver here what is connected here; signal each other node once."""
+        here: list[Delivery] = []
+        elsewhere: dict[str, list[Delivery]] = defaultdict(list)
+        for delivery in deliveries:
+            for node in delivery.nodes:
+                if node == self.node_id:
+                    here.append(delivery)
+                else:
+                    elsewhere[node].append(delivery)
+        self.deliver_here(site, message, here)
+        if elsewhere:
+            assert self.bus is not None
+            for node, batch in elsewhere.items():
+                await self.bus.publish(node, site, message, batch)
+
+    def deliver_here(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
+        namespace = self.namespaces.get(site)
+        if namespace is None:
+            return
+        by_user: dict[str, dict[str, int]] = defaultdict(dict)
+        for delivery in deliveries:
+            by_user[delivery.user][delivery.device] = delivery.seq
+        for user, seqs in by_user.items():
+            namespace.registry.tell_if_present(user, Deliver(message, seqs))
+
+    def catch_up_everyone(self) -> None:
+        """After missed signals: every actor here re-reads its devices' queues."""
+        for namespace in self.namespaces.values():
+            for user in list(namespace.registry.actors):
+                namespace.registry.tell_if_present(user, CatchUp("node bus recovered"))

@@ -1,0 +1,156 @@
+"""Tells other nodes about deliveries for devices connected to them.
+
+Each node listens on its own Redis channel only, and a /send publishes once per node that holds
+a target device: signalling costs O(nodes involved), never "every node decodes every message".
+A lost signal loses nothing: the message is stored, and the device gets it on its next delivery
+(the actor sees the gap and re-reads its queue), on reconnect, or when this listener recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from loguru import logger
+from redis.exceptions import RedisError
+
+from storage import Delivery, Message
+from storage.redis_keys import deliver_channel
+
+RECONNECT_FIRST = 0.1
+RECONNECT_MAX = 5.0
+
+OnDelivery = Callable[[str, Message, Sequence[Delivery]], None]
+
+
+class NodeBus(Protocol):
+    @property
+    def healthy(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(
+        self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
+    ) -> None: ...
+
+
+class LocalBus:
+    """One node (SQLite): every device is here, there is no one to tell."""
+
+    healthy = True
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def publish(
+        self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
+    ) -> None:
+        logger.warning("delivery for unknown node {} dropped (stored, not signalled)", node)
+
+
+def encode(site: str, message: Message, deliveries: Sequence[Delivery]) -> bytes:
+    return orjson.dumps(
+        {
+            "site": site,
+            "event": message.event,
+            "args": message.args,
+            "resync": message.resync,
+            "to": [[d.user, d.device, d.seq] for d in deliveries],
+        }
+    )
+
+
+def decode(data: bytes) -> tuple[str, Message, list[Delivery]]:
+    body = orjson.loads(data)
+    message = Message(event=body["event"], args=body["args"], resync=body["resync"])
+    return body["site"], message, [Delivery(user, device, seq) for user, device, seq in body["to"]]
+
+
+class RedisBus:
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        key_prefix: str,
+        on_delivery: OnDelivery,
+        on_recovered: Callable[[], None],
+    ) -> None:
+        self.node_id = node_id
+        self.key_prefix = key_prefix
+        self.on_delivery = on_delivery
+        self.on_recovered = on_recovered
+        # No socket timeout: a subscriber waits for messages; health checks find dead links.
+        self.redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=5, health_check_interval=5, socket_keepalive=True
+        )
+        self._healthy = False
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen_forever(), name="node-bus")
+        await asyncio.wait_for(self._subscribed.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self.redis.aclose()
+
+    async def publish(
+        self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
+    ) -> None:
+        try:
+            await self.redis.publish(
+                deliver_channel(self.key_prefix, node), encode(site, message, deliveries)
+            )
+        except (RedisError, OSError) as exc:
+            logger.warning("could not signal node {} ({}); its devices get it later", node, exc)
+
+    async def _listen_forever(self) -> None:
+        delay = RECONNECT_FIRST
+        lost = False
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(deliver_channel(self.key_prefix, self.node_id))
+                    self._healthy = True
+                    self._subscribed.set()
+                    delay = RECONNECT_FIRST
+                    if lost:
+                        logger.info("node bus: reconnected to Redis")
+                        lost = False
+                        self.on_recovered()  # signals may have been missed meanwhile
+                    while True:
+                        item = await pubsub.get_message(timeout=1.0)
+                        if item is not None and item["type"] == "message":
+                            self._receive(item["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if not lost:
+                    logger.error("node bus: lost Redis ({}); retrying", exc)
+                lost = True
+                self._healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            site, message, deliveries = decode(data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            logger.error("node bus: undecodable signal dropped: {}", exc)
+            return
+        self.on_delivery(site, message, deliveries)
