@@ -26,8 +26,6 @@ from storage.redis_keys import (
     unescape,
 )
 
-NODE_DEAD_AFTER = 30.0  # seconds without a heartbeat before a node's connections are released
-
 T = TypeVar("T")
 
 
@@ -44,7 +42,7 @@ class RedisStore:
         node_id: str,
         key_prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
-        node_dead_after: float = NODE_DEAD_AFTER,
+        node_dead_after: float = 30.0,
     ) -> None:
         self.url = url
         self.device_ttl = device_ttl

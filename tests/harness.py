@@ -124,6 +124,75 @@ class Client(socketio.AsyncClient):  # type: ignore[misc]
         raise AssertionError(f"unexpected event {received.event} {received.args}")
 
 
+async def connect(
+    url: str,
+    site: str,
+    token: str,
+    device: str | None = "dev",
+    *,
+    auto_ack: bool = True,
+    meta: str | None = None,
+    use_auth: bool = False,
+) -> Client:
+    """A connected client, after its ``_settings`` greeting: from then on sends arrive live."""
+    client = Client(auto_ack=auto_ack)
+    client.namespace = f"/{site}"
+    params = {"token": token}
+    if device is not None:
+        params["deviceId"] = device
+    if meta is not None:
+        params["meta"] = meta
+    query = "" if use_auth else "?" + "&".join(f"{k}={v}" for k, v in params.items())
+    await client.connect(
+        url + query,
+        namespaces=[client.namespace],
+        transports=["websocket"],
+        auth=params if use_auth else None,
+        wait_timeout=WAIT,
+    )
+    greeting = await client.next()
+    assert greeting.event == "_settings", f"first event was {greeting.event}"
+    client.settings = greeting.args[0]
+    return client
+
+
+async def connect_error(url: str, site: str, token: str, device: str = "dev") -> str:
+    """The message of the connect error a refused client gets."""
+    client = Client()
+    errors: asyncio.Queue[Any] = asyncio.Queue()
+    client.on("connect_error", errors.put, namespace=f"/{site}")
+    try:
+        await client.connect(
+            f"{url}?token={token}&deviceId={device}",
+            namespaces=[f"/{site}"],
+            transports=["websocket"],
+            wait_timeout=WAIT,
+        )
+    except socketio.exceptions.ConnectionError:
+        pass
+    else:
+        raise AssertionError("connection was accepted")
+    finally:
+        await client.disconnect()
+    data = await asyncio.wait_for(errors.get(), WAIT)
+    return str(data["message"] if isinstance(data, dict) else data)
+
+
+async def post_send(
+    http: aiohttp.ClientSession,
+    url: str,
+    site: str,
+    rooms: Any,
+    event: str,
+    *args: Any,
+    resync: bool = False,
+) -> tuple[int, str]:
+    query = f"site={site}&apiKey=key" + ("&resync=true" if resync else "")
+    body = {"rooms": rooms, "event": event, "args": list(args)}
+    async with http.post(f"{url}/send?{query}", json=body) as response:
+        return response.status, await response.text()
+
+
 @dataclass
 class Harness:
     store_kind: str
@@ -190,48 +259,14 @@ class Harness:
         meta: str | None = None,
         use_auth: bool = False,
     ) -> Client:
-        client = Client(auto_ack=auto_ack)
-        client.namespace = f"/{site}"
-        params = {"token": token}
-        if device is not None:
-            params["deviceId"] = device
-        if meta is not None:
-            params["meta"] = meta
-        query = "" if use_auth else "?" + "&".join(f"{k}={v}" for k, v in params.items())
-        await client.connect(
-            self.url + query,
-            namespaces=[client.namespace],
-            transports=["websocket"],
-            auth=params if use_auth else None,
-            wait_timeout=WAIT,
+        client = await connect(
+            self.url, site, token, device, auto_ack=auto_ack, meta=meta, use_auth=use_auth
         )
         self.clients.append(client)
-        # Every connection is greeted first; after the greeting, sends arrive live.
-        greeting = await client.next()
-        assert greeting.event == "_settings", f"first event was {greeting.event}"
-        client.settings = greeting.args[0]
         return client
 
     async def connect_error(self, site: str, token: str, device: str = "dev") -> str:
-        client = Client()
-        errors: asyncio.Queue[Any] = asyncio.Queue()
-        client.on("connect_error", errors.put, namespace=f"/{site}")
-        try:
-            await client.connect(
-                f"{self.url}?token={token}&deviceId={device}",
-                namespaces=[f"/{site}"],
-                transports=["websocket"],
-                wait_timeout=WAIT,
-            )
-        except socketio.exceptions.ConnectionError:
-            pass
-        else:
-            await client.disconnect()
-            raise AssertionError("connection was accepted")
-        finally:
-            await client.disconnect()
-        data = await asyncio.wait_for(errors.get(), WAIT)
-        return str(data["message"] if isinstance(data, dict) else data)
+        return await connect_error(self.url, site, token, device)
 
     async def send(
         self,
@@ -239,15 +274,10 @@ class Harness:
         rooms: Any,
         event: str,
         *args: Any,
-        api_key: str = "key",
         resync: bool = False,
     ) -> tuple[int, str]:
         assert self.http is not None
-        query = f"site={site}&apiKey={api_key}" + ("&resync=true" if resync else "")
-        async with self.http.post(
-            f"{self.url}/send?{query}", json={"rooms": rooms, "event": event, "args": list(args)}
-        ) as r:
-            return r.status, await r.text()
+        return await post_send(self.http, self.url, site, rooms, event, *args, resync=resync)
 
     async def post(self, query: str, **kwargs: Any) -> tuple[int, str]:
         assert self.http is not None

@@ -17,9 +17,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.persistent = persistent  # AOF fsynced on every write: a restart keeps everything
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +42,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
             ],

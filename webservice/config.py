@@ -21,6 +21,7 @@ DEFAULT_PORT = 1337
 DEFAULT_DEVICE_TTL = 3600
 DEFAULT_SQLITE_PATH = "data/webservice.sqlite3"
 DEFAULT_AUTH_TIMEOUT = 10.0
+DEFAULT_NODE_TIMEOUT = 30.0  # Redis: a node silent this long is taken as dead
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.~-]+$")
 
 # Socket.IO server options of the original (``io:``) and how python-socketio names them.
@@ -88,6 +89,7 @@ class Config:
     sqlite_path: str = DEFAULT_SQLITE_PATH
     sqlite_synchronous: str = "FULL"
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    node_timeout: float = DEFAULT_NODE_TIMEOUT
     socketio_options: dict[str, Any] = field(default_factory=dict)
     logging: LogConfig = field(default_factory=LogConfig)
 
@@ -282,6 +284,13 @@ def load_config(
             _int(
                 env.get("AUTH_TIMEOUT") or section.get("auth_timeout", int(DEFAULT_AUTH_TIMEOUT)),
                 "auth_timeout",
+                minimum=1,
+            )
+        ),
+        node_timeout=float(
+            _int(
+                env.get("NODE_TIMEOUT") or section.get("node_timeout", int(DEFAULT_NODE_TIMEOUT)),
+                "node_timeout",
                 minimum=1,
             )
         ),

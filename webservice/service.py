@@ -25,12 +25,17 @@ from webservice.config import Config
 
 HEALTH_TIMEOUT = 2.0
 DRAIN_TIMEOUT = 5.0
-HEARTBEAT_INTERVAL = 5.0
+HEARTBEATS_PER_TIMEOUT = 6  # a node is declared dead after missing this many heartbeats
 
 
 def make_store(config: Config, node_id: str) -> Store:
     if config.redis_url:
-        return RedisStore(config.redis_url, device_ttl=config.device_ttl, node_id=node_id)
+        return RedisStore(
+            config.redis_url,
+            device_ttl=config.device_ttl,
+            node_id=node_id,
+            node_dead_after=config.node_timeout,
+        )
     return SQLiteStore(
         config.sqlite_path,
         device_ttl=config.device_ttl,
@@ -115,7 +120,7 @@ class Service:
             else:
                 if dead:
                     logger.warning("released the connections of stopped nodes {}", dead)
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self.config.node_timeout / HEARTBEATS_PER_TIMEOUT)
 
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None

@@ -1,0 +1,105 @@
+"""The service as a real process (``python -m webservice``), for tests of several nodes,
+signals and crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).parents[1]
+
+
+def write_sites(directory: Path, auth_url: str) -> Path:
+    path = directory / "sites.yml"
+    path.write_text(
+        f"shop:\n  authUrl: {auth_url}\n  apiKey: key\n  userRoomPrefix: user_\n"
+        f"news:\n  authUrl: {auth_url}\n  apiKey: key\n"
+    )
+    return path
+
+
+class ServiceProcess:
+    def __init__(self, workdir: Path, sites: Path, **env: str) -> None:
+        self.workdir = workdir
+        self.sites = sites
+        self.port = free_port()
+        self.env = env
+        self.process: asyncio.subprocess.Process | None = None
+        self.log = workdir / f"service-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(ROOT),
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "NODE_TIMEOUT": "2",
+            **self.env,
+        }
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "webservice",
+                "--sites",
+                str(self.sites),
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        await self.wait_healthy()
+
+    async def health(self) -> int:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"{self.url}/healthcheck", timeout=aiohttp.ClientTimeout(total=3)
+                ) as response,
+            ):
+                return response.status
+        except (aiohttp.ClientError, TimeoutError):
+            return 0
+
+    async def wait_health(self, status: int, timeout: float = 20) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await self.health() != status:
+            assert self.process is not None and self.process.returncode is None, self.logs()
+            assert asyncio.get_running_loop().time() < deadline, f"never {status}\n{self.logs()}"
+            await asyncio.sleep(0.05)
+
+    async def wait_healthy(self) -> None:
+        await self.wait_health(200)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def signal(self, number: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    async def wait(self, timeout: float = 15) -> int:
+        assert self.process is not None
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()

@@ -1,0 +1,313 @@
+"""Several service processes on one Redis, and the faults a production deployment meets:
+a node killed or stopped, Redis going away, a SQLite node killed with SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from storage.redis_store import RedisStore
+from tests.harness import Client, SiteStub, connect, connect_error, post_send
+from tests.redis_server import RedisServer, free_port
+from tests.service_process import ServiceProcess, write_sites
+
+StartNodes = Callable[..., Awaitable[list[ServiceProcess]]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def start_nodes(tmp_path: Path, stub: SiteStub) -> AsyncIterator[StartNodes]:
+    started: list[ServiceProcess] = []
+    sites = write_sites(tmp_path, f"{stub.url}/auth")
+
+    async def start(count: int, **env: str) -> list[ServiceProcess]:
+        nodes = [ServiceProcess(tmp_path, sites, **env) for _ in range(count)]
+        started.extend(nodes)
+        await asyncio.gather(*(node.start() for node in nodes))
+        return nodes
+
+    yield start
+    await asyncio.gather(*(node.stop() for node in started))
+
+
+@pytest.fixture
+async def observer(redis_url: str) -> AsyncIterator[RedisStore]:
+    """Reads queues straight from Redis, as a test's window on the store."""
+    store = RedisStore(redis_url, device_ttl=3600, node_id="observer")
+    yield store
+    await store.close()
+
+
+async def queue_of(store: RedisStore, user: str, device: str) -> list[object]:
+    return [m.args[0] if m.args else m.event for m in await store.pending("shop", user, device)]
+
+
+async def wait_for_queue(
+    store: RedisStore, user: str, device: str, expected: list[object], timeout: float = 10
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (queue := await queue_of(store, user, device)) != expected:
+        assert asyncio.get_running_loop().time() < deadline, f"queue is {queue}"
+        await asyncio.sleep(0.02)
+
+
+async def numbers_from(client: Client, until: set[int], timeout: float = 15) -> list[int]:
+    """Every number the client receives (live or in a _batch) until it has seen ``until``."""
+    seen: list[int] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not until <= set(seen):
+        remaining = deadline - asyncio.get_running_loop().time()
+        assert remaining > 0, f"missing {sorted(until - set(seen))}"
+        try:
+            received = await asyncio.wait_for(client.events.get(), remaining)
+        except TimeoutError:
+            continue
+        if received.event == "n":
+            seen.append(received.args[0])
+        elif received.event == "_batch":
+            seen.extend(args[1] for args in received.args[0])
+    return seen
+
+
+async def test_a_send_on_one_node_reaches_a_device_on_another(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    observer: RedisStore,
+) -> None:
+    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    stub.answers["t1"] = ["user_1", "staff"]
+    client = await connect(b.url, "shop", "t1", "phone", auto_ack=False)
+    assert await post_send(http, a.url, "shop", "staff", "hello", 1) == (200, "OK")
+    received = await client.next()
+    assert (received.event, received.args) == ("hello", [1])
+    await wait_for_queue(observer, "user_1", "phone", [1])
+    await client.ack(received)
+    await wait_for_queue(observer, "user_1", "phone", [])
+    await client.disconnect()
+
+
+async def test_a_device_moving_between_nodes_gets_its_batch_once(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    stub.answers["t1"] = ["user_1"]
+    await (await connect(a.url, "shop", "t1", "phone")).disconnect()
+    for i in range(3):
+        assert (await post_send(http, a.url, "shop", "user_1", "n", i))[0] == 200
+    on_b = await connect(b.url, "shop", "t1", "phone")
+    batch = await on_b.next()
+    assert batch.args == [[["n", 0], ["n", 1], ["n", 2]]]
+    await on_b.disconnect()
+    back_on_a = await connect(a.url, "shop", "t1", "phone")
+    await post_send(http, b.url, "shop", "user_1", "n", 3)
+    assert (await back_on_a.next()).args == [3]  # live, and no second _batch before it
+    await back_on_a.disconnect()
+
+
+async def test_plain_broadcasts_reach_sockets_on_every_node(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    stub.answers.update({"x": ["weather"], "y": ["weather", "sports"]})
+    on_a = await connect(a.url, "news", "x")
+    on_b = await connect(b.url, "news", "y")
+    assert (await post_send(http, a.url, "news", ["weather", "sports"], "headline", "rain"))[
+        0
+    ] == 200
+    for client in (on_a, on_b):
+        received = await client.next()
+        assert (received.event, received.args) == ("headline", ["rain"])
+    await on_b.no_event_within(0.3)
+    for client in (on_a, on_b):
+        await client.disconnect()
+
+
+async def test_two_nodes_sending_to_one_user_at_once_keep_one_order(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    stub.answers["t1"] = ["user_1", "staff"]
+    await (await connect(a.url, "shop", "t1", "offline")).disconnect()
+    live = await connect(b.url, "shop", "t1", "online")
+    sends = [post_send(http, (a, b)[i % 2].url, "shop", "staff", "n", i) for i in range(60)]
+    assert {status for status, _ in await asyncio.gather(*sends)} == {200}
+    received = await numbers_from(live, set(range(60)))
+    batch = (await (await connect(a.url, "shop", "t1", "offline")).next()).args[0]
+    assert received == [args[1] for args in batch]  # the same order for both devices
+    assert sorted(received) == list(range(60))
+    await live.disconnect()
+
+
+async def test_sigkill_of_a_node_mid_stream_loses_nothing(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    observer: RedisStore,
+) -> None:
+    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    users = [f"user_{i}" for i in range(5)]
+    for user in users:
+        stub.answers[user] = [user, "staff"]
+    before = {user: await connect(b.url, "shop", user, "phone") for user in users}
+    sent_ok: set[int] = set()
+    killed = asyncio.Event()
+
+    async def sender() -> None:
+        for i in range(150):
+            status, _ = await post_send(http, a.url, "shop", "staff", "n", i)
+            assert status == 200
+            sent_ok.add(i)
+            if i == 50:
+                b.signal(signal.SIGKILL)
+                killed.set()
+            await asyncio.sleep(0.002)
+
+    sending = asyncio.create_task(sender())
+    await killed.wait()
+    await b.wait()
+    first_part = {user: await drain(client) for user, client in before.items()}
+    after = {user: await connect(a.url, "shop", user, "phone") for user in users}
+    await sending
+    for user, client in after.items():
+        again = await numbers_from(client, sent_ok - set(first_part[user]))
+        assert len(again) == len(set(again)), f"{user} got duplicates after reconnecting"
+        assert set(first_part[user]) | set(again) == sent_ok
+        await wait_for_queue(observer, user, "phone", [])
+        await client.disconnect()
+
+
+async def drain(client: Client) -> list[int]:
+    """What a client had received before its connection died."""
+    numbers: list[int] = []
+    while not client.events.empty():
+        received = client.events.get_nowait()
+        if received.event == "n":
+            numbers.append(received.args[0])
+        elif received.event == "_batch":
+            numbers.extend(args[1] for args in received.args[0])
+    await client.disconnect()
+    return numbers
+
+
+async def test_sigterm_drains_and_exits_cleanly(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    observer: RedisStore,
+) -> None:
+    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    stub.answers["t1"] = ["user_1"]
+    client = await connect(b.url, "shop", "t1", "phone")
+    answered: set[int] = set()
+
+    async def send(i: int) -> None:
+        for node in (b, a):  # as a load balancer would: the stopping node first, then another
+            try:
+                status, _ = await post_send(http, node.url, "shop", "user_1", "n", i)
+            except aiohttp.ClientError:
+                continue
+            if status == 200:
+                answered.add(i)
+                return
+
+    first = [asyncio.create_task(send(i)) for i in range(40)]
+    await asyncio.sleep(0)
+    b.signal(signal.SIGTERM)
+    started = asyncio.get_running_loop().time()
+    assert await b.wait(timeout=10) == 0
+    assert asyncio.get_running_loop().time() - started < 8
+    await asyncio.gather(*first)
+    for i in range(40, 60):
+        await send(i)
+    assert answered == set(range(60))
+    seen = await drain(client)
+    moved = await connect(a.url, "shop", "t1", "phone")
+    await numbers_from(moved, answered - set(seen))
+    await wait_for_queue(observer, "user_1", "phone", [])
+    await moved.disconnect()
+
+
+async def test_redis_outage_answers_503_keeps_sockets_and_recovers(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis-outage", port=free_port(), persistent=True)
+    redis.start()
+    try:
+        (node,) = await start_nodes(1, REDIS_URL=redis.url)
+        stub.answers["t1"] = ["user_1"]
+        client = await connect(node.url, "shop", "t1", "phone")
+        statuses: dict[int, int] = {}
+
+        async def send(i: int) -> None:
+            statuses[i], _ = await post_send(http, node.url, "shop", "user_1", "n", i)
+
+        for i in range(20):
+            await send(i)
+        redis.stop()
+        await node.wait_health(503)
+        for i in range(20, 30):
+            await send(i)
+        stub.answers["t2"] = ["user_2"]
+        refused = await connect_error(node.url, "shop", "t2")
+        assert refused.startswith("Service unavailable: ")
+        redis.start()
+        await node.wait_healthy()
+        for i in range(30, 50):
+            await send(i)
+        assert set(statuses.values()) <= {200, 503}
+        assert all(statuses[i] == 200 for i in [*range(20), *range(30, 50)])
+        assert all(statuses[i] == 503 for i in range(20, 30))
+        delivered = await numbers_from(client, {i for i, s in statuses.items() if s == 200})
+        assert client.connected and not set(delivered) & set(range(20, 30))
+        await client.disconnect()
+    finally:
+        redis.stop()
+
+
+async def test_sqlite_node_killed_and_restarted_loses_no_answered_message(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    database = str(tmp_path / "kill9.sqlite3")
+    (node,) = await start_nodes(1, SQLITE_PATH=database)
+    stub.answers["t1"] = ["user_1"]
+    await (await connect(node.url, "shop", "t1", "phone")).disconnect()
+    answers = await asyncio.gather(
+        *(post_send(http, node.url, "shop", "user_1", "n", i) for i in range(50))
+    )
+    assert {status for status, _ in answers} == {200}
+    node.signal(signal.SIGKILL)
+    await node.wait()
+    (restarted,) = await start_nodes(1, SQLITE_PATH=database)
+    client = await connect(restarted.url, "shop", "t1", "phone")
+    batch = await client.next()
+    assert sorted(args[1] for args in batch.args[0]) == list(range(50))
+    await client.disconnect()
