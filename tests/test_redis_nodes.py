@@ -1,0 +1,56 @@
+"""Redis only: what several nodes share. (SQLite serves one node, whose crash is recovered
+when it opens the file again; see test_store_contract.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+from storage import Message
+from storage.redis_store import RedisStore
+
+SITE = "shop"
+
+
+async def test_deliveries_name_the_nodes_holding_each_device(redis_url: str) -> None:
+    a = RedisStore(redis_url, device_ttl=60, node_id="a")
+    b = RedisStore(redis_url, device_ttl=60, node_id="b")
+    try:
+        await a.connect_device(SITE, "user_1", "phone", ["staff"])
+        await b.connect_device(SITE, "user_1", "phone", ["staff"])  # a second tab, elsewhere
+        await b.connect_device(SITE, "user_2", "laptop", ["staff"])
+        await a.connect_device(SITE, "user_3", "gone", ["staff"])
+        await a.disconnect_device(SITE, "user_3", "gone", forget=False)
+        deliveries = await a.enqueue(SITE, [], ["staff"], Message("e", []))
+        assert {(d.user, tuple(sorted(d.nodes))) for d in deliveries} == {
+            ("user_1", ("a", "b")),
+            ("user_2", ("b",)),
+            ("user_3", ()),
+        }
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_silent_nodes_connections_are_released(redis_url: str) -> None:
+    survivor = RedisStore(redis_url, device_ttl=1, node_id="survivor", node_dead_after=0.3)
+    crashed = RedisStore(redis_url, device_ttl=1, node_id="crashed", node_dead_after=0.3)
+    try:
+        await crashed.open()  # its first heartbeat
+        assert await crashed.connect_device(SITE, "user_1", "phone", [])
+        await crashed.enqueue(SITE, ["user_1"], [], Message("e", []))
+        await crashed.close()  # killed: no disconnect is ever recorded
+        await survivor.open()
+        assert await survivor.heartbeat() == []  # not silent for long enough yet
+        deadline = asyncio.get_running_loop().time() + 5
+        while (released := await survivor.heartbeat()) != ["crashed"]:
+            assert asyncio.get_running_loop().time() < deadline, "never released"
+            await asyncio.sleep(0.1)
+        # As if the device had disconnected: its queue now expires after device_ttl.
+        while await survivor.pending(SITE, "user_1", "phone"):
+            assert asyncio.get_running_loop().time() < deadline + 3, "queue never expired"
+            await asyncio.sleep(0.1)
+        # The user is offline now: a reconnect is its first connection again.
+        assert await survivor.connect_device(SITE, "user_1", "phone", [])
+        assert released == ["crashed"]
+    finally:
+        await survivor.close()
