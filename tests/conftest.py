@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
+from bench.processes import RedisServer
 from storage import Store
 from storage.redis_store import RedisStore
 from storage.sqlite_store import SQLiteStore
-from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from tests.harness import Harness, SiteStub

@@ -13,8 +13,8 @@ import socketio
 from aiohttp import web
 from socketio import packet
 
+from bench.processes import free_port
 from storage import Store
-from tests.redis_server import free_port
 from webservice.config import Config, SiteConfig
 from webservice.service import Service
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.processes import RedisServer, ServiceProcess, free_port, write_sites
 from storage.redis_store import RedisStore
 from tests.harness import Client, SiteStub, connect, connect_error, post_send
-from tests.redis_server import RedisServer, free_port
-from tests.service_process import ServiceProcess, write_sites
 
 StartNodes = Callable[..., Awaitable[list[ServiceProcess]]]
 
