@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from storage import Message
 
@@ -55,7 +55,7 @@ class Deliver:
 
 @dataclass(slots=True)
 class Ack:
-    """The client acked these ``(seq, event)`` messages (one live message or a whole batch)."""
+    """Remove these ``(seq, event)`` messages: an ack whose first write failed."""
 
     device: str
     acked: list[tuple[int, str]]
@@ -73,9 +73,10 @@ class ResyncAck:
 
 @dataclass(slots=True)
 class CatchUp:
-    """Deliveries were dropped because the mailbox was full: re-read every device's queue."""
+    """Re-read queues from the store: one device's (a gap did not fill in time) or, without
+    ``device``, every device's (deliveries were dropped, or signals may have been missed)."""
 
-    reason: str = field(default="mailbox full")
+    device: str | None = None
 
 
 @dataclass(slots=True)

@@ -1,9 +1,14 @@
 """One actor per connected user: the only place that decides what that user's sockets get.
 
 Its mailbox serializes everything about the user on this node: connects, disconnects,
-deliveries and acks. Together with the store's atomic operations this keeps the delivery
-invariants (shared/delivery-invariants.md): ``_batch`` first, then live messages in seq order,
-each at most once per attachment, and an ack removes exactly what it acknowledges.
+deliveries, resync acks and re-reads. Together with the store's atomic operations this keeps
+the delivery invariants (shared/delivery-invariants.md): ``_batch`` first, then live messages
+in seq order, each at most once per attachment, and an ack removes exactly what it acks.
+
+Plain acks are the one thing that does not wake the actor: they are written straight away,
+together with every other user's acks of the same moment (see ``storage.coalesce``). The actor
+keeps the futures of its own acks in flight and waits for them before it reads a queue, so a
+read never returns a message whose ack was already received.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from loguru import logger
 
 from actors.messages import (
@@ -27,14 +33,17 @@ from actors.messages import (
     Retry,
 )
 from actors.outbox import Outbox
-from storage import Store, StoredMessage, StoreUnavailable
+from storage import Message, Store, StoredMessage, StoreUnavailable
 
 if TYPE_CHECKING:
     from actors.registry import ActorRegistry
 
-MAILBOX_LIMIT = 10_000
+MAILBOX_LIMIT = 10_000  # deliveries beyond it are dropped from the mailbox and re-read instead
+HOLD_LIMIT = 1_000  # out-of-order deliveries held per device while a gap fills
+GAP_WAIT = 0.05  # seconds a gap may stay open before the queue is re-read from the store
 RETRY_FIRST = 0.2  # seconds; doubles up to RETRY_MAX while the store stays unreachable
 RETRY_MAX = 5.0
+RESYNC = '["_resync"]'
 
 
 @dataclass(slots=True)
@@ -42,7 +51,6 @@ class SocketInfo:
     device: str
     authorization: str
     forget_on_disconnect: bool
-    attached: bool = False
 
 
 @dataclass(slots=True)
@@ -50,13 +58,21 @@ class DeviceLink:
     """The socket that currently receives a device's messages, and how far it has got.
 
     ``last_seq`` is the highest seq sent to it (in ``_batch`` or live). Seqs are dense per
-    device, so a delivery above ``last_seq + 1`` means one is still on its way and the queue
-    is re-read from the store, which already holds everything up to it.
+    device, so a delivery above ``last_seq + 1`` means another is still on its way: it is held
+    until the gap fills, or re-read from the store (which holds everything up to it) after
+    ``GAP_WAIT``.
     """
 
     sid: str
     last_seq: int
     cleared_through: dict[str, int] = field(default_factory=dict)
+    held: dict[int, Message] = field(default_factory=dict)
+    gap_timer: asyncio.TimerHandle | None = None
+
+    def stop_waiting(self) -> None:
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
 
 
 class UserActor:
@@ -69,6 +85,7 @@ class UserActor:
         self.mailbox: asyncio.Queue[ActorMessage] = asyncio.Queue()
         self.sockets: dict[str, SocketInfo] = {}
         self.devices: dict[str, DeviceLink] = {}
+        self._acks_in_flight: set[asyncio.Future[int]] = set()
         self._catch_up_queued = False
         self._retries_waiting = 0
 
@@ -86,7 +103,12 @@ class UserActor:
 
     @property
     def idle(self) -> bool:
-        return not self.sockets and self.mailbox.empty() and not self._retries_waiting
+        return (
+            not self.sockets
+            and self.mailbox.empty()
+            and not self._retries_waiting
+            and not self._acks_in_flight
+        )
 
     async def run(self) -> None:
         while True:
@@ -109,39 +131,8 @@ class UserActor:
                 self.registry.retire(self)
                 return
 
-    def _retry_later(self, failed: ActorMessage, exc: Exception) -> None:
-        """Keep what the client or site asked for until the store is back, instead of
-        dropping it: an ack, a disconnect, or a re-read of the queue."""
-        if isinstance(failed, Retry):
-            retry = Retry(failed.message, min(failed.delay * 2, RETRY_MAX))
-        elif isinstance(failed, Ack | ResyncAck | Release | CatchUp):
-            retry = Retry(failed, RETRY_FIRST)
-        elif isinstance(failed, Deliver):
-            retry = Retry(CatchUp("store unavailable"), RETRY_FIRST)
-        else:
-            logger.warning(
-                "site={} user={} {} failed: {}", self.site, self.user, type(failed).__name__, exc
-            )
-            return
-        if not isinstance(failed, Retry):
-            logger.warning(
-                "site={} user={} {} failed, will retry: {}",
-                self.site,
-                self.user,
-                type(failed).__name__,
-                exc,
-            )
-        self._retries_waiting += 1
-        asyncio.get_running_loop().call_later(retry.delay, self._retry_due, retry)
-
-    def _retry_due(self, retry: Retry) -> None:
-        self._retries_waiting -= 1
-        self.mailbox.put_nowait(retry)
-
     async def handle(self, message: ActorMessage) -> None:
         match message:
-            case Retry():
-                await self.handle(message.message)
             case Deliver():
                 await self._deliver(message)
             case Ack():
@@ -157,9 +148,11 @@ class UserActor:
             case Release():
                 await self._release(message)
             case CatchUp():
-                self._catch_up_queued = False
-                for device in list(self.devices):
-                    await self._catch_up(device)
+                await self._catch_up(message)
+            case Retry():
+                await self.handle(message.message)
+
+    # --- connections -------------------------------------------------------------------------
 
     async def _register(self, message: Register) -> None:
         try:
@@ -189,7 +182,7 @@ class UserActor:
         if not self.outbox.is_connected(sid):  # it went away during the handshake
             await self._detach(sid)
             return
-        info.attached = True
+        await self._acks_written()
         try:
             batch = await self.store.pending(self.site, self.user, info.device)
         except StoreUnavailable as exc:
@@ -201,17 +194,18 @@ class UserActor:
             )
             await self.outbox.disconnect(sid)  # the client reconnects when it can
             return
+        previous = self.devices.get(info.device)
+        if previous is not None:
+            previous.stop_waiting()
         self.devices[info.device] = DeviceLink(sid, batch[-1].seq if batch else 0)
         # Read before the greeting, so a client can count on it: whatever is stored after
         # _settings arrives comes live, after the _batch.
-        await self.outbox.emit(sid, "_settings", [{"device_ttl": self.store.device_ttl}])
+        settings = orjson.dumps(["_settings", {"device_ttl": self.store.device_ttl}]).decode()
+        await self.outbox.send(sid, settings)
         if batch:
-            await self.outbox.emit(
-                sid,
-                "_batch",
-                [[[m.event, *m.args] for m in batch]],
-                self._on_ack(Ack(info.device, [(m.seq, m.event) for m in batch])),
-            )
+            payload = '["_batch",[' + ",".join(m.payload for m in batch) + "]]"
+            acked = [(m.seq, m.event) for m in batch]
+            await self.outbox.send(sid, payload, self._on_ack(info.device, acked))
 
     async def _detach(self, sid: str) -> None:
         info = self.sockets.pop(sid, None)
@@ -219,7 +213,9 @@ class UserActor:
             return
         link = self.devices.get(info.device)
         if link is not None and link.sid == sid:
+            link.stop_waiting()
             del self.devices[info.device]
+        await self._acks_written()
         release = Release(info.device, info.authorization, info.forget_on_disconnect)
         try:
             await self._release(release)
@@ -233,55 +229,97 @@ class UserActor:
         if last:
             self.outbox.presence_changed(self.user, release.authorization, connected=False)
 
-    async def _deliver(self, message: Deliver) -> None:
-        for device, seq in message.seqs.items():
+    # --- deliveries --------------------------------------------------------------------------
+
+    async def _deliver(self, deliver: Deliver) -> None:
+        message = deliver.message
+        for device, seq in deliver.seqs.items():
             link = self.devices.get(device)
             if link is None or seq <= link.last_seq:
-                continue  # not attached here, or already sent in _batch / a catch-up
-            event = message.message.event
-            if seq <= link.cleared_through.get(event, 0):
-                if seq == link.last_seq + 1:
-                    link.last_seq = seq
+                continue  # not attached here, or already sent in _batch / a re-read
+            if seq > link.last_seq + 1:
+                link.held[seq] = message
+                if len(link.held) > HOLD_LIMIT:
+                    await self._reread(device, link)
+                elif link.gap_timer is None:
+                    link.gap_timer = asyncio.get_running_loop().call_later(
+                        GAP_WAIT, self.tell, CatchUp(device)
+                    )
                 continue
-            if seq == link.last_seq + 1:
-                link.last_seq = seq
-                await self._emit_live(
-                    link.sid, device, seq, event, message.message.args, message.message.resync
-                )
-            else:
-                await self._catch_up(device)
+            await self._send_next(device, link, seq, message)
+            while (held := link.held.pop(link.last_seq + 1, None)) is not None:
+                await self._send_next(device, link, link.last_seq + 1, held)
+            if not link.held:
+                link.stop_waiting()
 
-    async def _catch_up(self, device: str) -> None:
-        link = self.devices.get(device)
-        if link is None:
+    async def _send_next(self, device: str, link: DeviceLink, seq: int, message: Message) -> None:
+        link.last_seq = seq
+        if seq <= link.cleared_through.get(message.event, 0):
+            return  # cleared by a resync before it could be sent
+        await self._send(link.sid, device, seq, message.event, message.payload, message.resync)
+
+    async def _catch_up(self, catch_up: CatchUp) -> None:
+        if catch_up.device is None:
+            self._catch_up_queued = False
+            for device, link in list(self.devices.items()):
+                await self._reread(device, link)
             return
+        gapped = self.devices.get(catch_up.device)
+        if gapped is not None:
+            gapped.gap_timer = None
+            if gapped.held:
+                await self._reread(catch_up.device, gapped)
+
+    async def _reread(self, device: str, link: DeviceLink) -> None:
+        """Send what the store holds past ``last_seq``: it has everything a gap is missing."""
+        link.stop_waiting()
+        await self._acks_written()
         missed = await self.store.pending(self.site, self.user, device, after_seq=link.last_seq)
+        link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
         for stored in missed:
-            await self._emit_stored(link, device, stored)
+            await self._send_stored(link, device, stored)
+        link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
+        while (held := link.held.pop(link.last_seq + 1, None)) is not None:
+            await self._send_next(device, link, link.last_seq + 1, held)
 
-    async def _emit_stored(self, link: DeviceLink, device: str, stored: StoredMessage) -> None:
+    async def _send_stored(self, link: DeviceLink, device: str, stored: StoredMessage) -> None:
         link.last_seq = max(link.last_seq, stored.seq)
-        await self._emit_live(
-            link.sid, device, stored.seq, stored.event, stored.args, stored.resync
-        )
+        await self._send(link.sid, device, stored.seq, stored.event, stored.payload, stored.resync)
 
-    async def _emit_live(
-        self, sid: str, device: str, seq: int, event: str, args: list[Any], resync: bool
+    async def _send(
+        self, sid: str, device: str, seq: int, event: str, payload: str, resync: bool
     ) -> None:
-        ack: Ack | ResyncAck = (
-            ResyncAck(sid, device, seq, event) if resync else Ack(device, [(seq, event)])
-        )
-        await self.outbox.emit(sid, event, args, self._on_ack(ack))
+        if resync:
+            ack = ResyncAck(sid, device, seq, event)
+            await self.outbox.send(sid, payload, lambda *_: self.tell(ack))
+        else:
+            await self.outbox.send(sid, payload, self._on_ack(device, [(seq, event)]))
 
-    def _on_ack(self, message: Ack | ResyncAck) -> Any:
-        registry, user = self.registry, self.user
+    # --- acks --------------------------------------------------------------------------------
 
-        def acked(*_client_args: Any) -> None:
-            registry.tell(user, message)
+    def _on_ack(self, device: str, acked: list[tuple[int, str]]) -> Any:
+        def on_ack(*_client_args: Any) -> None:
+            future = self.store.ack(self.site, self.user, device, acked)
+            assert isinstance(future, asyncio.Future)
+            self._acks_in_flight.add(future)
+            future.add_done_callback(lambda done: self._ack_written(done, device, acked))
 
-        return acked
+        return on_ack
+
+    def _ack_written(
+        self, future: asyncio.Future[int], device: str, acked: list[tuple[int, str]]
+    ) -> None:
+        self._acks_in_flight.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self._retry_later(Ack(device, acked), exc)
+
+    async def _acks_written(self) -> None:
+        """Wait for this user's acks in flight: a queue read must not return them."""
+        if self._acks_in_flight:
+            await asyncio.gather(*self._acks_in_flight, return_exceptions=True)
 
     async def _resync_ack(self, message: ResyncAck) -> None:
+        await self._acks_written()
         outcome = await self.store.ack_head(
             self.site, self.user, message.device, message.seq, message.event
         )
@@ -298,4 +336,35 @@ class UserActor:
             message.event,
         )
         if message.sid in self.sockets:
-            await self.outbox.emit(message.sid, "_resync", [])
+            await self.outbox.send(message.sid, RESYNC)
+
+    # --- failures ----------------------------------------------------------------------------
+
+    def _retry_later(self, failed: ActorMessage, exc: BaseException) -> None:
+        """Keep what the client or site asked for until the store is back, instead of
+        dropping it: an ack, a disconnect, or a re-read of the queue."""
+        if isinstance(failed, Retry):
+            retry = Retry(failed.message, min(failed.delay * 2, RETRY_MAX))
+        elif isinstance(failed, Ack | ResyncAck | Release | CatchUp):
+            retry = Retry(failed, RETRY_FIRST)
+        elif isinstance(failed, Deliver):
+            retry = Retry(CatchUp(), RETRY_FIRST)
+        else:
+            logger.warning(
+                "site={} user={} {} failed: {}", self.site, self.user, type(failed).__name__, exc
+            )
+            return
+        if not isinstance(failed, Retry):
+            logger.warning(
+                "site={} user={} {} failed, will retry: {}",
+                self.site,
+                self.user,
+                type(failed).__name__,
+                exc,
+            )
+        self._retries_waiting += 1
+        asyncio.get_running_loop().call_later(retry.delay, self._retry_due, retry)
+
+    def _retry_due(self, retry: Retry) -> None:
+        self._retries_waiting -= 1
+        self.mailbox.put_nowait(retry)

@@ -7,8 +7,8 @@ Every method is one atomic decision (a Lua script on Redis, one transaction on S
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -18,17 +18,26 @@ class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
 
 
+AckItem = tuple[str, str, str, Sequence[tuple[int, str]]]
+"""site, user, device, and the ``(seq, event)`` messages one ack removes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
-    """What a site asked to send, encoded once for every device that stores it."""
+    """What a site asked to send, encoded once however many devices it reaches."""
 
     event: str
     args: list[Any]
     resync: bool = False
+    payload: str = field(init=False, repr=False, compare=False)
+    """The JSON of ``[event, *args]``: what the client's socket gets, and what ``_batch`` holds."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload", orjson.dumps([self.event, *self.args]).decode())
 
     def encode(self) -> bytes:
-        """One byte of flags, then the JSON of ``[event, *args]`` exactly as ``_batch`` holds it."""
-        return (b"1" if self.resync else b"0") + orjson.dumps([self.event, *self.args])
+        """The stored record: a flags byte, the event name, NUL, then the payload."""
+        return f"{'1' if self.resync else '0'}{self.event}\0{self.payload}".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +46,19 @@ class StoredMessage:
 
     seq: int
     event: str
-    args: list[Any]
+    payload: str
     resync: bool
+
+    @property
+    def args(self) -> list[Any]:
+        args: list[Any] = orjson.loads(self.payload)[1:]
+        return args
 
     @classmethod
     def decode(cls, seq: int, record: bytes) -> StoredMessage:
-        event, *args = orjson.loads(record[1:])
-        return cls(seq=seq, event=event, args=args, resync=record[:1] == b"1")
+        text = record.decode()
+        event, _, payload = text[1:].partition("\0")
+        return cls(seq=seq, event=event, payload=payload, resync=text[0] == "1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +137,13 @@ class Store(Protocol):
     ) -> list[StoredMessage]:
         """The device's stored messages with ``seq > after_seq``, oldest first."""
 
-    async def ack(self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]) -> int:
-        """Remove exactly the ``(seq, event)`` messages given; returns how many were there."""
+    def ack(
+        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
+    ) -> Awaitable[int]:
+        """Remove exactly the ``(seq, event)`` messages given; resolves to how many were there.
+
+        Not a coroutine: acks from every user are written together, in one round trip (one
+        transaction) per event-loop turn, and the caller gets a future without a task."""
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         """Resync ack: remove ``seq`` if it is the oldest pending message of ``event``; if an

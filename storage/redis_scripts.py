@@ -120,16 +120,23 @@ end
 return out
 """)
 
-# ARGV: prefix, user, device, (seq, event member)...  -> number removed
-ACK = _script("""
-local dev, msg, evt = dev_keys(ARGV[2], ARGV[3])
-local removed = 0
-for i = 4, #ARGV, 2 do
-  removed = removed + redis.call('HDEL', msg, ARGV[i])
-  redis.call('ZREM', evt, ARGV[i + 1])
+# ARGV: groups of (site prefix, user, device, n, (seq, event member) * n), one per ack
+#   -> for each group, how many of its messages were still stored and are now removed
+ACK = """
+local out, i = {}, 1
+while i <= #ARGV do
+  local tail = ARGV[i + 1] .. ':' .. ARGV[i + 2]
+  local msg, evt = ARGV[i] .. 'msg:' .. tail, ARGV[i] .. 'evt:' .. tail
+  local n, removed = tonumber(ARGV[i + 3]), 0
+  for j = i + 4, i + 3 + 2 * n, 2 do
+    removed = removed + redis.call('HDEL', msg, ARGV[j])
+    redis.call('ZREM', evt, ARGV[j + 1])
+  end
+  out[#out + 1] = removed
+  i = i + 4 + 2 * n
 end
-return removed
-""")
+return out
+"""
 
 # ARGV: prefix, user, device, seq, event
 #   -> -1 if removed as the head or not stored; else the device's last seq (event cleared)

@@ -7,6 +7,7 @@ found from the sets that index it (``redis_keys``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -15,7 +16,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage import redis_scripts as scripts
-from storage.base import Delivery, HeadAck, Message, StoredMessage, StoreUnavailable
+from storage.base import (
+    AckItem,
+    Delivery,
+    HeadAck,
+    Message,
+    StoredMessage,
+    StoreUnavailable,
+)
+from storage.coalesce import WriteCoalescer
 from storage.redis_keys import (
     DEFAULT_PREFIX,
     escape,
@@ -27,6 +36,7 @@ from storage.redis_keys import (
 )
 
 T = TypeVar("T")
+POOL_SIZE = 32
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -49,13 +59,22 @@ class RedisStore:
         self.node_id = node_id
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+        # A burst (a thousand connects at once) waits for a free connection instead of
+        # failing: the default pool refuses past 100 at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=10,
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._connect = self.redis.register_script(scripts.CONNECT_DEVICE)
         self._disconnect = self.redis.register_script(scripts.DISCONNECT_DEVICE)
         self._enqueue = self.redis.register_script(scripts.ENQUEUE)
         self._ack = self.redis.register_script(scripts.ACK)
+        self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
 
@@ -63,6 +82,7 @@ class RedisStore:
         await self.heartbeat()
 
     async def close(self) -> None:
+        await self._acks.drain()
         await self.redis.aclose()
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
@@ -151,16 +171,19 @@ class RedisStore:
         ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
         return [StoredMessage.decode(seq, record) for seq, record in ordered if seq > after_seq]
 
-    async def ack(self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]) -> int:
-        if not acked:
-            return 0
+    def ack(
+        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
+    ) -> asyncio.Future[int]:
+        return self._acks.submit((site, user, device, acked))
+
+    async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
         args: list[Any] = []
-        for seq, event in acked:
-            args += [seq, event_member(event, seq)]
-        removed = await self._run(
-            self._ack, self._prefix(site), escape(user), escape(device), *args
-        )
-        return int(removed)
+        for site, user, device, acked in items:
+            args += [self._prefix(site), escape(user), escape(device), len(acked)]
+            for seq, event in acked:
+                args += [seq, event_member(event, seq)]
+        removed = await self._run(self._ack, *args)
+        return [int(count) for count in removed]
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         through = int(

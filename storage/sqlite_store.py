@@ -19,7 +19,8 @@ import aiosqlite
 import orjson
 from loguru import logger
 
-from storage.base import Delivery, HeadAck, Message, StoredMessage, StoreUnavailable
+from storage.base import AckItem, Delivery, HeadAck, Message, StoredMessage, StoreUnavailable
+from storage.coalesce import WriteCoalescer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -63,6 +64,7 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ class SQLiteStore:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
 
     async def close(self) -> None:
+        await self._acks.drain()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -287,15 +290,31 @@ class SQLiteStore:
             rows = await cursor.fetchall()
         return [StoredMessage.decode(seq, record) for seq, record in rows]
 
-    async def ack(self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]) -> int:
+    def ack(
+        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
+    ) -> asyncio.Future[int]:
+        return self._acks.submit((site, user, device, acked))
+
+    async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
+        """Every ack of this turn in one statement and one transaction (one fsync)."""
+        rows = [
+            [site, user, device, seq]
+            for site, user, device, acked in items
+            for seq, _event in acked
+        ]
         async with self._transaction() as db:
             cursor = await db.execute(
-                "DELETE FROM messages WHERE site = ? AND user = ? AND device = ? "
-                "AND seq IN (SELECT value FROM json_each(?)) RETURNING seq",
-                (site, user, device, orjson.dumps([seq for seq, _event in acked]).decode()),
+                "DELETE FROM messages WHERE (site, user, device, seq) IN ("
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?)"
+                ") RETURNING site, user, device, seq",
+                (orjson.dumps(rows).decode(),),
             )
-            removed = list(await cursor.fetchall())
-        return len(removed)
+            removed = {tuple(row) for row in await cursor.fetchall()}
+        return [
+            sum((site, user, device, seq) in removed for seq, _event in acked)
+            for site, user, device, acked in items
+        ]
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         key = {"site": site, "user": user, "device": device, "event": event, "seq": seq}

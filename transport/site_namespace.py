@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
+import orjson
 import socketio
 from loguru import logger
 
@@ -53,13 +54,19 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     # --- Outbox, for the actors -------------------------------------------------------------
 
-    async def emit(
-        self, sid: str, event: str, args: list[Any], on_ack: Callable[..., Any] | None = None
-    ) -> None:
-        # The actor runs on the node that holds the socket: no need for the cross-node queue.
-        await self.server.emit(
-            event, tuple(args), to=sid, namespace=self.namespace, callback=on_ack, ignore_queue=True
-        )
+    async def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
+        """Write the Socket.IO EVENT packet ourselves: the payload was encoded once for every
+        recipient, and this socket is on this node, so neither python-socketio's per-emit
+        encoding nor its task per recipient is needed."""
+        manager = self.server.manager
+        eio_sid = manager.eio_sid_from_sid(sid, self.namespace)
+        if eio_sid is None:
+            return
+        if on_ack is None:
+            packet = f"2{self.namespace},{payload}"
+        else:
+            packet = f"2{self.namespace},{manager._generate_ack_id(sid, on_ack)}{payload}"
+        await self.server.eio.send(eio_sid, packet)
 
     async def disconnect(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)
@@ -95,7 +102,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             for room in rooms:
                 await self.enter_room(sid, room)
             # A task runs only after this handler returns and the CONNECT packet is queued.
-            self._background(self.emit(sid, "_settings", [{"device_ttl": self.device_ttl}]))
+            settings = orjson.dumps(["_settings", {"device_ttl": self.device_ttl}]).decode()
+            self._background(self.send(sid, settings))
             return True
         return await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
 

@@ -17,6 +17,7 @@ from storage import Delivery, Message, Store, StoreUnavailable
 from storage.redis_keys import DEFAULT_PREFIX
 from storage.redis_store import RedisStore
 from storage.sqlite_store import SQLiteStore
+from transport import orjson_codec
 from transport.dispatch import Dispatcher
 from transport.node_bus import LocalBus, NodeBus, RedisBus
 from transport.send import SendHandler
@@ -49,7 +50,7 @@ class Service:
         self.config = config
         self.node_id = uuid.uuid4().hex[:12]
         self.store = make_store(config, self.node_id)
-        options: dict[str, Any] = {"cors_allowed_origins": "*"}
+        options: dict[str, Any] = {"cors_allowed_origins": "*", "json": orjson_codec}
         options.update(config.socketio_options)
         if config.redis_url:
             # Plain-site broadcasts reach the sockets of every node through Redis.

@@ -1,0 +1,108 @@
+"""``python -m bench``: simulated clients against the service, and the figures that matter.
+
+Examples:
+    python -m bench                                  # Redis and SQLite, N=1000, every scenario
+    python -m bench --store redis --clients 100,1000,3000 --chart docs/bench.png
+    python -m bench --url http://127.0.0.1:1337 --service-pid 1234   # a running service
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.environment import Environment, Target, raise_fd_limit
+from bench.report import markdown, save_chart, save_json, table
+from bench.scenarios import Bench, Result
+
+SCENARIOS = ["connect", "fanout", "direct", "reconnect", "churn"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--store", choices=["redis", "sqlite", "both"], default="both")
+    parser.add_argument("--clients", default="1000", help="N, or a comma-separated list")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--url", help="benchmark a running service instead of starting one")
+    parser.add_argument("--service-pid", type=int, help="with --url: for the CPU figures")
+    parser.add_argument("--redis-pid", type=int, help="with --url: for the Redis CPU figures")
+    parser.add_argument("--out", default="bench/results", help="folder for the JSON file")
+    parser.add_argument("--chart", help="write the PNG chart here (needs matplotlib)")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    return parser.parse_args()
+
+
+async def run_one(target: Target, store: str, n: int, scenarios: list[str]) -> list[Result]:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        bench = Bench(target, store, n, http)
+        results = [await bench.connect()]
+        for name in scenarios:
+            if name != "connect":
+                results.append(await getattr(bench, name)())
+        await bench.close()
+    if "connect" not in scenarios:
+        results = results[1:]
+    return results
+
+
+async def main() -> None:
+    args = parse_args()
+    limit = raise_fd_limit()
+    sizes = [int(part) for part in args.clients.split(",")]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if max(sizes) * 2 + 100 > limit:
+        raise SystemExit(f"N={max(sizes)} needs about {max(sizes) * 2} descriptors; limit {limit}")
+    rows: list[dict[str, Any]] = []
+    stores = ["redis", "sqlite"] if args.store == "both" else [args.store]
+    for store in stores:
+        for n in sizes:
+            print(f"{store}, N={n}")
+            if args.url:
+                target = Target(args.url, args.service_pid, args.redis_pid)
+                results = await run_one(target, store, n, scenarios)
+            else:
+                environment = Environment(store)
+                target = await environment.start()
+                try:
+                    results = await run_one(target, store, n, scenarios)
+                finally:
+                    await environment.stop()
+            rows.extend(result.figures() for result in results)
+    print()
+    print(table(rows))
+    if args.markdown:
+        print()
+        print(markdown(rows))
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": platform.platform(),
+        "cores": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+    }
+    out = Path(args.out) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    save_json(rows, meta, out)
+    print(f"\nJSON: {out}")
+    if args.chart:
+        print(
+            f"chart: {args.chart}"
+            if save_chart(rows, Path(args.chart))
+            else "chart: skipped (pip install matplotlib)"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
