@@ -7,9 +7,9 @@ from typing import Any, Protocol
 
 
 class Outbox(Protocol):
-    async def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
-        """Send one socket the event whose JSON ``[event, *args]`` is ``payload``;
-        ``on_ack`` runs when the client acks it."""
+    def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
+        """Queue for one socket the event whose JSON ``[event, *args]`` is ``payload``;
+        ``on_ack`` runs when the client acks it. Never blocks: packets go out in this order."""
 
     async def disconnect(self, sid: str) -> None:
         """Close a socket; its client reconnects and starts over."""

@@ -6,7 +6,7 @@ import asyncio
 
 from loguru import logger
 
-from actors.messages import ActorMessage
+from actors.messages import ActorMessage, CatchUp, Deliver
 from actors.outbox import Outbox
 from actors.user_actor import UserActor
 from storage import Store
@@ -38,6 +38,25 @@ class ActorRegistry:
             return False
         actor.tell(message)
         return True
+
+    def deliver(self, user: str, deliver: Deliver) -> None:
+        """Hand a stored message to the user's actor, if the user has sockets here.
+
+        An idle actor with an empty mailbox decides it right here, without a wake-up of its
+        task: nothing else of the user's can be in progress, so the order is the same as
+        through the mailbox. This is the fan-out hot path: one call per user per message.
+        """
+        actor = self.actors.get(user)
+        if actor is None:
+            return
+        if not actor.ready_for_inline:
+            actor.tell(deliver)
+            return
+        try:
+            actor.deliver(deliver)
+        except Exception as exc:  # stored already: a re-read will send it
+            logger.opt(exception=exc).error("actor {} failed to deliver inline", user)
+            actor.tell(CatchUp())
 
     def _spawn(self, user: str) -> UserActor:
         actor = UserActor(self, user)

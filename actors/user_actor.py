@@ -88,6 +88,13 @@ class UserActor:
         self._acks_in_flight: set[asyncio.Future[int]] = set()
         self._catch_up_queued = False
         self._retries_waiting = 0
+        self._busy = False
+
+    @property
+    def ready_for_inline(self) -> bool:
+        """Nothing queued and nothing running: a delivery may be decided by the caller right
+        now, in order, without waking this actor's task."""
+        return not self._busy and self.mailbox.empty()
 
     def tell(self, message: ActorMessage) -> None:
         if isinstance(message, Deliver) and self.mailbox.qsize() >= MAILBOX_LIMIT:
@@ -113,6 +120,7 @@ class UserActor:
     async def run(self) -> None:
         while True:
             message = await self.mailbox.get()
+            self._busy = True
             try:
                 await self.handle(message)
             except StoreUnavailable as exc:
@@ -126,6 +134,7 @@ class UserActor:
                     exc,
                 )
             finally:
+                self._busy = False
                 self.mailbox.task_done()
             if self.idle:
                 self.registry.retire(self)
@@ -134,7 +143,7 @@ class UserActor:
     async def handle(self, message: ActorMessage) -> None:
         match message:
             case Deliver():
-                await self._deliver(message)
+                self.deliver(message)
             case Ack():
                 await self.store.ack(self.site, self.user, message.device, message.acked)
             case ResyncAck():
@@ -201,11 +210,11 @@ class UserActor:
         # Read before the greeting, so a client can count on it: whatever is stored after
         # _settings arrives comes live, after the _batch.
         settings = orjson.dumps(["_settings", {"device_ttl": self.store.device_ttl}]).decode()
-        await self.outbox.send(sid, settings)
+        self.outbox.send(sid, settings)
         if batch:
             payload = '["_batch",[' + ",".join(m.payload for m in batch) + "]]"
             acked = [(m.seq, m.event) for m in batch]
-            await self.outbox.send(sid, payload, self._on_ack(info.device, acked))
+            self.outbox.send(sid, payload, self._on_ack(info.device, acked))
 
     async def _detach(self, sid: str) -> None:
         info = self.sockets.pop(sid, None)
@@ -231,7 +240,8 @@ class UserActor:
 
     # --- deliveries --------------------------------------------------------------------------
 
-    async def _deliver(self, deliver: Deliver) -> None:
+    def deliver(self, deliver: Deliver) -> None:
+        """Decide and send at once; never waits (a re-read is queued as a CatchUp)."""
         message = deliver.message
         for device, seq in deliver.seqs.items():
             link = self.devices.get(device)
@@ -240,23 +250,24 @@ class UserActor:
             if seq > link.last_seq + 1:
                 link.held[seq] = message
                 if len(link.held) > HOLD_LIMIT:
-                    await self._reread(device, link)
+                    link.stop_waiting()
+                    self.tell(CatchUp(device))
                 elif link.gap_timer is None:
                     link.gap_timer = asyncio.get_running_loop().call_later(
                         GAP_WAIT, self.tell, CatchUp(device)
                     )
                 continue
-            await self._send_next(device, link, seq, message)
+            self._send_next(device, link, seq, message)
             while (held := link.held.pop(link.last_seq + 1, None)) is not None:
-                await self._send_next(device, link, link.last_seq + 1, held)
+                self._send_next(device, link, link.last_seq + 1, held)
             if not link.held:
                 link.stop_waiting()
 
-    async def _send_next(self, device: str, link: DeviceLink, seq: int, message: Message) -> None:
+    def _send_next(self, device: str, link: DeviceLink, seq: int, message: Message) -> None:
         link.last_seq = seq
         if seq <= link.cleared_through.get(message.event, 0):
             return  # cleared by a resync before it could be sent
-        await self._send(link.sid, device, seq, message.event, message.payload, message.resync)
+        self._send(link.sid, device, seq, message.event, message.payload, message.resync)
 
     async def _catch_up(self, catch_up: CatchUp) -> None:
         if catch_up.device is None:
@@ -277,23 +288,23 @@ class UserActor:
         missed = await self.store.pending(self.site, self.user, device, after_seq=link.last_seq)
         link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
         for stored in missed:
-            await self._send_stored(link, device, stored)
+            self._send_stored(link, device, stored)
         link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
         while (held := link.held.pop(link.last_seq + 1, None)) is not None:
-            await self._send_next(device, link, link.last_seq + 1, held)
+            self._send_next(device, link, link.last_seq + 1, held)
 
-    async def _send_stored(self, link: DeviceLink, device: str, stored: StoredMessage) -> None:
+    def _send_stored(self, link: DeviceLink, device: str, stored: StoredMessage) -> None:
         link.last_seq = max(link.last_seq, stored.seq)
-        await self._send(link.sid, device, stored.seq, stored.event, stored.payload, stored.resync)
+        self._send(link.sid, device, stored.seq, stored.event, stored.payload, stored.resync)
 
-    async def _send(
+    def _send(
         self, sid: str, device: str, seq: int, event: str, payload: str, resync: bool
     ) -> None:
         if resync:
             ack = ResyncAck(sid, device, seq, event)
-            await self.outbox.send(sid, payload, lambda *_: self.tell(ack))
+            self.outbox.send(sid, payload, lambda *_: self.tell(ack))
         else:
-            await self.outbox.send(sid, payload, self._on_ack(device, [(seq, event)]))
+            self.outbox.send(sid, payload, self._on_ack(device, [(seq, event)]))
 
     # --- acks --------------------------------------------------------------------------------
 
@@ -336,7 +347,7 @@ class UserActor:
             message.event,
         )
         if message.sid in self.sockets:
-            await self.outbox.send(message.sid, RESYNC)
+            self.outbox.send(message.sid, RESYNC)
 
     # --- failures ----------------------------------------------------------------------------
 

@@ -8,11 +8,13 @@ found from the sets that index it (``redis_keys``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage import redis_scripts as scripts
@@ -67,7 +69,7 @@ class RedisStore:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            health_check_interval=10,
+            health_check_interval=1,  # a PING first on a connection idle for over a second
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._connect = self.redis.register_script(scripts.CONNECT_DEVICE)
@@ -89,6 +91,10 @@ class RedisStore:
         try:
             return await operation()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # The other pooled connections went down with this one: drop them all, so that
+            # once Redis is back no request is sent down a dead connection.
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.connection_pool.disconnect()
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
         # Any other RedisError (a script error, say) is a bug, not an outage: it propagates.
 

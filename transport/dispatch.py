@@ -41,7 +41,7 @@ class Dispatcher:
         for delivery in deliveries:
             by_user[delivery.user][delivery.device] = delivery.seq
         for user, seqs in by_user.items():
-            namespace.registry.tell_if_present(user, Deliver(message, seqs))
+            namespace.registry.deliver(user, Deliver(message, seqs))
 
     def catch_up_everyone(self) -> None:
         """After missed signals: every actor here re-reads its devices' queues."""

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 import aiohttp
 import orjson
 import socketio
+from engineio import packet as eio_packet
 from loguru import logger
 
 from actors.messages import Attach, Detach, Register
@@ -54,19 +55,27 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     # --- Outbox, for the actors -------------------------------------------------------------
 
-    async def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
-        """Write the Socket.IO EVENT packet ourselves: the payload was encoded once for every
-        recipient, and this socket is on this node, so neither python-socketio's per-emit
-        encoding nor its task per recipient is needed."""
+    def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
+        """Queue the Socket.IO EVENT packet ourselves.
+
+        The payload was encoded once for every recipient, and the socket is on this node, so
+        python-socketio's per-emit encoding and its task per recipient are not needed; and as
+        Engine.IO's own ``send`` only appends to the socket's unbounded queue, doing that here
+        lets an actor deliver without yielding (see ``ActorRegistry.deliver``).
+        """
         manager = self.server.manager
         eio_sid = manager.eio_sid_from_sid(sid, self.namespace)
-        if eio_sid is None:
+        socket = self.server.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if socket is None or socket.closed:
             return
         if on_ack is None:
             packet = f"2{self.namespace},{payload}"
         else:
             packet = f"2{self.namespace},{manager._generate_ack_id(sid, on_ack)}{payload}"
-        await self.server.eio.send(eio_sid, packet)
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
+
+    async def _greet(self, sid: str, settings: str) -> None:
+        self.send(sid, settings)
 
     async def disconnect(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)
@@ -103,7 +112,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 await self.enter_room(sid, room)
             # A task runs only after this handler returns and the CONNECT packet is queued.
             settings = orjson.dumps(["_settings", {"device_ttl": self.device_ttl}]).decode()
-            self._background(self.send(sid, settings))
+            self._background(self._greet(sid, settings))
             return True
         return await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
 
