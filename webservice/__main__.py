@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from loguru import logger
 
@@ -33,10 +36,23 @@ async def serve(service: Service) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    tune_gc()
     await stop.wait()
     logger.info("stopping: draining sends and closing sockets")
     await service.stop()
     logger.info("stopped")
+
+
+# The cyclic garbage collector's defaults (700, 10, 10) make it walk the whole heap, thousands
+# of objects per connection, every few hundred allocations; the hot path allocates a few
+# objects per delivery. Measured with `python -m bench`, N=1000 on Redis: CPU per 1000 fan-out
+# deliveries 0.133 s -> 0.076 s, direct 0.57 s -> 0.36 s. Refcounting still frees nearly all.
+GC_THRESHOLDS = (100_000, 50, 1_000)
+
+
+def tune_gc() -> None:
+    gc.freeze()  # what start-up allocated lives as long as the process: never scan it again
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,7 +72,18 @@ def main(argv: list[str] | None = None) -> None:
     service = Service(config)
     if args.demo:
         install_demo_routes(service.app)
-    asyncio.run(serve(service))
+    run(serve(service))
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop where it is installed (Linux and macOS): its event loop, written on libuv,
+    takes a fifth off the CPU of every delivery (bench: 0.083 s -> 0.065 s per 1000)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":
