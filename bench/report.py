@@ -47,9 +47,15 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([head, rule, *body])
 
 
-def save_json(rows: Sequence[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
+def save_json(
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    path: Path,
+    every_run: Sequence[dict[str, Any]] = (),
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"meta": meta, "results": list(rows)}, indent=2))
+    document = {"meta": meta, "results": list(rows), "every_run": list(every_run)}
+    path.write_text(json.dumps(document, indent=2))
 
 
 def save_chart(rows: Sequence[dict[str, Any]], path: Path, scenario: str = "fanout") -> bool:

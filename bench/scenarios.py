@@ -250,19 +250,25 @@ class Bench:
     async def _deliver(
         self, label: str, sends: list[tuple[Any, set[int]]], in_flight: int, ordered_by_id: bool
     ) -> Result:
-        """POST each (rooms, receiving client indexes), ``in_flight`` at a time, and wait
-        until every receipt is in."""
+        """POST each (rooms, receiving client indexes) with ``in_flight`` messages in flight:
+        a message is in flight from its POST until every receiver has it, so latency is
+        measured at a steady load, not behind an ever-growing backlog."""
         for client in self.clients:
             client.receipts.clear()
         ledger = Ledger()
         expected: dict[int, set[int]] = {}
         total = sum(len(receivers) for _, receivers in sends)
         progress = Progress(label, total)
-        received = [0]
+        waiting: dict[int, int] = {}  # message id -> receivers still to get it
+        delivered: dict[int, asyncio.Event] = {}
 
         def on_receipt(client: SimClient) -> None:
-            received[0] += 1
             progress.advance()
+            message_id = client.receipts[-1].message_id
+            if message_id in waiting:
+                waiting[message_id] -= 1
+                if waiting[message_id] == 0:
+                    delivered.pop(message_id).set()
 
         for client in self.clients:
             client.on_receipt = on_receipt
@@ -274,7 +280,10 @@ class Bench:
             message_id = ledger.new_id()
             for index in receivers:
                 expected.setdefault(index, set()).add(message_id)
+            waiting[message_id] = len(receivers)
+            done = delivered[message_id] = asyncio.Event()
             await post(self.http, self.target.url, rooms, message_id)
+            await asyncio.wait_for(done.wait(), 60)
 
         await gather_limited([lambda r=r, t=t: send(r, t) for r, t in sends], in_flight)
         await wait_until(lambda: sum(len(c.receipts) for c in self.clients) >= total, 60)

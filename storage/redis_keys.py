@@ -19,14 +19,18 @@ can name the same key; the Lua scripts receive escaped names and only ever join 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 DEFAULT_PREFIX = "sws:"
 SEQ_DIGITS = 20
 
 
+@lru_cache(maxsize=100_000)  # every ack and every delivery names a user and a device
 def escape(name: str) -> str:
     return name.replace("%", "%25").replace(":", "%3A").replace("\t", "%09")
 
 
+@lru_cache(maxsize=100_000)
 def unescape(name: str) -> str:
     return name.replace("%09", "\t").replace("%3A", ":").replace("%25", "%")
 
