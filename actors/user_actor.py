@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from loguru import logger
 
+from actors.mailbox import Mailbox
 from actors.messages import (
     Ack,
     ActorMessage,
@@ -76,13 +77,28 @@ class DeviceLink:
 
 
 class UserActor:
+    __slots__ = (
+        "_acks_in_flight",
+        "_busy",
+        "_catch_up_queued",
+        "_retries_waiting",
+        "devices",
+        "mailbox",
+        "outbox",
+        "registry",
+        "site",
+        "sockets",
+        "store",
+        "user",
+    )
+
     def __init__(self, registry: ActorRegistry, user: str) -> None:
         self.registry = registry
         self.user = user
         self.site = registry.site.name
         self.store: Store = registry.store
         self.outbox: Outbox = registry.outbox
-        self.mailbox: asyncio.Queue[ActorMessage] = asyncio.Queue()
+        self.mailbox: Mailbox[ActorMessage] = Mailbox()
         self.sockets: dict[str, SocketInfo] = {}
         self.devices: dict[str, DeviceLink] = {}
         self._acks_in_flight: set[asyncio.Future[int]] = set()

@@ -22,6 +22,7 @@ from transport.dispatch import Dispatcher
 from transport.node_bus import LocalBus, NodeBus, RedisBus
 from transport.send import SendHandler
 from transport.site_namespace import SiteNamespace
+from transport.socketio_server import SocketIOServer
 from webservice.config import Config
 
 HEALTH_TIMEOUT = 2.0
@@ -57,7 +58,7 @@ class Service:
             options["client_manager"] = socketio.AsyncRedisManager(
                 config.redis_url, channel=f"{DEFAULT_PREFIX}socketio"
             )
-        self.sio = socketio.AsyncServer(async_mode="aiohttp", **options)
+        self.sio = SocketIOServer(async_mode="aiohttp", **options)
         self.app = web.Application()
         self.sio.attach(self.app)
         self.app.router.add_get("/healthcheck", self.healthcheck)

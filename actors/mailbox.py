@@ -1,0 +1,66 @@
+"""A single-consumer queue: a deque and at most one waiting future.
+
+``asyncio.Queue`` would do, but it costs about 3 KB per instance (three deques, an Event,
+counters), and there is one per connected user (the actor's mailbox) and one per socket
+(Engine.IO's send queue, see ``transport.socketio_server``); this costs a few hundred bytes.
+It is unbounded and has one consumer, which is all either needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    __slots__ = ("_drained", "_items", "_unfinished", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._unfinished = 0
+        self._drained: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: T) -> None:
+        self._items.append(item)
+        self._unfinished += 1
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> T:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: T) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> T:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    def task_done(self) -> None:
+        self._unfinished -= 1
+        if self._unfinished == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def join(self) -> None:
+        """Until everything put so far has been handled (``task_done``)."""
+        if self._unfinished:
+            if self._drained is None or self._drained.done():
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
