@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 
 MAILBOX_LIMIT = 10_000  # deliveries beyond it are dropped from the mailbox and re-read instead
 HOLD_LIMIT = 1_000  # out-of-order deliveries held per device while a gap fills
-GAP_WAIT = 0.05  # seconds a gap may stay open before the queue is re-read from the store
+# Seconds a gap may stay open before the queue is re-read from the store. The missing delivery
+# is nearly always one this node is still handing out (a fan-out to 10,000 users takes a while);
+# only a signal lost between nodes needs the re-read, and that may take a moment.
+GAP_WAIT = 1.0
 RETRY_FIRST = 0.2  # seconds; doubles up to RETRY_MAX while the store stays unreachable
 RETRY_MAX = 5.0
 RESYNC = '["_resync"]'

@@ -86,8 +86,8 @@ async def main() -> None:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    if max(sizes) * 2 + 100 > limit:
-        raise SystemExit(f"N={max(sizes)} needs about {max(sizes) * 2} descriptors; limit {limit}")
+    if max(sizes) + 200 > limit:
+        raise SystemExit(f"N={max(sizes)} needs more than {max(sizes)} descriptors; limit {limit}")
     rows: list[dict[str, Any]] = []
     stores = ["redis", "sqlite"] if args.store == "both" else [args.store]
     every_run: list[dict[str, Any]] = []

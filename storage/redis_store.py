@@ -39,6 +39,7 @@ from storage.redis_keys import (
 
 T = TypeVar("T")
 POOL_SIZE = 32
+POOL_WAIT = 60.0
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -66,7 +67,7 @@ class RedisStore:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=POOL_SIZE,
-            timeout=timeout,
+            timeout=POOL_WAIT,  # waiting for a free connection is load, not an outage
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=1,  # a PING first on a connection idle for over a second
@@ -91,10 +92,11 @@ class RedisStore:
         try:
             return await operation()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            # The other pooled connections went down with this one: drop them all, so that
-            # once Redis is back no request is sent down a dead connection.
+            # The idle pooled connections went down with this one: drop them, so that once
+            # Redis is back no request is sent down a dead connection. (Those in use fail,
+            # or not, on their own.)
             with contextlib.suppress(RedisError, OSError):
-                await self.redis.connection_pool.disconnect()
+                await self.redis.connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
         # Any other RedisError (a script error, say) is a bug, not an outage: it propagates.
 
