@@ -1,9 +1,10 @@
 """SQLite store: the embedded default for a single node.
 
-One connection, in WAL mode. aiosqlite runs statements on one thread in the order they are
-sent, so a transaction is kept whole by a lock around it: this is SQLite's own single-writer
-rule made explicit, not a lock across users. ``synchronous=FULL`` (the default here) makes a
-committed /send survive a power loss as well as a crash of the process.
+One connection in WAL mode, owned by aiosqlite's thread. Each store operation is one plain
+function run in that thread as a single transaction: one hop between threads per operation
+instead of one per statement, and no lock, since the thread runs operations one at a time
+(SQLite's own single-writer rule). ``synchronous=FULL`` (the default here) makes a committed
+/send survive a power loss as well as a crash of the process.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -50,7 +51,11 @@ CREATE INDEX IF NOT EXISTS messages_by_event ON messages (site, user, device, ev
 """
 
 LIVE = "(expires_at IS NULL OR expires_at > :now)"
+DEVICE = "site = :site AND user = :user AND device = :device"
 SWEEP_INTERVAL = 60.0
+
+T = TypeVar("T")
+Db = sqlite3.Connection
 
 
 class SQLiteStore:
@@ -62,7 +67,6 @@ class SQLiteStore:
         self.node_id = node_id
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
 
@@ -73,7 +77,7 @@ class SQLiteStore:
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(SCHEMA)
-        await self._recover_connections()
+        await self._transaction(self._recover_connections)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
 
     async def close(self) -> None:
@@ -82,52 +86,46 @@ class SQLiteStore:
             self._sweeper.cancel()
             self._sweeper = None
         if self._db is not None:
-            async with self._lock:
-                await self._db.close()
+            await self._db.close()
             self._db = None
 
+    async def _transaction(self, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(db, *args)`` in the database thread, as one transaction."""
+        if self._db is None:
+            raise StoreUnavailable("SQLite store is not open")
+
+        def in_thread() -> T:
+            db = self._db._conn  # type: ignore[union-attr]
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db, *args)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        try:
+            # aiosqlite's own hook for running a function in its thread (pinned in pyproject).
+            return await self._db._execute(in_thread)  # type: ignore[no-untyped-call,no-any-return]
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
+
     async def ping(self) -> None:
-        async with self._read() as db:
-            await db.execute("SELECT 1")
+        await self._transaction(lambda db: db.execute("SELECT 1").fetchone())
 
     async def heartbeat(self) -> list[str]:
         return []  # a single node: its crash is recovered at the next open()
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
-        if self._db is None:
-            raise StoreUnavailable("SQLite store is not open")
-        try:
-            yield self._db
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite: {exc}") from exc
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock, self._read() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-
     def _expiry(self, now: float) -> float | None:
         return now + self.device_ttl if self.device_ttl > 0 else None
 
-    async def _recover_connections(self) -> None:
+    def _recover_connections(self, db: Db) -> None:
         """A single node owns every connection, so any count left at start-up is from a crash:
         those devices went offline when the process died and start to expire now."""
-        now = time.time()
-        params = {"exp": self._expiry(now)}
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE devices SET conns = 0, expires_at = :exp WHERE conns > 0", params
-            )
-            await db.execute(
-                "UPDATE users SET conns = 0, expires_at = :exp WHERE conns > 0", params
-            )
+        params = {"exp": self._expiry(time.time())}
+        db.execute("UPDATE devices SET conns = 0, expires_at = :exp WHERE conns > 0", params)
+        db.execute("UPDATE users SET conns = 0, expires_at = :exp WHERE conns > 0", params)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -139,103 +137,18 @@ class SQLiteStore:
 
     async def sweep(self) -> None:
         """Delete what has expired; reads already ignore it, this only reclaims space."""
-        params = {"now": time.time()}
-        async with self._transaction() as db:
-            await db.execute(
-                "DELETE FROM messages WHERE (site, user, device) IN (SELECT site, user, device "
-                "FROM devices WHERE expires_at IS NOT NULL AND expires_at <= :now)",
-                params,
-            )
-            await db.execute(
-                "DELETE FROM devices WHERE expires_at IS NOT NULL AND expires_at <= :now", params
-            )
-            await db.execute(
-                "DELETE FROM memberships WHERE (site, user) IN (SELECT site, user FROM users "
-                "WHERE expires_at IS NOT NULL AND expires_at <= :now)",
-                params,
-            )
-            await db.execute(
-                "DELETE FROM users WHERE expires_at IS NOT NULL AND expires_at <= :now", params
-            )
+        await self._transaction(_sweep, time.time())
 
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
     ) -> bool:
-        now = time.time()
-        key = {"site": site, "user": user, "device": device, "now": now}
-        async with self._transaction() as db:
-            # A device or user past its expiry is gone, as a Redis key would be.
-            await db.execute(
-                "DELETE FROM messages WHERE site = :site AND user = :user AND device = :device "
-                "AND EXISTS (SELECT 1 FROM devices WHERE site = :site AND user = :user "
-                "AND device = :device AND NOT " + LIVE + ")",
-                key,
-            )
-            await db.execute(
-                "DELETE FROM devices WHERE site = :site AND user = :user AND device = :device "
-                "AND NOT " + LIVE,
-                key,
-            )
-            await db.execute(
-                "DELETE FROM users WHERE site = :site AND user = :user AND NOT " + LIVE, key
-            )
-            await db.execute(
-                "INSERT INTO devices (site, user, device, conns) VALUES (:site, :user, :device, 1) "
-                "ON CONFLICT DO UPDATE SET conns = conns + 1, expires_at = NULL",
-                key,
-            )
-            cursor = await db.execute(
-                "INSERT INTO users (site, user, conns) VALUES (:site, :user, 1) "
-                "ON CONFLICT DO UPDATE SET conns = conns + 1, expires_at = NULL RETURNING conns",
-                key,
-            )
-            row = await cursor.fetchone()
-            await db.execute("DELETE FROM memberships WHERE site = :site AND user = :user", key)
-            await db.executemany(
-                "INSERT OR IGNORE INTO memberships (site, room, user) VALUES (?, ?, ?)",
-                [(site, room.lower(), user) for room in shared_rooms],
-            )
-        return row is not None and row[0] == 1
+        key = {"site": site, "user": user, "device": device, "now": time.time()}
+        rooms = [(site, room.lower(), user) for room in shared_rooms]
+        return await self._transaction(_connect_device, key, rooms)
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
-        now = time.time()
-        key = {"site": site, "user": user, "device": device, "exp": self._expiry(now)}
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE devices SET conns = MAX(conns - 1, 0) "
-                "WHERE site = :site AND user = :user AND device = :device RETURNING conns",
-                key,
-            )
-            device_row = await cursor.fetchone()
-            if device_row is not None and device_row[0] == 0:
-                if forget:
-                    await db.execute(
-                        "DELETE FROM messages WHERE site = :site AND user = :user "
-                        "AND device = :device",
-                        key,
-                    )
-                    await db.execute(
-                        "DELETE FROM devices WHERE site = :site AND user = :user "
-                        "AND device = :device",
-                        key,
-                    )
-                else:
-                    await db.execute(
-                        "UPDATE devices SET expires_at = :exp WHERE site = :site AND user = :user "
-                        "AND device = :device",
-                        key,
-                    )
-            cursor = await db.execute(
-                "UPDATE users SET conns = MAX(conns - 1, 0) WHERE site = :site AND user = :user "
-                "RETURNING conns",
-                key,
-            )
-            user_row = await cursor.fetchone()
-            if user_row is not None and user_row[0] == 0:
-                await db.execute(
-                    "UPDATE users SET expires_at = :exp WHERE site = :site AND user = :user", key
-                )
-        return user_row is not None and user_row[0] == 0
+        key = {"site": site, "user": user, "device": device, "exp": self._expiry(time.time())}
+        return await self._transaction(_disconnect_device, key, forget)
 
     async def enqueue(
         self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
@@ -246,24 +159,7 @@ class SQLiteStore:
             "users": orjson.dumps(list(users)).decode(),
             "rooms": orjson.dumps([room.lower() for room in shared_rooms]).decode(),
         }
-        record = message.encode()
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE devices SET seq = seq + 1 WHERE site = :site AND " + LIVE + " AND user IN ("
-                "SELECT value FROM json_each(:users) UNION "
-                "SELECT m.user FROM memberships m "
-                "JOIN users u ON u.site = m.site AND u.user = m.user "
-                "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
-                "AND (u.expires_at IS NULL OR u.expires_at > :now)"
-                ") RETURNING user, device, seq, conns",
-                params,
-            )
-            rows = await cursor.fetchall()
-            await db.executemany(
-                "INSERT INTO messages (site, user, device, seq, event, record) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(site, user, device, seq, message.event, record) for user, device, seq, _ in rows],
-            )
+        rows = await self._transaction(_enqueue, params, message.event, message.encode())
         here = (self.node_id,)  # one node holds every connection
         return [
             Delivery(user, device, seq, here if conns else ()) for user, device, seq, conns in rows
@@ -272,22 +168,8 @@ class SQLiteStore:
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
-        params = {
-            "site": site,
-            "user": user,
-            "device": device,
-            "after": after_seq,
-            "now": time.time(),
-        }
-        async with self._read() as db:
-            cursor = await db.execute(
-                "SELECT seq, record FROM messages WHERE site = :site AND user = :user "
-                "AND device = :device AND seq > :after AND EXISTS (SELECT 1 FROM devices "
-                "WHERE site = :site AND user = :user AND device = :device AND " + LIVE + ") "
-                "ORDER BY seq",
-                params,
-            )
-            rows = await cursor.fetchall()
+        key = {"site": site, "user": user, "device": device, "after": after_seq, "now": time.time()}
+        rows = await self._transaction(_pending, key)
         return [StoredMessage.decode(seq, record) for seq, record in rows]
 
     def ack(
@@ -297,53 +179,141 @@ class SQLiteStore:
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
         """Every ack of this turn in one statement and one transaction (one fsync)."""
-        rows = [
-            [site, user, device, seq]
-            for site, user, device, acked in items
-            for seq, _event in acked
-        ]
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM messages WHERE (site, user, device, seq) IN ("
-                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-                "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?)"
-                ") RETURNING site, user, device, seq",
-                (orjson.dumps(rows).decode(),),
-            )
-            removed = {tuple(row) for row in await cursor.fetchall()}
-        return [
-            sum((site, user, device, seq) in removed for seq, _event in acked)
-            for site, user, device, acked in items
-        ]
+        return await self._transaction(_write_acks, items)
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         key = {"site": site, "user": user, "device": device, "event": event, "seq": seq}
-        where = "site = :site AND user = :user AND device = :device AND event = :event"
-        async with self._transaction() as db:
-            cursor = await db.execute(f"SELECT MIN(seq) FROM messages WHERE {where}", key)
-            head = await cursor.fetchone()
-            cursor = await db.execute(f"SELECT 1 FROM messages WHERE {where} AND seq = :seq", key)
-            present = await cursor.fetchone() is not None
-            if not present:
-                return HeadAck(cleared=False)
-            if head is not None and head[0] == seq:
-                await db.execute(f"DELETE FROM messages WHERE {where} AND seq = :seq", key)
-                return HeadAck(cleared=False)
-            await db.execute(f"DELETE FROM messages WHERE {where}", key)
-            cursor = await db.execute(
-                "SELECT seq FROM devices WHERE site = :site AND user = :user AND device = :device",
-                key,
-            )
-            through = await cursor.fetchone()
-        return HeadAck(cleared=True, cleared_through=through[0] if through else seq)
+        return await self._transaction(_ack_head, key)
 
     async def shared_room_members(self, site: str, room: str) -> set[str]:
-        async with self._read() as db:
-            cursor = await db.execute(
-                "SELECT m.user FROM memberships m JOIN users u ON u.site = m.site "
-                "AND u.user = m.user WHERE m.site = ? AND m.room = ? "
-                "AND (u.expires_at IS NULL OR u.expires_at > ?)",
-                (site, room.lower(), time.time()),
-            )
-            rows = await cursor.fetchall()
+        rows = await self._transaction(_members, site, room.lower(), time.time())
         return {row[0] for row in rows}
+
+
+# Each function below runs in the database thread inside one transaction.
+
+
+def _sweep(db: Db, now: float) -> None:
+    params = {"now": now}
+    db.execute(
+        "DELETE FROM messages WHERE (site, user, device) IN (SELECT site, user, device "
+        "FROM devices WHERE expires_at IS NOT NULL AND expires_at <= :now)",
+        params,
+    )
+    db.execute("DELETE FROM devices WHERE expires_at IS NOT NULL AND expires_at <= :now", params)
+    db.execute(
+        "DELETE FROM memberships WHERE (site, user) IN (SELECT site, user FROM users "
+        "WHERE expires_at IS NOT NULL AND expires_at <= :now)",
+        params,
+    )
+    db.execute("DELETE FROM users WHERE expires_at IS NOT NULL AND expires_at <= :now", params)
+
+
+def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str]]) -> bool:
+    # A device or user past its expiry is gone, as a Redis key would be.
+    expired = db.execute(f"SELECT 1 FROM devices WHERE {DEVICE} AND NOT {LIVE}", key).fetchone()
+    if expired is not None:
+        db.execute(f"DELETE FROM messages WHERE {DEVICE}", key)
+        db.execute(f"DELETE FROM devices WHERE {DEVICE}", key)
+    db.execute(f"DELETE FROM users WHERE site = :site AND user = :user AND NOT {LIVE}", key)
+    db.execute(
+        "INSERT INTO devices (site, user, device, conns) VALUES (:site, :user, :device, 1) "
+        "ON CONFLICT DO UPDATE SET conns = conns + 1, expires_at = NULL",
+        key,
+    )
+    (conns,) = db.execute(
+        "INSERT INTO users (site, user, conns) VALUES (:site, :user, 1) "
+        "ON CONFLICT DO UPDATE SET conns = conns + 1, expires_at = NULL RETURNING conns",
+        key,
+    ).fetchone()
+    db.execute("DELETE FROM memberships WHERE site = :site AND user = :user", key)
+    db.executemany("INSERT OR IGNORE INTO memberships (site, room, user) VALUES (?, ?, ?)", rooms)
+    return bool(conns == 1)
+
+
+def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
+    device_row = db.execute(
+        f"UPDATE devices SET conns = MAX(conns - 1, 0) WHERE {DEVICE} RETURNING conns", key
+    ).fetchone()
+    if device_row is not None and device_row[0] == 0:
+        if forget:
+            db.execute(f"DELETE FROM messages WHERE {DEVICE}", key)
+            db.execute(f"DELETE FROM devices WHERE {DEVICE}", key)
+        else:
+            db.execute(f"UPDATE devices SET expires_at = :exp WHERE {DEVICE}", key)
+    user_row = db.execute(
+        "UPDATE users SET conns = MAX(conns - 1, 0) WHERE site = :site AND user = :user "
+        "RETURNING conns",
+        key,
+    ).fetchone()
+    if user_row is not None and user_row[0] == 0:
+        db.execute("UPDATE users SET expires_at = :exp WHERE site = :site AND user = :user", key)
+    return user_row is not None and user_row[0] == 0
+
+
+def _enqueue(db: Db, params: dict[str, Any], event: str, record: bytes) -> list[Any]:
+    rows = db.execute(
+        f"UPDATE devices SET seq = seq + 1 WHERE site = :site AND {LIVE} AND user IN ("
+        "SELECT value FROM json_each(:users) UNION "
+        "SELECT m.user FROM memberships m "
+        "JOIN users u ON u.site = m.site AND u.user = m.user "
+        "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
+        "AND (u.expires_at IS NULL OR u.expires_at > :now)"
+        ") RETURNING user, device, seq, conns",
+        params,
+    ).fetchall()
+    site = params["site"]
+    db.executemany(
+        "INSERT INTO messages (site, user, device, seq, event, record) VALUES (?, ?, ?, ?, ?, ?)",
+        [(site, user, device, seq, event, record) for user, device, seq, _ in rows],
+    )
+    return rows
+
+
+def _pending(db: Db, key: dict[str, Any]) -> list[Any]:
+    return db.execute(
+        f"SELECT seq, record FROM messages WHERE {DEVICE} AND seq > :after "
+        f"AND EXISTS (SELECT 1 FROM devices WHERE {DEVICE} AND {LIVE}) ORDER BY seq",
+        key,
+    ).fetchall()
+
+
+def _write_acks(db: Db, items: Sequence[AckItem]) -> list[int]:
+    rows = [
+        [site, user, device, seq] for site, user, device, acked in items for seq, _event in acked
+    ]
+    removed = {
+        tuple(row)
+        for row in db.execute(
+            "DELETE FROM messages WHERE (site, user, device, seq) IN ("
+            "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+            "json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?)"
+            ") RETURNING site, user, device, seq",
+            (orjson.dumps(rows).decode(),),
+        )
+    }
+    return [
+        sum((site, user, device, seq) in removed for seq, _event in acked)
+        for site, user, device, acked in items
+    ]
+
+
+def _ack_head(db: Db, key: dict[str, Any]) -> HeadAck:
+    where = f"{DEVICE} AND event = :event"
+    if db.execute(f"SELECT 1 FROM messages WHERE {where} AND seq = :seq", key).fetchone() is None:
+        return HeadAck(cleared=False)
+    (head,) = db.execute(f"SELECT MIN(seq) FROM messages WHERE {where}", key).fetchone()
+    if head == key["seq"]:
+        db.execute(f"DELETE FROM messages WHERE {where} AND seq = :seq", key)
+        return HeadAck(cleared=False)
+    db.execute(f"DELETE FROM messages WHERE {where}", key)
+    through = db.execute(f"SELECT seq FROM devices WHERE {DEVICE}", key).fetchone()
+    return HeadAck(cleared=True, cleared_through=through[0] if through else key["seq"])
+
+
+def _members(db: Db, site: str, room: str, now: float) -> list[Any]:
+    return db.execute(
+        "SELECT m.user FROM memberships m JOIN users u ON u.site = m.site AND u.user = m.user "
+        "WHERE m.site = ? AND m.room = ? AND (u.expires_at IS NULL OR u.expires_at > ?)",
+        (site, room, now),
+    ).fetchall()
