@@ -40,6 +40,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chart", help="write the PNG chart here (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
+        "--sqlite-synchronous",
+        default="FULL",
+        choices=["FULL", "NORMAL"],
+        help="SQLite durability: FULL survives a power loss, NORMAL a crash of the process",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -103,7 +109,7 @@ async def main() -> None:
                     target = Target(args.url, args.service_pid, args.redis_pid)
                     results = await run_one(target, store, n, scenarios)
                 else:
-                    environment = Environment(store)
+                    environment = Environment(store, sqlite_synchronous=args.sqlite_synchronous)
                     target = await environment.start()
                     try:
                         results = await run_one(target, store, n, scenarios)

@@ -73,8 +73,11 @@ class Target:
 class Environment:
     """Starts everything for one store kind, or points at a running service."""
 
-    def __init__(self, store: str, workdir: Path | None = None) -> None:
+    def __init__(
+        self, store: str, workdir: Path | None = None, sqlite_synchronous: str = "FULL"
+    ) -> None:
         self.store = store
+        self.sqlite_synchronous = sqlite_synchronous
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sws-bench-"))
         self.auth = AuthStub()
         self.redis: RedisServer | None = None
@@ -89,6 +92,7 @@ class Environment:
             env["REDIS_URL"] = self.redis.url
         else:
             env["SQLITE_PATH"] = str(self.workdir / "bench.sqlite3")
+            env["SQLITE_SYNCHRONOUS"] = self.sqlite_synchronous
         (self.workdir / "config.yml").write_text(
             "production:\n  winston:\n    console:\n      level: warn\n"
         )

@@ -333,6 +333,7 @@ class Bench:
         )
         progress = Progress(f"reconnect {len(away)}", len(away))
         meter = Meter(self.target)
+        await meter.settle()  # the disconnects are done with: measure the comebacks only
         meter.start()
         started = time.perf_counter()
         await gather_limited(self._connect_jobs(away, progress), CONNECT_CONCURRENCY)

@@ -2,8 +2,10 @@
 
 Acks arrive one per delivered message, from every user at once. Each is a tiny write; sent
 one by one they cost a round trip (and on SQLite an fsync) each. The coalescer gathers what is
-submitted during one turn of the event loop and flushes it together; each submitter gets a
-future for its own result, without a task of its own.
+submitted within ``WINDOW`` seconds and flushes it together; each submitter gets a future for
+its own result, without a task of its own. The window is short enough that no one waits on it
+noticeably (an actor's next queue read waits for its own acks), long enough that a steady
+stream of direct messages shares its round trips.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 MAX_BATCH = 1000
+WINDOW = 0.002
 
 
 class WriteCoalescer(Generic[Item, Result]):
@@ -33,7 +36,7 @@ class WriteCoalescer(Generic[Item, Result]):
         self._futures.append(future)
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._start)
+            loop.call_later(WINDOW, self._start)
         return future
 
     def _start(self) -> None:

@@ -1,9 +1,11 @@
-"""python-socketio's server, with one change: a lighter send queue for each socket.
+"""python-socketio's server and client managers, with two changes that matter at scale.
 
-Engine.IO gives every socket a queue from ``create_queue``, an ``asyncio.Queue`` of about
-3 KB; ours (``actors.mailbox.Mailbox``) does the same job in a few hundred bytes. With
-thousands of idle connections per node, that is most of what separates us from the memory
-of a bare python-socketio server (``python -m bench``, RSS per connection).
+- A lighter send queue for each socket: Engine.IO gives every socket a queue from
+  ``create_queue``, an ``asyncio.Queue`` of about 3 KB; ours (``actors.mailbox.Mailbox``) does
+  the same job in a few hundred bytes.
+- An index of each socket's rooms: python-socketio finds a leaving socket's rooms by scanning
+  every room of the namespace, and every socket has a room of its own, so each disconnect
+  costs O(connections) and a wave of them (a node restart, a network blip) O(connections²).
 """
 
 from __future__ import annotations
@@ -24,3 +26,53 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
 class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
+
+
+class _IndexedRooms:
+    """Keeps which rooms each (namespace, sid) is in, next to python-socketio's room map."""
+
+    rooms: dict[str, dict[Any, Any]]
+    callbacks: dict[str, Any]
+    pending_connect: dict[str, list[str]]
+    pending_disconnect: dict[str, list[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rooms_of: dict[tuple[str, str], set[Any]] = {}
+
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
+    ) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        self._rooms_of.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        rooms = self._rooms_of.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[(namespace, sid)]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        # As python-socketio's own, but leaving only the rooms this socket is in.
+        for room in self._rooms_of.pop((namespace, sid), set()):
+            super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            waiting = pending.get(namespace)
+            if waiting is not None and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
+
+
+class IndexedManager(_IndexedRooms, socketio.AsyncManager):  # type: ignore[misc]
+    """One node."""
+
+
+class IndexedRedisManager(_IndexedRooms, socketio.AsyncRedisManager):  # type: ignore[misc]
+    """Several nodes: broadcasts to rooms reach every node through Redis."""

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import socketio
 from aiohttp import web
 from loguru import logger
 
@@ -22,7 +21,7 @@ from transport.dispatch import Dispatcher
 from transport.node_bus import LocalBus, NodeBus, RedisBus
 from transport.send import SendHandler
 from transport.site_namespace import SiteNamespace
-from transport.socketio_server import SocketIOServer
+from transport.socketio_server import IndexedManager, IndexedRedisManager, SocketIOServer
 from webservice.config import Config
 
 HEALTH_TIMEOUT = 2.0
@@ -55,9 +54,11 @@ class Service:
         options.update(config.socketio_options)
         if config.redis_url:
             # Plain-site broadcasts reach the sockets of every node through Redis.
-            options["client_manager"] = socketio.AsyncRedisManager(
+            options["client_manager"] = IndexedRedisManager(
                 config.redis_url, channel=f"{DEFAULT_PREFIX}socketio"
             )
+        else:
+            options["client_manager"] = IndexedManager()
         self.sio = SocketIOServer(async_mode="aiohttp", **options)
         self.app = web.Application()
         self.sio.attach(self.app)
