@@ -1,0 +1,57 @@
+"""The benchmark's simulated client speaks the protocol as python-socketio's own client does:
+both, side by side, against the real service on both stores."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from bench.sim_client import ConnectRefused, SimClient
+from tests.harness import Harness
+from tests.test_delivery import wait_for_empty_queue
+
+
+async def until_received(client: SimClient, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(client.receipts) < count:
+        assert asyncio.get_running_loop().time() < deadline, client.receipts
+        await asyncio.sleep(0.01)
+
+
+async def test_sim_client_matches_the_python_socketio_client(harness: Harness) -> None:
+    await harness.start()
+    harness.stub.default_rooms = None
+    harness.stub.answers.update({"sim": ["user_sim", "staff"], "real": ["user_real", "staff"]})
+    async with aiohttp.ClientSession() as http:
+        sim = SimClient(harness.url, "shop", "sim", "d1")
+        await sim.connect(http)  # returns once _settings arrived, as the harness's connect
+        real = await harness.connect("shop", "real", "d1")
+
+        assert (await harness.send("shop", "staff", "m", 1))[0] == 200
+        await until_received(sim, 1)
+        received = await real.next()
+        assert (received.event, received.args) == ("m", [1])
+        assert [(r.message_id, r.in_batch) for r in sim.receipts] == [(1, False)]
+        await wait_for_empty_queue(harness, "user_sim", "d1")  # the sim client's ack worked
+
+        await sim.close()
+        await harness.send("shop", "staff", "m", 2)
+        await harness.send("shop", "staff", "m", 3)
+        await sim.connect(http)
+        await until_received(sim, 3)
+        assert [(r.message_id, r.in_batch) for r in sim.receipts[1:]] == [(2, True), (3, True)]
+        await wait_for_empty_queue(harness, "user_sim", "d1")  # and its _batch ack
+        await sim.close()
+
+
+async def test_sim_client_sees_a_refused_connect(harness: Harness) -> None:
+    await harness.start()
+    async with aiohttp.ClientSession() as http:
+        sim = SimClient(harness.url, "shop", "nobody", "d1")
+        try:
+            await sim.connect(http)
+        except ConnectRefused as exc:
+            assert "Authentication failed" in str(exc)
+        else:
+            raise AssertionError("connect was accepted")
