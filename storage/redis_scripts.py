@@ -79,46 +79,56 @@ end
 return left
 """)
 
-# ARGV: prefix, event, record, n_users, users..., shared rooms...
-#   -> flat list of user, device, seq, nodes (comma-separated ids of the nodes where the device
-#      is connected) for every device that stored the message
-ENQUEUE = _script("""
-local event, record, n_users = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local targets, seen = {}, {}
-local function add(user)
-  if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
-end
-for i = 5, 4 + n_users do add(ARGV[i]) end
-for i = 5 + n_users, #ARGV do
-  for _, user in ipairs(redis.call('SMEMBERS', p .. 'members:' .. ARGV[i])) do
-    if redis.call('EXISTS', p .. 'user:' .. user) == 1 then add(user)
-    else redis.call('SREM', p .. 'members:' .. ARGV[i], user) end
+# ARGV: groups of (site prefix, event, record, n_users, n_rooms, users..., shared rooms...),
+#   one per message, stored in this order
+#   -> for each message: n, then user, device, seq, nodes (comma-separated ids of the nodes
+#      where the device is connected) for each of the n devices that stored it
+ENQUEUE = """
+local out, i = {}, 1
+while i <= #ARGV do
+  local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local n_users, n_rooms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local first_room = i + 5 + n_users
+  local targets, seen = {}, {}
+  local function add(user)
+    if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
   end
-end
-local out = {}
-for _, user in ipairs(targets) do
-  local devices = p .. 'devices:' .. user
-  for _, device in ipairs(redis.call('SMEMBERS', devices)) do
-    local dev, msg, evt = dev_keys(user, device)
-    local ttl = redis.call('PTTL', dev)
-    if ttl == -2 then
-      redis.call('SREM', devices, device)
-    else
-      local seq = redis.call('HINCRBY', dev, 'seq', 1)
-      redis.call('HSET', msg, seq, record)
-      redis.call('ZADD', evt, 0, event .. '\\0' .. string.format('%020d', seq))
-      if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
-      local holders = {}
-      for _, f in ipairs(redis.call('HKEYS', dev)) do
-        if string.sub(f, 1, 2) == 'n:' then holders[#holders + 1] = string.sub(f, 3) end
+  for k = i + 5, first_room - 1 do add(ARGV[k]) end
+  for k = first_room, first_room + n_rooms - 1 do
+    for _, user in ipairs(redis.call('SMEMBERS', p .. 'members:' .. ARGV[k])) do
+      if redis.call('EXISTS', p .. 'user:' .. user) == 1 then add(user)
+      else redis.call('SREM', p .. 'members:' .. ARGV[k], user) end
+    end
+  end
+  i = first_room + n_rooms
+  local count_at = #out + 1
+  out[count_at] = 0
+  for _, user in ipairs(targets) do
+    local devices = p .. 'devices:' .. user
+    for _, device in ipairs(redis.call('SMEMBERS', devices)) do
+      local tail = user .. ':' .. device
+      local dev, msg, evt = p .. 'dev:' .. tail, p .. 'msg:' .. tail, p .. 'evt:' .. tail
+      local ttl = redis.call('PTTL', dev)
+      if ttl == -2 then
+        redis.call('SREM', devices, device)
+      else
+        local seq = redis.call('HINCRBY', dev, 'seq', 1)
+        redis.call('HSET', msg, seq, record)
+        redis.call('ZADD', evt, 0, event .. '\\0' .. string.format('%020d', seq))
+        if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
+        local holders = {}
+        for _, f in ipairs(redis.call('HKEYS', dev)) do
+          if string.sub(f, 1, 2) == 'n:' then holders[#holders + 1] = string.sub(f, 3) end
+        end
+        out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
+        out[#out + 1] = table.concat(holders, ',')
+        out[count_at] = out[count_at] + 1
       end
-      out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-      out[#out + 1] = table.concat(holders, ',')
     end
   end
 end
 return out
-""")
+"""
 
 # ARGV: groups of (site prefix, user, device, n, (seq, event member) * n), one per ack
 #   -> for each group, how many of its messages were still stored and are now removed

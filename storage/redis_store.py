@@ -21,6 +21,7 @@ from storage import redis_scripts as scripts
 from storage.base import (
     AckItem,
     Delivery,
+    EnqueueItem,
     HeadAck,
     Message,
     StoredMessage,
@@ -78,6 +79,9 @@ class RedisStore:
         self._enqueue = self.redis.register_script(scripts.ENQUEUE)
         self._ack = self.redis.register_script(scripts.ACK)
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
+        self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
+            self._write_enqueues
+        )
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
 
@@ -85,6 +89,7 @@ class RedisStore:
         await self.heartbeat()
 
     async def close(self) -> None:
+        await self._enqueues.drain()
         await self._acks.drain()
         await self.redis.aclose()
 
@@ -151,25 +156,34 @@ class RedisStore:
     async def enqueue(
         self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
     ) -> list[Delivery]:
-        rooms = {escape(room.lower()) for room in shared_rooms}
-        flat = await self._run(
-            self._enqueue,
-            self._prefix(site),
-            message.event,
-            message.encode(),
-            len(users),
-            *[escape(user) for user in users],
-            *rooms,
-        )
-        return [
-            Delivery(
-                user=unescape(flat[i].decode()),
-                device=unescape(flat[i + 1].decode()),
-                seq=int(flat[i + 2]),
-                nodes=tuple(flat[i + 3].decode().split(",")) if flat[i + 3] else (),
+        return await self._enqueues.submit((site, users, shared_rooms, message))
+
+    async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
+        """The messages of concurrent /sends, stored in one script call, in submit order."""
+        args: list[Any] = []
+        for site, users, shared_rooms, message in items:
+            rooms = {escape(room.lower()) for room in shared_rooms}
+            args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
+            args += [escape(user) for user in users]
+            args += rooms
+        flat = await self._run(self._enqueue, *args)
+        results: list[list[Delivery]] = []
+        i = 0
+        while i < len(flat):
+            count, i = int(flat[i]), i + 1
+            results.append(
+                [
+                    Delivery(
+                        user=unescape(flat[j].decode()),
+                        device=unescape(flat[j + 1].decode()),
+                        seq=int(flat[j + 2]),
+                        nodes=tuple(flat[j + 3].decode().split(",")) if flat[j + 3] else (),
+                    )
+                    for j in range(i, i + 4 * count, 4)
+                ]
             )
-            for i in range(0, len(flat), 4)
-        ]
+            i += 4 * count
+        return results
 
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0

@@ -20,7 +20,15 @@ import aiosqlite
 import orjson
 from loguru import logger
 
-from storage.base import AckItem, Delivery, HeadAck, Message, StoredMessage, StoreUnavailable
+from storage.base import (
+    AckItem,
+    Delivery,
+    EnqueueItem,
+    HeadAck,
+    Message,
+    StoredMessage,
+    StoreUnavailable,
+)
 from storage.coalesce import WriteCoalescer
 
 SCHEMA = """
@@ -69,6 +77,9 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
+        self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
+            self._write_enqueues
+        )
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,6 +92,7 @@ class SQLiteStore:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
 
     async def close(self) -> None:
+        await self._enqueues.drain()
         await self._acks.drain()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -153,16 +165,32 @@ class SQLiteStore:
     async def enqueue(
         self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
     ) -> list[Delivery]:
-        params = {
-            "site": site,
-            "now": time.time(),
-            "users": orjson.dumps(list(users)).decode(),
-            "rooms": orjson.dumps([room.lower() for room in shared_rooms]).decode(),
-        }
-        rows = await self._transaction(_enqueue, params, message.event, message.encode())
+        return await self._enqueues.submit((site, users, shared_rooms, message))
+
+    async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
+        """The messages of concurrent /sends in one transaction (one fsync), in submit order."""
+        now = time.time()
+        batches = [
+            (
+                {
+                    "site": site,
+                    "now": now,
+                    "users": orjson.dumps(list(users)).decode(),
+                    "rooms": orjson.dumps([room.lower() for room in rooms]).decode(),
+                },
+                message.event,
+                message.encode(),
+            )
+            for site, users, rooms, message in items
+        ]
+        results = await self._transaction(_enqueue_all, batches)
         here = (self.node_id,)  # one node holds every connection
         return [
-            Delivery(user, device, seq, here if conns else ()) for user, device, seq, conns in rows
+            [
+                Delivery(user, device, seq, here if conns else ())
+                for user, device, seq, conns in rows
+            ]
+            for rows in results
         ]
 
     async def pending(
@@ -249,6 +277,10 @@ def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
     if user_row is not None and user_row[0] == 0:
         db.execute("UPDATE users SET expires_at = :exp WHERE site = :site AND user = :user", key)
     return user_row is not None and user_row[0] == 0
+
+
+def _enqueue_all(db: Db, batches: list[tuple[dict[str, Any], str, bytes]]) -> list[list[Any]]:
+    return [_enqueue(db, params, event, record) for params, event, record in batches]
 
 
 def _enqueue(db: Db, params: dict[str, Any], event: str, record: bytes) -> list[Any]:
