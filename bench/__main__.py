@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
         "--sqlite-synchronous",
-        default="FULL",
+        default="NORMAL",
         choices=["FULL", "NORMAL"],
         help="SQLite durability: FULL survives a power loss, NORMAL a crash of the process",
     )

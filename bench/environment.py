@@ -74,7 +74,7 @@ class Environment:
     """Starts everything for one store kind, or points at a running service."""
 
     def __init__(
-        self, store: str, workdir: Path | None = None, sqlite_synchronous: str = "FULL"
+        self, store: str, workdir: Path | None = None, sqlite_synchronous: str = "NORMAL"
     ) -> None:
         self.store = store
         self.sqlite_synchronous = sqlite_synchronous

@@ -3,8 +3,9 @@
 One connection in WAL mode, owned by aiosqlite's thread. Each store operation is one plain
 function run in that thread as a single transaction: one hop between threads per operation
 instead of one per statement, and no lock, since the thread runs operations one at a time
-(SQLite's own single-writer rule). ``synchronous=FULL`` (the default here) makes a committed
-/send survive a power loss as well as a crash of the process.
+(SQLite's own single-writer rule). In WAL mode ``synchronous=NORMAL`` (the default here) makes
+a committed /send survive a crash of the process (SIGKILL included); ``FULL`` adds an fsync per
+transaction so it also survives a power loss.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ Db = sqlite3.Connection
 
 class SQLiteStore:
     def __init__(
-        self, path: str | Path, device_ttl: int, synchronous: str = "FULL", node_id: str = "local"
+        self, path: str | Path, device_ttl: int, synchronous: str = "NORMAL", node_id: str = "local"
     ) -> None:
         self.path = Path(path)
         self.device_ttl = device_ttl

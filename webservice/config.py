@@ -87,7 +87,7 @@ class Config:
     device_ttl: int = DEFAULT_DEVICE_TTL
     redis_url: str = ""
     sqlite_path: str = DEFAULT_SQLITE_PATH
-    sqlite_synchronous: str = "FULL"
+    sqlite_synchronous: str = "NORMAL"
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     socketio_options: dict[str, Any] = field(default_factory=dict)
@@ -261,7 +261,7 @@ def load_config(
     synchronous = (
         env.get("SQLITE_SYNCHRONOUS")
         or _text(sqlite.get("synchronous"), "sqlite.synchronous")
-        or "FULL"
+        or "NORMAL"
     ).upper()
     if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
         raise ConfigError(f"sqlite.synchronous: must be FULL, EXTRA or NORMAL, not {synchronous!r}")
