@@ -21,6 +21,9 @@ class StoreUnavailable(Exception):
 AckItem = tuple[str, str, str, Sequence[tuple[int, str]]]
 """site, user, device, and the ``(seq, event)`` messages one ack removes."""
 
+ConnectItem = tuple[str, str, str, Sequence[str]]
+"""site, user, device, and the shared rooms of the latest auth answer."""
+
 EnqueueItem = tuple[str, Sequence[str], Sequence[str], "Message"]
 """site, user rooms, shared rooms, and the message one /send stores."""
 

@@ -1,4 +1,4 @@
-"""Writes many small, independent store operations in one round trip.
+"""Sends many small, independent store operations in one round trip.
 
 Acks arrive one per delivered message, from every user at once. Each is a tiny write; sent
 one by one they cost a round trip (and on SQLite an fsync) each. The coalescer gathers what is

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from storage import redis_scripts as scripts
 from storage.base import (
     AckItem,
+    ConnectItem,
     Delivery,
     EnqueueItem,
     HeadAck,
@@ -82,6 +83,8 @@ class RedisStore:
         self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
             self._write_enqueues
         )
+        self._connects: WriteCoalescer[ConnectItem, bool] = WriteCoalescer(self._write_connects)
+        self._reads: WriteCoalescer[str, dict[Any, Any]] = WriteCoalescer(self._read_queues)
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
 
@@ -89,6 +92,8 @@ class RedisStore:
         await self.heartbeat()
 
     async def close(self) -> None:
+        await self._connects.drain()
+        await self._reads.drain()
         await self._enqueues.drain()
         await self._acks.drain()
         await self.redis.aclose()
@@ -130,16 +135,27 @@ class RedisStore:
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
     ) -> bool:
-        rooms = sorted({escape(room.lower()) for room in shared_rooms})
-        conns = await self._run(
-            self._connect,
-            self._prefix(site),
-            *self._node_args(),
-            escape(user),
-            escape(device),
-            *rooms,
-        )
-        return int(conns) == 1
+        return await self._connects.submit((site, user, device, shared_rooms))
+
+    async def _write_connects(self, items: Sequence[ConnectItem]) -> list[bool]:
+        """Connections arriving together (a node restart, a network blip) share a round trip."""
+
+        async def queue(pipe: Any, item: ConnectItem) -> None:
+            site, user, device, shared_rooms = item
+            rooms = sorted({escape(room.lower()) for room in shared_rooms})
+            args = [self._prefix(site), *self._node_args(), escape(user), escape(device), *rooms]
+            await self._connect(keys=[], args=args, client=pipe)
+
+        return [int(conns) == 1 for conns in await self._pipeline(items, queue)]
+
+    async def _pipeline(self, items: Sequence[Any], queue: Callable[[Any, Any], Any]) -> list[Any]:
+        async def run() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item in items:
+                    await queue(pipe, item)
+                return list(await pipe.execute())
+
+        return await self._call(run)
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
         left = await self._run(
@@ -189,9 +205,17 @@ class RedisStore:
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
         key = f"{self._prefix(site)}msg:{escape(user)}:{escape(device)}"
-        records = await self._call(lambda: self.redis.hgetall(key))
+        records = await self._reads.submit(key)
         ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
         return [StoredMessage.decode(seq, record) for seq, record in ordered if seq > after_seq]
+
+    async def _read_queues(self, keys: Sequence[str]) -> list[dict[Any, Any]]:
+        """Queues read together (devices reconnecting at once) share a round trip."""
+
+        async def queue(pipe: Any, key: str) -> None:
+            pipe.hgetall(key)
+
+        return await self._pipeline(keys, queue)
 
     def ack(
         self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]

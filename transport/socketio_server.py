@@ -3,6 +3,7 @@
 - A lighter send queue for each socket: Engine.IO gives every socket a queue from
   ``create_queue``, an ``asyncio.Queue`` of about 3 KB; ours (``actors.mailbox.Mailbox``) does
   the same job in a few hundred bytes.
+- Only the part of each connection's request environ that is ever read is kept.
 - A short cut for acks (see ``SocketIOServer._handle_eio_message``).
 - An index of each socket's rooms: python-socketio finds a leaving socket's rooms by scanning
   every room of the namespace, and every socket has a room of its own, so each disconnect
@@ -22,6 +23,9 @@ from actors.mailbox import Mailbox
 ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack id, then args
 
 
+KEPT_ENVIRON = ("QUERY_STRING", "REMOTE_ADDR", "HTTP_X_FORWARDED_FOR")
+
+
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
@@ -30,6 +34,14 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
 class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        """Keep only what connect handlers read of the request (``transport.site_namespace``),
+        not the whole WSGI-style environ with every header: python-socketio holds it for the
+        life of the connection, and a browser's headers (cookies, user agent) run to kilobytes.
+        """
+        kept = {key: environ[key] for key in KEPT_ENVIRON if key in environ}
+        await super()._handle_eio_connect(eio_sid, kept)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         """Acks take a short cut: there is one per delivered message, and python-socketio
