@@ -38,6 +38,7 @@ class SimClient:
     settings: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     on_receipt: Any = None  # called with the client after each receipt
+    _leaving: bool = False
     _ws: aiohttp.ClientWebSocketResponse | None = None
     _reader: asyncio.Task[None] | None = None
     _connected: asyncio.Future[None] | None = None
@@ -49,6 +50,7 @@ class SimClient:
         url = self.base_url.replace("http", "ws", 1) + f"/socket.io/?{query}"
         self.settings.clear()
         self.closed.clear()
+        self._leaving = False
         self._ws = await http.ws_connect(url, autoping=False, max_msg_size=0)
         self._connected = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())
@@ -56,6 +58,10 @@ class SimClient:
         await self.settings.wait()
 
     async def close(self) -> None:
+        # As socket.io-client does: after its disconnect, nothing more reaches the app. (A
+        # frame already on the wire would otherwise be recorded, and its ack, arriving after
+        # the disconnect, dropped by the server: it comes again, rightly, in the next _batch.)
+        self._leaving = True
         if self._ws is not None and not self._ws.closed:
             await self._ws.send_str(f"41/{self.site},")
             await self._ws.close()
@@ -84,6 +90,8 @@ class SimClient:
 
     async def _packet(self, packet: str, prefix: str) -> None:
         assert self._ws is not None and self._connected is not None
+        if self._leaving:
+            return
         kind, body = packet[0], packet[1:]
         if body.startswith(prefix):
             body = body[len(prefix) :]

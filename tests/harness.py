@@ -204,6 +204,7 @@ class Harness:
     service: Service | None = None
     clients: list[Client] = field(default_factory=list)
     http: aiohttp.ClientSession | None = None
+    socketio_options: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> Config:
         return Config(
@@ -214,6 +215,7 @@ class Harness:
             redis_url=self.redis_url or "",
             sqlite_path=str(self.tmp_path / "service.sqlite3"),
             auth_timeout=1.0,
+            socketio_options=self.socketio_options,
         )
 
     @property

@@ -3,7 +3,9 @@
 - A lighter send queue for each socket: Engine.IO gives every socket a queue from
   ``create_queue``, an ``asyncio.Queue`` of about 3 KB; ours (``actors.mailbox.Mailbox``) does
   the same job in a few hundred bytes.
-- Only the part of each connection's request environ that is ever read is kept.
+- WebSocket compression is a choice (``io.perMessageDeflate``), off unless asked for: the
+  messages are small JSON, and permessage-deflate costs a zlib stream per connection and a
+  deflate per message.
 - A short cut for acks (see ``SocketIOServer._handle_eio_message``).
 - An index of each socket's rooms: python-socketio finds a leaving socket's rooms by scanning
   every room of the namespace, and every socket has a room of its own, so each disconnect
@@ -17,16 +19,35 @@ from typing import Any
 
 import engineio
 import socketio
+from aiohttp.web import WebSocketResponse
+from engineio.async_drivers import aiohttp as aiohttp_driver
 
 from actors.mailbox import Mailbox
 
 ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack id, then args
 
 
-KEPT_ENVIRON = ("QUERY_STRING", "REMOTE_ADDR", "HTTP_X_FORWARDED_FOR")
+class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
+    """Engine.IO's aiohttp WebSocket, with compression as the server says."""
+
+    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        self._sock = WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size,
+            compress=self.server.websocket_compression,
+        )
+        await self._sock.prepare(environ["aiohttp.request"])
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
 
 
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    def __init__(self, *args: Any, websocket_compression: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.websocket_compression = websocket_compression
+        drivers: dict[str, Any] = self._async  # type: ignore[has-type]
+        self._async = {**drivers, "websocket": _WebSocket}
+
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
 
@@ -34,14 +55,6 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
 class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
-
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        """Keep only what connect handlers read of the request (``transport.site_namespace``),
-        not the whole WSGI-style environ with every header: python-socketio holds it for the
-        life of the connection, and a browser's headers (cookies, user agent) run to kilobytes.
-        """
-        kept = {key: environ[key] for key in KEPT_ENVIRON if key in environ}
-        await super()._handle_eio_connect(eio_sid, kept)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         """Acks take a short cut: there is one per delivered message, and python-socketio

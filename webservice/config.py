@@ -34,7 +34,7 @@ IO_OPTIONS: dict[str, tuple[str, float | None]] = {
     "transports": ("transports", None),
     "cookie": ("cookie", None),
     "allowUpgrades": ("allow_upgrades", None),
-    "perMessageDeflate": ("websocket_compression", None),
+    "perMessageDeflate": ("websocket_compression", None),  # off unless set: see transport
     "httpCompression": ("http_compression", None),
     "cors": ("cors_allowed_origins", None),
     "origins": ("cors_allowed_origins", None),
