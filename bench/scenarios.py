@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,9 @@ from bench.sim_client import SimClient
 SITE = "shop"
 CONNECT_CONCURRENCY = 200
 SETTLE_LIMIT = 3.0
+
+
+Checked = tuple[int, int, int, list[float]]  # lost, doubled, out of order, live latencies
 
 
 @dataclass
@@ -150,7 +154,7 @@ class Ledger:
 
     def check(
         self, clients: Sequence[SimClient], expected: dict[int, set[int]], ordered_by_id: bool
-    ) -> tuple[int, int, int, list[float]]:
+    ) -> Checked:
         """Lost, doubled, out of order, and live latencies. Without ``ordered_by_id`` (several
         sends in flight to the same devices), order is checked as: every device saw the common
         messages in one and the same order."""
@@ -219,7 +223,7 @@ class Bench:
             await client.connect(self.http)
             progress.advance()
 
-        return [lambda c=client: connect(c) for client in clients]
+        return [partial(connect, client) for client in clients]
 
     async def connect(self) -> Result:
         progress = Progress(f"connect {self.n}", self.n)
@@ -285,7 +289,7 @@ class Bench:
             await post(self.http, self.target.url, rooms, message_id)
             await asyncio.wait_for(done.wait(), 60)
 
-        await gather_limited([lambda r=r, t=t: send(r, t) for r, t in sends], in_flight)
+        await gather_limited([partial(send, r, t) for r, t in sends], in_flight)
         await wait_until(lambda: sum(len(c.receipts) for c in self.clients) >= total, 60)
         seconds = time.perf_counter() - started
         for client in self.clients:
@@ -293,20 +297,10 @@ class Bench:
         await meter.settle()
         progress.finish()
         service, redis = meter.read()
-        lost, doubled, disorder, latencies = ledger.check(self.clients, expected, ordered_by_id)
-        result = Result(
-            label.split()[0],
-            self.store,
-            self.n,
-            seconds,
-            total,
-            "deliveries",
-            service,
-            redis,
-            latencies,
+        checked = ledger.check(self.clients, expected, ordered_by_id)
+        return self._result(
+            label.split()[0], seconds, total, "deliveries", (service, redis), checked
         )
-        result.lost, result.doubled, result.out_of_order = lost, doubled, disorder
-        return result
 
     async def fanout(self, messages: int = 20, in_flight: int = 4) -> Result:
         everyone = set(range(self.n))
@@ -346,12 +340,11 @@ class Bench:
         expected = {i: everything for i in range(self.n)}
         lost, doubled, disorder, _ = ledger.check(self.clients, expected, ordered_by_id=True)
         batched = sum(1 for c in away for r in c.receipts if r.in_batch)
-        result = Result(
-            "reconnect", self.store, self.n, seconds, len(away), "reconnects", service, redis
+        lost += len(away) * missed - batched  # each missed message must be in the batch
+        checked: Checked = (lost, doubled, disorder, [])
+        return self._result(
+            "reconnect", seconds, len(away), "reconnects", (service, redis), checked
         )
-        result.lost, result.doubled, result.out_of_order = lost, doubled, disorder
-        result.lost += len(away) * missed - batched  # each missed message must be in the batch
-        return result
 
     async def churn(self, messages: int = 30, cycle_fraction: float = 0.1) -> Result:
         """Messages to everyone while a tenth of the clients at a time drop and come back."""
@@ -369,7 +362,7 @@ class Bench:
                 await asyncio.gather(*(c.close() for c in group))
                 await asyncio.sleep(0.05)
                 await gather_limited(
-                    [lambda c=c: c.connect(self.http) for c in group], CONNECT_CONCURRENCY
+                    [partial(c.connect, self.http) for c in group], CONNECT_CONCURRENCY
                 )
                 cycles[0] += len(group)
 
@@ -394,21 +387,33 @@ class Bench:
         service, redis = meter.read()
         everything = set(range(1, messages + 1))
         expected = {i: everything for i in range(self.n)}
-        lost, doubled, disorder, latencies = ledger.check(self.clients, expected, True)
+        checked = ledger.check(self.clients, expected, True)
         deliveries = sum(len(c.receipts) for c in self.clients)
-        result = Result(
-            "churn",
+        return self._result("churn", seconds, deliveries, "deliveries", (service, redis), checked)
+
+    def _result(
+        self,
+        scenario: str,
+        seconds: float,
+        operations: int,
+        unit: str,
+        cpu: tuple[float | None, float | None],
+        checked: Checked,
+    ) -> Result:
+        lost, doubled, disorder, latencies = checked
+        return Result(
+            scenario,
             self.store,
             self.n,
             seconds,
-            deliveries,
-            "deliveries",
-            service,
-            redis,
+            operations,
+            unit,
+            *cpu,
             latencies,
+            lost=lost,
+            doubled=doubled,
+            out_of_order=disorder,
         )
-        result.lost, result.doubled, result.out_of_order = lost, doubled, disorder
-        return result
 
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self.clients), return_exceptions=True)
