@@ -82,6 +82,14 @@ class Received:
     args: list[Any]
     ack_id: int | None
 
+    def numbers(self) -> list[int]:
+        """The tests send event ``n`` with a number: those it carries, live or in a _batch."""
+        if self.event == "n":
+            return [self.args[0]]
+        if self.event == "_batch":
+            return [args[1] for args in self.args[0] if args[0] == "n"]
+        return []
+
 
 class Client(socketio.AsyncClient):  # type: ignore[misc]
     """python-socketio's own client; events are queued for the test, acks are the test's call.

@@ -295,10 +295,7 @@ async def collect(client: Client, seen: list[int], quiet: float) -> None:
             received = await asyncio.wait_for(client.events.get(), quiet)
         except TimeoutError:
             return
-        if received.event == "n":
-            seen.append(received.args[0])
-        elif received.event == "_batch":
-            seen.extend(args[1] for args in received.args[0])
+        seen.extend(received.numbers())
 
 
 async def pending_events(harness: Harness, user: str, device: str) -> list[str]:

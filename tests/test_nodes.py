@@ -71,10 +71,7 @@ async def numbers_from(client: Client, until: set[int], timeout: float = 15) -> 
             received = await asyncio.wait_for(client.events.get(), remaining)
         except TimeoutError:
             continue
-        if received.event == "n":
-            seen.append(received.args[0])
-        elif received.event == "_batch":
-            seen.extend(args[1] for args in received.args[0])
+        seen.extend(received.numbers())
     return seen
 
 
@@ -201,11 +198,7 @@ async def drain(client: Client) -> list[int]:
     """What a client had received before its connection died."""
     numbers: list[int] = []
     while not client.events.empty():
-        received = client.events.get_nowait()
-        if received.event == "n":
-            numbers.append(received.args[0])
-        elif received.event == "_batch":
-            numbers.extend(args[1] for args in received.args[0])
+        numbers.extend(client.events.get_nowait().numbers())
     await client.disconnect()
     return numbers
 
