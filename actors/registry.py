@@ -30,14 +30,11 @@ class ActorRegistry:
             actor = self._spawn(user)
         actor.tell(message)
 
-    def tell_if_present(self, user: str, message: ActorMessage) -> bool:
-        """Post only if the user has sockets here: a delivery for nobody here is already
-        safe in the store."""
+    def tell_if_present(self, user: str, message: ActorMessage) -> None:
+        """Post only if the user has sockets here (nothing to do for anyone else)."""
         actor = self.actors.get(user)
-        if actor is None:
-            return False
-        actor.tell(message)
-        return True
+        if actor is not None:
+            actor.tell(message)
 
     def deliver(self, user: str, deliver: Deliver) -> None:
         """Hand a stored message to the user's actor, if the user has sockets here.

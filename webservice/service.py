@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from loguru import logger
 
-from storage import Delivery, Message, Store, StoreUnavailable
+from storage import Store, StoreUnavailable
 from storage.redis_keys import DEFAULT_PREFIX
 from storage.redis_store import RedisStore
 from storage.sqlite_store import SQLiteStore
@@ -72,7 +71,7 @@ class Service:
                 config.redis_url,
                 self.node_id,
                 DEFAULT_PREFIX,
-                on_delivery=self._delivered_from_elsewhere,
+                on_delivery=self.dispatcher.deliver_here,
                 on_recovered=self.dispatcher.catch_up_everyone,
             )
         self.dispatcher.bus = self.bus
@@ -108,11 +107,6 @@ class Service:
             kind,
             ", ".join(self.namespaces) or "none",
         )
-
-    def _delivered_from_elsewhere(
-        self, site: str, message: Message, deliveries: Sequence[Delivery]
-    ) -> None:
-        self.dispatcher.deliver_here(site, message, deliveries)
 
     async def _beat_forever(self) -> None:
         while True:
