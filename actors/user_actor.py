@@ -55,6 +55,7 @@ class SocketInfo:
     device: str
     authorization: str
     forget_on_disconnect: bool
+    resync_due: bool = False  # its queue overflowed while away: it missed messages
 
 
 @dataclass(slots=True)
@@ -184,7 +185,7 @@ class UserActor:
 
     async def _register(self, message: Register) -> None:
         try:
-            first = await self.store.connect_device(
+            connected = await self.store.connect_device(
                 self.site, self.user, message.device, message.shared_rooms
             )
         except Exception as exc:
@@ -197,10 +198,13 @@ class UserActor:
             )
             return
         self.sockets[message.sid] = SocketInfo(
-            message.device, message.authorization, message.forget_on_disconnect
+            message.device,
+            message.authorization,
+            message.forget_on_disconnect,
+            resync_due=connected.overflowed,
         )
-        message.reply.set_result(first)
-        if first:
+        message.reply.set_result(connected.first)
+        if connected.first:
             self.outbox.presence_changed(self.user, message.authorization, connected=True)
 
     async def _attach(self, sid: str) -> None:
@@ -234,6 +238,9 @@ class UserActor:
             payload = '["_batch",[' + ",".join(m.payload for m in batch) + "]]"
             acked = [(m.seq, m.event) for m in batch]
             self.outbox.send(sid, payload, self._on_ack(info.device, acked))
+        if info.resync_due:  # the batch is not all it missed: it must resync
+            info.resync_due = False
+            self.outbox.send(sid, RESYNC)
 
     async def _detach(self, sid: str) -> None:
         info = self.sockets.pop(sid, None)

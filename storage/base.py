@@ -12,10 +12,36 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+from loguru import logger
 
 
 class StoreUnavailable(Exception):
     """The store could not be reached or did not answer in time."""
+
+
+DEFAULT_MAX_QUEUE = 10_000
+
+
+def log_overflow(site: str, user: str, device: str, limit: int) -> None:
+    """A device's queue is full: from now on it misses messages, and gets ``_resync`` when it
+    next connects. Logged once per overflow, not once per message."""
+    logger.warning(
+        "site={} user={} device={}: queue full ({} messages); not storing more, "
+        "it gets _resync on its next connection",
+        site,
+        user,
+        device,
+        limit,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """What ``connect_device`` found: the user's first connection? the device's queue full
+    (messages were not stored for it) since it last connected?"""
+
+    first: bool
+    overflowed: bool
 
 
 AckItem = tuple[str, str, str, Sequence[tuple[int, str]]]
@@ -103,6 +129,7 @@ class Store(Protocol):
 
     device_ttl: int
     node_id: str
+    max_queue: int
 
     async def open(self) -> None:
         """Connect, create what is missing, and recover state a crash left behind."""
@@ -118,11 +145,12 @@ class Store(Protocol):
 
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
-    ) -> bool:
+    ) -> Connected:
         """Count one more connection of ``device`` and stop its expiry.
 
         ``shared_rooms`` replaces the user's membership (the latest auth answer wins). A device
-        whose queue had expired starts empty. Returns True if the user had no connection before.
+        whose queue had expired starts empty. Says whether the user had no connection before,
+        and whether the device's queue overflowed since it last connected (and clears that).
         """
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
@@ -136,7 +164,9 @@ class Store(Protocol):
         self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
     ) -> list[Delivery]:
         """Store ``message`` once for every live device of ``users`` and of every user in
-        ``shared_rooms``; each device at most once. Returns where it was stored."""
+        ``shared_rooms``; each device at most once, and not for a device whose queue holds
+        ``max_queue`` messages already (it is flagged as overflowed). Returns where it was
+        stored."""
 
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0

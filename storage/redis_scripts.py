@@ -24,10 +24,13 @@ def _script(body: str) -> str:
 
 
 # ARGV: prefix, node field, node devices key, user, device, shared rooms...
-#   -> the user's connection count, this one included
+#   -> {the user's connection count, this one included; 1 if the device's queue overflowed
+#      since it last connected (the flag is cleared), else 0}
 CONNECT_DEVICE = _script("""
 local field, held, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local dev, msg, evt = dev_keys(user, device)
+local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
+redis.call('HDEL', dev, 'overflow')
 redis.call('HINCRBY', dev, 'conns', 1)
 redis.call('HINCRBY', dev, field, 1)
 redis.call('SADD', held, p .. '\\t' .. user .. '\\t' .. device)
@@ -45,7 +48,7 @@ for i = 6, #ARGV do
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
-return conns
+return {conns, overflowed}
 """)
 
 # ARGV: prefix, node field, node devices key, user, device, ttl_ms, forget (0/1)
@@ -79,12 +82,14 @@ end
 return left
 """)
 
-# ARGV: groups of (site prefix, event, record, n_users, n_rooms, users..., shared rooms...),
-#   one per message, stored in this order
+# ARGV: max_queue, then groups of (site prefix, event, record, n_users, n_rooms, users...,
+#   shared rooms...), one per message, stored in this order
 #   -> for each message: n, then user, device, seq, nodes (comma-separated ids of the nodes
-#      where the device is connected) for each of the n devices that stored it
+#      where the device is connected) for each of the n devices that stored it; then m, then
+#      user, device for each of the m devices whose queue is full and overflowed just now
 ENQUEUE = """
-local out, i = {}, 1
+local max_queue = tonumber(ARGV[1])
+local out, i = {}, 2
 while i <= #ARGV do
   local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local n_users, n_rooms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
@@ -103,6 +108,7 @@ while i <= #ARGV do
   i = first_room + n_rooms
   local count_at = #out + 1
   out[count_at] = 0
+  local full = {}
   for _, user in ipairs(targets) do
     local devices = p .. 'devices:' .. user
     for _, device in ipairs(redis.call('SMEMBERS', devices)) do
@@ -111,6 +117,10 @@ while i <= #ARGV do
       local ttl = redis.call('PTTL', dev)
       if ttl == -2 then
         redis.call('SREM', devices, device)
+      elseif redis.call('HLEN', msg) >= max_queue then
+        if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
+          full[#full + 1] = user; full[#full + 1] = device
+        end
       else
         local seq = redis.call('HINCRBY', dev, 'seq', 1)
         redis.call('HSET', msg, seq, record)
@@ -126,6 +136,8 @@ while i <= #ARGV do
       end
     end
   end
+  out[#out + 1] = #full / 2
+  for _, name in ipairs(full) do out[#out + 1] = name end
 end
 return out
 """

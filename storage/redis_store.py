@@ -19,7 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage import redis_scripts as scripts
 from storage.base import (
+    DEFAULT_MAX_QUEUE,
     AckItem,
+    Connected,
     ConnectItem,
     Delivery,
     EnqueueItem,
@@ -27,6 +29,7 @@ from storage.base import (
     Message,
     StoredMessage,
     StoreUnavailable,
+    log_overflow,
 )
 from storage.coalesce import WriteCoalescer
 from storage.redis_keys import (
@@ -58,12 +61,14 @@ class RedisStore:
         key_prefix: str = DEFAULT_PREFIX,
         timeout: float = 5.0,
         node_dead_after: float = 30.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self.url = url
         self.device_ttl = device_ttl
         self.node_id = node_id
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
+        self.max_queue = max_queue
         # A burst (a thousand connects at once) waits for a free connection instead of
         # failing: the default pool refuses past 100 at once.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -83,7 +88,9 @@ class RedisStore:
         self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
             self._write_enqueues
         )
-        self._connects: WriteCoalescer[ConnectItem, bool] = WriteCoalescer(self._write_connects)
+        self._connects: WriteCoalescer[ConnectItem, Connected] = WriteCoalescer(
+            self._write_connects
+        )
         self._reads: WriteCoalescer[str, dict[Any, Any]] = WriteCoalescer(self._read_queues)
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
@@ -134,10 +141,10 @@ class RedisStore:
 
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
-    ) -> bool:
+    ) -> Connected:
         return await self._connects.submit((site, user, device, shared_rooms))
 
-    async def _write_connects(self, items: Sequence[ConnectItem]) -> list[bool]:
+    async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
         """Connections arriving together (a node restart, a network blip) share a round trip."""
 
         async def queue(pipe: Any, item: ConnectItem) -> None:
@@ -146,7 +153,10 @@ class RedisStore:
             args = [self._prefix(site), *self._node_args(), escape(user), escape(device), *rooms]
             await self._connect(keys=[], args=args, client=pipe)
 
-        return [int(conns) == 1 for conns in await self._pipeline(items, queue)]
+        return [
+            Connected(first=int(conns) == 1, overflowed=int(overflowed) == 1)
+            for conns, overflowed in await self._pipeline(items, queue)
+        ]
 
     async def _pipeline(self, items: Sequence[Any], queue: Callable[[Any, Any], Any]) -> list[Any]:
         async def run() -> list[Any]:
@@ -176,7 +186,7 @@ class RedisStore:
 
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
         """The messages of concurrent /sends, stored in one script call, in submit order."""
-        args: list[Any] = []
+        args: list[Any] = [self.max_queue]
         for site, users, shared_rooms, message in items:
             rooms = {escape(room.lower()) for room in shared_rooms}
             args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
@@ -185,7 +195,7 @@ class RedisStore:
         flat = await self._run(self._enqueue, *args)
         results: list[list[Delivery]] = []
         i = 0
-        while i < len(flat):
+        for site, *_ in items:
             count, i = int(flat[i]), i + 1
             results.append(
                 [
@@ -199,6 +209,12 @@ class RedisStore:
                 ]
             )
             i += 4 * count
+            full, i = int(flat[i]), i + 1
+            for j in range(i, i + 2 * full, 2):
+                log_overflow(
+                    site, unescape(flat[j].decode()), unescape(flat[j + 1].decode()), self.max_queue
+                )
+            i += 2 * full
         return results
 
     async def pending(

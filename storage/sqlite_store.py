@@ -22,13 +22,16 @@ import orjson
 from loguru import logger
 
 from storage.base import (
+    DEFAULT_MAX_QUEUE,
     AckItem,
+    Connected,
     Delivery,
     EnqueueItem,
     HeadAck,
     Message,
     StoredMessage,
     StoreUnavailable,
+    log_overflow,
 )
 from storage.coalesce import WriteCoalescer
 
@@ -38,6 +41,7 @@ CREATE TABLE IF NOT EXISTS devices (
     seq INTEGER NOT NULL DEFAULT 0,
     conns INTEGER NOT NULL DEFAULT 0,
     expires_at REAL,
+    overflow INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (site, user, device)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
@@ -69,10 +73,16 @@ Db = sqlite3.Connection
 
 class SQLiteStore:
     def __init__(
-        self, path: str | Path, device_ttl: int, synchronous: str = "NORMAL", node_id: str = "local"
+        self,
+        path: str | Path,
+        device_ttl: int,
+        synchronous: str = "NORMAL",
+        node_id: str = "local",
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         self.path = Path(path)
         self.device_ttl = device_ttl
+        self.max_queue = max_queue
         self.node_id = node_id
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
@@ -89,6 +99,7 @@ class SQLiteStore:
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(SCHEMA)
+        await self._transaction(_migrate)
         await self._transaction(self._recover_connections)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
 
@@ -154,7 +165,7 @@ class SQLiteStore:
 
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
-    ) -> bool:
+    ) -> Connected:
         key = {"site": site, "user": user, "device": device, "now": time.time()}
         rooms = [(site, room.lower(), user) for room in shared_rooms]
         return await self._transaction(_connect_device, key, rooms)
@@ -178,6 +189,7 @@ class SQLiteStore:
                     "now": now,
                     "users": orjson.dumps(list(users)).decode(),
                     "rooms": orjson.dumps([room.lower() for room in rooms]).decode(),
+                    "max_queue": self.max_queue,
                 },
                 message.event,
                 message.encode(),
@@ -186,13 +198,17 @@ class SQLiteStore:
         ]
         results = await self._transaction(_enqueue_all, batches)
         here = (self.node_id,)  # one node holds every connection
-        return [
-            [
-                Delivery(user, device, seq, here if conns else ())
-                for user, device, seq, conns in rows
-            ]
-            for rows in results
-        ]
+        deliveries = []
+        for (site, *_), (rows, full) in zip(items, results, strict=True):
+            for user, device in full:
+                log_overflow(site, user, device, self.max_queue)
+            deliveries.append(
+                [
+                    Delivery(user, device, seq, here if conns else ())
+                    for user, device, seq, conns in rows
+                ]
+            )
+        return deliveries
 
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0
@@ -238,12 +254,22 @@ def _sweep(db: Db, now: float) -> None:
     db.execute("DELETE FROM users WHERE expires_at IS NOT NULL AND expires_at <= :now", params)
 
 
-def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str]]) -> bool:
+def _migrate(db: Db) -> None:
+    """Columns added since a file may have been created."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
+    if "overflow" not in columns:
+        db.execute("ALTER TABLE devices ADD COLUMN overflow INTEGER NOT NULL DEFAULT 0")
+
+
+def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str]]) -> Connected:
     # A device or user past its expiry is gone, as a Redis key would be.
     expired = db.execute(f"SELECT 1 FROM devices WHERE {DEVICE} AND NOT {LIVE}", key).fetchone()
     if expired is not None:
         db.execute(f"DELETE FROM messages WHERE {DEVICE}", key)
         db.execute(f"DELETE FROM devices WHERE {DEVICE}", key)
+    flagged = db.execute(
+        f"UPDATE devices SET overflow = 0 WHERE {DEVICE} AND overflow = 1 RETURNING 1", key
+    ).fetchone()
     db.execute(f"DELETE FROM users WHERE site = :site AND user = :user AND NOT {LIVE}", key)
     db.execute(
         "INSERT INTO devices (site, user, device, conns) VALUES (:site, :user, :device, 1) "
@@ -257,7 +283,7 @@ def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str
     ).fetchone()
     db.execute("DELETE FROM memberships WHERE site = :site AND user = :user", key)
     db.executemany("INSERT OR IGNORE INTO memberships (site, room, user) VALUES (?, ?, ?)", rooms)
-    return bool(conns == 1)
+    return Connected(first=conns == 1, overflowed=flagged is not None)
 
 
 def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
@@ -280,19 +306,39 @@ def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
     return user_row is not None and user_row[0] == 0
 
 
-def _enqueue_all(db: Db, batches: list[tuple[dict[str, Any], str, bytes]]) -> list[list[Any]]:
+def _enqueue_all(
+    db: Db, batches: list[tuple[dict[str, Any], str, bytes]]
+) -> list[tuple[list[Any], list[Any]]]:
     return [_enqueue(db, params, event, record) for params, event, record in batches]
 
 
-def _enqueue(db: Db, params: dict[str, Any], event: str, record: bytes) -> list[Any]:
+TARGETS = (
+    f"site = :site AND {LIVE} AND user IN ("
+    "SELECT value FROM json_each(:users) UNION "
+    "SELECT m.user FROM memberships m "
+    "JOIN users u ON u.site = m.site AND u.user = m.user "
+    "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
+    "AND (u.expires_at IS NULL OR u.expires_at > :now))"
+)
+QUEUED = (
+    "(SELECT COUNT(*) FROM messages q WHERE q.site = devices.site AND q.user = devices.user "
+    "AND q.device = devices.device)"
+)
+
+
+def _enqueue(
+    db: Db, params: dict[str, Any], event: str, record: bytes
+) -> tuple[list[Any], list[Any]]:
+    """Store for every target device with room in its queue; flag the full ones. Returns the
+    stored (user, device, seq, conns) and the (user, device) that overflowed just now."""
+    full = db.execute(
+        f"UPDATE devices SET overflow = 1 WHERE {TARGETS} AND overflow = 0 "
+        f"AND {QUEUED} >= :max_queue RETURNING user, device",
+        params,
+    ).fetchall()
     rows = db.execute(
-        f"UPDATE devices SET seq = seq + 1 WHERE site = :site AND {LIVE} AND user IN ("
-        "SELECT value FROM json_each(:users) UNION "
-        "SELECT m.user FROM memberships m "
-        "JOIN users u ON u.site = m.site AND u.user = m.user "
-        "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
-        "AND (u.expires_at IS NULL OR u.expires_at > :now)"
-        ") RETURNING user, device, seq, conns",
+        f"UPDATE devices SET seq = seq + 1 WHERE {TARGETS} AND {QUEUED} < :max_queue "
+        "RETURNING user, device, seq, conns",
         params,
     ).fetchall()
     site = params["site"]
@@ -300,7 +346,7 @@ def _enqueue(db: Db, params: dict[str, Any], event: str, record: bytes) -> list[
         "INSERT INTO messages (site, user, device, seq, event, record) VALUES (?, ?, ?, ?, ?, ?)",
         [(site, user, device, seq, event, record) for user, device, seq, _ in rows],
     )
-    return rows
+    return rows, full
 
 
 def _pending(db: Db, key: dict[str, Any]) -> list[Any]:

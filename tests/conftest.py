@@ -41,13 +41,16 @@ def make_store(
     redis_url: str | None,
     device_ttl: int,
     node_id: str = "node-a",
+    max_queue: int = 10_000,
     **options: float,
 ) -> Store:
     if kind == "sqlite":
         path = tmp_path / f"store-{uuid.uuid4().hex}.sqlite3"
-        return SQLiteStore(path, device_ttl=device_ttl, node_id=node_id)
+        return SQLiteStore(path, device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)
     assert redis_url is not None
-    return RedisStore(redis_url, device_ttl=device_ttl, node_id=node_id, **options)
+    return RedisStore(
+        redis_url, device_ttl=device_ttl, node_id=node_id, max_queue=max_queue, **options
+    )
 
 
 @pytest.fixture(params=STORE_KINDS)

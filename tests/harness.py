@@ -213,6 +213,7 @@ class Harness:
     clients: list[Client] = field(default_factory=list)
     http: aiohttp.ClientSession | None = None
     socketio_options: dict[str, Any] = field(default_factory=dict)
+    max_queue: int = 10_000
 
     def config(self) -> Config:
         return Config(
@@ -224,6 +225,7 @@ class Harness:
             sqlite_path=str(self.tmp_path / "service.sqlite3"),
             auth_timeout=1.0,
             socketio_options=self.socketio_options,
+            max_queue=self.max_queue,
         )
 
     @property

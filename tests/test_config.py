@@ -96,6 +96,7 @@ def test_defaults_use_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     [
         ("production:\n  port: abc\n", SITES, {}, "port"),
         ("production:\n  device_ttl: -1\n", SITES, {}, "device_ttl"),
+        ("production:\n  max_queue: 0\n", SITES, {}, "max_queue"),
         ("production:\n  io:\n    pingTimout: 5\n", SITES, {}, "io.pingTimout"),
         ("production: {}\n", "s:\n  apiKey: k\n", {}, "s.authUrl"),
         ("production: {}\n", "s:\n  authUrl: http://a/b\n", {}, "s.apiKey"),

@@ -179,6 +179,21 @@ async def test_offline_queue_expires_device_ttl_after_disconnect(harness: Harnes
     assert (await again.next()).event == "live"
 
 
+async def test_a_device_whose_queue_filled_gets_its_batch_then_resync(harness: Harness) -> None:
+    await harness.start(max_queue=2)
+    harness.stub.answers["t1"] = ["user_1"]
+    await (await harness.connect("shop", "t1", "phone")).disconnect()
+    for i in range(4):
+        assert (await harness.send("shop", "user_1", "n", i))[0] == 200  # stored or not: 200
+    client = await harness.connect("shop", "t1", "phone")
+    batch = await client.next()
+    assert batch.args == [[["n", 0], ["n", 1]]]
+    assert (await client.next()).event == "_resync"
+    await wait_for_empty_queue(harness, "user_1", "phone")  # the batch's ack made room
+    await harness.send("shop", "user_1", "n", 4)
+    assert (await client.next()).args == [4]
+
+
 async def test_restart_keeps_devices_and_queues(harness: Harness) -> None:
     await harness.start()
     harness.stub.answers["t1"] = ["user_1", "staff"]

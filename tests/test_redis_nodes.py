@@ -36,7 +36,7 @@ async def test_a_silent_nodes_connections_are_released(redis_url: str) -> None:
     crashed = RedisStore(redis_url, device_ttl=1, node_id="crashed", node_dead_after=0.3)
     try:
         await crashed.open()  # its first heartbeat
-        assert await crashed.connect_device(SITE, "user_1", "phone", [])
+        assert (await crashed.connect_device(SITE, "user_1", "phone", [])).first
         await crashed.enqueue(SITE, ["user_1"], [], Message("e", []))
         await crashed.close()  # killed: no disconnect is ever recorded
         await survivor.open()
@@ -50,7 +50,7 @@ async def test_a_silent_nodes_connections_are_released(redis_url: str) -> None:
             assert asyncio.get_running_loop().time() < deadline + 3, "queue never expired"
             await asyncio.sleep(0.1)
         # The user is offline now: a reconnect is its first connection again.
-        assert await survivor.connect_device(SITE, "user_1", "phone", [])
+        assert (await survivor.connect_device(SITE, "user_1", "phone", [])).first
         assert released == ["crashed"]
     finally:
         await survivor.close()

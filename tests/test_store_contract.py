@@ -191,9 +191,11 @@ async def test_forget_drops_a_device_at_once(store: Store) -> None:
 
 
 async def test_connection_counts_decide_first_and_last(store: Store) -> None:
-    assert await store.connect_device(SITE, "user_1", "a", [])
-    assert not await store.connect_device(SITE, "user_1", "a", [])  # second tab, same device
-    assert not await store.connect_device(SITE, "user_1", "b", [])
+    assert (await store.connect_device(SITE, "user_1", "a", [])).first
+    assert not (
+        await store.connect_device(SITE, "user_1", "a", [])
+    ).first  # second tab, same device
+    assert not (await store.connect_device(SITE, "user_1", "b", [])).first
     assert not await store.disconnect_device(SITE, "user_1", "a", forget=False)
     assert not await store.disconnect_device(SITE, "user_1", "b", forget=False)
     assert await store.disconnect_device(SITE, "user_1", "a", forget=False)
@@ -250,3 +252,30 @@ async def test_concurrent_enqueues_get_distinct_dense_seqs(store: Store) -> None
     pending = await store.pending(SITE, "user_1", "d")
     assert [m.seq for m in pending] == list(range(1, 51))
     assert sorted(m.args[0] for m in pending) == list(range(50))
+
+
+async def test_a_full_queue_stores_no_more_and_says_so_once(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, max_queue=3)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "away", ["staff"])
+        await store.disconnect_device(SITE, "user_1", "away", forget=False)
+        await store.connect_device(SITE, "user_2", "here", ["staff"])
+        for i in range(5):
+            deliveries = await store.enqueue(SITE, [], ["staff"], msg("e", i))
+            assert {d.user for d in deliveries} == ({"user_1", "user_2"} if i < 3 else {"user_2"})
+            for d in deliveries:
+                if d.user == "user_2":  # this one acks as it goes: its queue never fills
+                    await store.ack(SITE, "user_2", "here", [(d.seq, "e")])
+        assert [m.args for m in await store.pending(SITE, "user_1", "away")] == [[0], [1], [2]]
+        await store.ack(SITE, "user_1", "away", [(1, "e")])  # an ack makes room again
+        assert {d.user for d in await store.enqueue(SITE, ["user_1"], [], msg("e", 5))} == {
+            "user_1"
+        }
+        connected = await store.connect_device(SITE, "user_1", "away", ["staff"])
+        assert connected.overflowed and connected.first  # its only device was away
+        assert not (await store.connect_device(SITE, "user_1", "away", ["staff"])).overflowed
+    finally:
+        await store.close()

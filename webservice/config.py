@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from storage.base import DEFAULT_MAX_QUEUE
+
 DEFAULT_PORT = 1337
 DEFAULT_DEVICE_TTL = 3600
 DEFAULT_SQLITE_PATH = "data/webservice.sqlite3"
@@ -90,6 +92,7 @@ class Config:
     sqlite_synchronous: str = "NORMAL"
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     node_timeout: float = DEFAULT_NODE_TIMEOUT
+    max_queue: int = DEFAULT_MAX_QUEUE
     socketio_options: dict[str, Any] = field(default_factory=dict)
     logging: LogConfig = field(default_factory=LogConfig)
 
@@ -286,6 +289,11 @@ def load_config(
                 "auth_timeout",
                 minimum=1,
             )
+        ),
+        max_queue=_int(
+            env.get("MAX_QUEUE") or section.get("max_queue", DEFAULT_MAX_QUEUE),
+            "max_queue",
+            minimum=1,
         ),
         node_timeout=float(
             _int(

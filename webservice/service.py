@@ -35,12 +35,14 @@ def make_store(config: Config, node_id: str) -> Store:
             device_ttl=config.device_ttl,
             node_id=node_id,
             node_dead_after=config.node_timeout,
+            max_queue=config.max_queue,
         )
     return SQLiteStore(
         config.sqlite_path,
         device_ttl=config.device_ttl,
         synchronous=config.sqlite_synchronous,
         node_id=node_id,
+        max_queue=config.max_queue,
     )
 
 
