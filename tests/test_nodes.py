@@ -305,3 +305,34 @@ async def test_sqlite_node_killed_and_restarted_loses_no_answered_message(
     batch = await client.next()
     assert sorted(args[1] for args in batch.args[0]) == list(range(50))
     await client.disconnect()
+
+
+async def test_an_ack_sent_while_redis_is_down_is_kept_and_applied_when_it_is_back(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis-ack", port=free_port(), persistent=True)
+    redis.start()
+    observer = RedisStore(redis.url, device_ttl=3600, node_id="observer")
+    try:
+        (node,) = await start_nodes(1, REDIS_URL=redis.url)
+        stub.answers["t1"] = ["user_1"]
+        client = await connect(node.url, "shop", "t1", "phone", auto_ack=False)
+        assert (await post_send(http, node.url, "shop", "user_1", "n", 1))[0] == 200
+        received = await client.next()
+        redis.stop()
+        await node.wait_health(503)
+        await client.ack(received)  # the service cannot write it now: it must keep it
+        redis.start()
+        await node.wait_healthy()
+        await wait_for_queue(observer, "user_1", "phone", [])
+        await client.disconnect()
+        again = await connect(node.url, "shop", "t1", "phone")
+        await post_send(http, node.url, "shop", "user_1", "n", 2)
+        assert (await again.next()).numbers() == [2]  # no _batch: the ack was not lost
+        await again.disconnect()
+    finally:
+        await observer.close()
+        redis.stop()
