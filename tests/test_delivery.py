@@ -329,3 +329,17 @@ async def wait_for_empty_queue(
     harness: Harness, user: str, device: str, timeout: float = 5.0
 ) -> None:
     await wait_until(harness, lambda: pending_events(harness, user, device), [], timeout)
+
+
+async def test_after_missed_signals_every_actor_re_reads_its_queues(harness: Harness) -> None:
+    from storage import Message
+
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1"]
+    client = await harness.connect("shop", "t1", "phone")
+    # Stored, but its signal never came (as while the node's channel was down).
+    await harness.store.enqueue("shop", ["user_1"], [], Message("n", [7]))
+    await client.no_event_within(0.2)
+    assert harness.service is not None
+    harness.service.dispatcher.catch_up_everyone()  # what the channel's recovery does
+    assert (await client.next()).numbers() == [7]

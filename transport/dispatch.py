@@ -47,4 +47,4 @@ class Dispatcher:
         """After missed signals: every actor here re-reads its devices' queues."""
         for namespace in self.namespaces.values():
             for user in list(namespace.registry.actors):
-                namespace.registry.tell_if_present(user, CatchUp("node bus recovered"))
+                namespace.registry.tell_if_present(user, CatchUp())
