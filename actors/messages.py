@@ -71,7 +71,7 @@ class ResyncAck:
     event: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class CatchUp:
     """Re-read queues from the store: one device's (a gap did not fill in time) or, without
     ``device``, every device's (deliveries were dropped, or signals may have been missed)."""

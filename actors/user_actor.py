@@ -277,15 +277,14 @@ class UserActor:
                 link.held[seq] = message
                 if len(link.held) > HOLD_LIMIT:
                     link.stop_waiting()
-                    self.tell(CatchUp(device))
+                    self.tell(CatchUp(device=device))
                 elif link.gap_timer is None:
                     link.gap_timer = asyncio.get_running_loop().call_later(
-                        GAP_WAIT, self.tell, CatchUp(device)
+                        GAP_WAIT, self.tell, CatchUp(device=device)
                     )
                 continue
             self._send_next(device, link, seq, message)
-            while (held := link.held.pop(link.last_seq + 1, None)) is not None:
-                self._send_next(device, link, link.last_seq + 1, held)
+            self._send_held(device, link)
             if not link.held:
                 link.stop_waiting()
 
@@ -312,10 +311,13 @@ class UserActor:
         link.stop_waiting()
         await self._acks_written()
         missed = await self.store.pending(self.site, self.user, device, after_seq=link.last_seq)
-        link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
         for stored in missed:
             self._send_stored(link, device, stored)
         link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
+        self._send_held(device, link)
+
+    def _send_held(self, device: str, link: DeviceLink) -> None:
+        """Send the held deliveries that now follow on without a gap."""
         while (held := link.held.pop(link.last_seq + 1, None)) is not None:
             self._send_next(device, link, link.last_seq + 1, held)
 
