@@ -74,9 +74,6 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             packet = f"2{self.namespace},{manager._generate_ack_id(sid, on_ack)}{payload}"
         socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
 
-    async def _greet(self, sid: str, settings: str) -> None:
-        self.send(sid, settings)
-
     async def disconnect(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)
 
@@ -110,9 +107,9 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if not self.site.reliable:
             for room in rooms:
                 await self.enter_room(sid, room)
-            # A task runs only after this handler returns and the CONNECT packet is queued.
+            # Runs only after this handler returns and the CONNECT packet is queued.
             settings = orjson.dumps(["_settings", {"device_ttl": self.device_ttl}]).decode()
-            self._background(self._greet(sid, settings))
+            asyncio.get_running_loop().call_soon(self.send, sid, settings)
             return True
         return await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
 
