@@ -66,4 +66,4 @@ class WriteCoalescer(Generic[Item, Result]):
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             else:
-                await asyncio.sleep(0)
+                await asyncio.sleep(WINDOW)  # a flush is due when the window closes
