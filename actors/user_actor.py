@@ -216,7 +216,7 @@ class UserActor:
             return
         await self._acks_written()
         try:
-            batch = await self.store.pending(self.site, self.user, info.device)
+            backlog = await self.store.read_queue(self.site, self.user, info.device)
         except StoreUnavailable as exc:
             logger.warning(
                 "site={} user={} cannot read the queue, closing the socket: {}",
@@ -229,7 +229,10 @@ class UserActor:
         previous = self.devices.get(info.device)
         if previous is not None:
             previous.stop_waiting()
-        self.devices[info.device] = DeviceLink(sid, batch[-1].seq if batch else 0)
+        # The device's last seq, not its last pending one: the next message stored for it comes
+        # live at once, also after a reconnect with nothing pending (no gap to wait out).
+        self.devices[info.device] = DeviceLink(sid, backlog.last_seq)
+        batch = backlog.messages
         # Read before the greeting, so a client can count on it: whatever is stored after
         # _settings arrives comes live, after the _batch.
         settings = orjson.dumps(["_settings", {"device_ttl": self.store.device_ttl}]).decode()
@@ -310,9 +313,10 @@ class UserActor:
         """Send what the store holds past ``last_seq``: it has everything a gap is missing."""
         link.stop_waiting()
         await self._acks_written()
-        missed = await self.store.pending(self.site, self.user, device, after_seq=link.last_seq)
-        for stored in missed:
+        missed = await self.store.read_queue(self.site, self.user, device, after_seq=link.last_seq)
+        for stored in missed.messages:
             self._send_stored(link, device, stored)
+        link.last_seq = max(link.last_seq, missed.last_seq)
         link.held = {seq: m for seq, m in link.held.items() if seq > link.last_seq}
         self._send_held(device, link)
 

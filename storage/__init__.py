@@ -1,5 +1,13 @@
 """Where messages, devices and room membership are kept: Redis or SQLite, one contract."""
 
-from storage.base import Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
+from storage.base import Backlog, Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
 
-__all__ = ["Delivery", "HeadAck", "Message", "Store", "StoreUnavailable", "StoredMessage"]
+__all__ = [
+    "Backlog",
+    "Delivery",
+    "HeadAck",
+    "Message",
+    "Store",
+    "StoreUnavailable",
+    "StoredMessage",
+]

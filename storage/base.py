@@ -94,6 +94,16 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """A device's queue as read at one moment: its stored messages past ``after_seq`` and the
+    last seq assigned to it by then. A message stored later has a higher seq, so a socket that
+    attaches with this backlog takes the next one live at once, whatever it missed before."""
+
+    messages: list[StoredMessage]
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One stored copy of a message: for ``device`` of ``user``, at position ``seq``.
 
@@ -168,10 +178,14 @@ class Store(Protocol):
         ``max_queue`` messages already (it is flagged as overflowed). Returns where it was
         stored."""
 
+    async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
+        """The device's stored messages with ``seq > after_seq``, oldest first, and its last
+        assigned seq, read together (a message stored meanwhile is in the list or above it)."""
+
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
-        """The device's stored messages with ``seq > after_seq``, oldest first."""
+        """``read_queue``'s messages only."""
 
     def ack(
         self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]

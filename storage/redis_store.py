@@ -21,6 +21,7 @@ from storage import redis_scripts as scripts
 from storage.base import (
     DEFAULT_MAX_QUEUE,
     AckItem,
+    Backlog,
     Connected,
     ConnectItem,
     Delivery,
@@ -91,7 +92,9 @@ class RedisStore:
         self._connects: WriteCoalescer[ConnectItem, Connected] = WriteCoalescer(
             self._write_connects
         )
-        self._reads: WriteCoalescer[str, dict[Any, Any]] = WriteCoalescer(self._read_queues)
+        self._reads: WriteCoalescer[tuple[str, str], tuple[Any, dict[Any, Any]]] = WriteCoalescer(
+            self._read_queues
+        )
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
 
@@ -217,21 +220,34 @@ class RedisStore:
             i += 2 * full
         return results
 
+    async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
+        tail = f"{escape(user)}:{escape(device)}"
+        last, records = await self._reads.submit(
+            (f"{self._prefix(site)}dev:{tail}", f"{self._prefix(site)}msg:{tail}")
+        )
+        ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
+        messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
+        # The seq is read first: a message stored between the two reads is in ``records``.
+        last_seq = max(int(last or 0), ordered[-1][0] if ordered else 0)
+        return Backlog(messages, last_seq)
+
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
-        key = f"{self._prefix(site)}msg:{escape(user)}:{escape(device)}"
-        records = await self._reads.submit(key)
-        ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
-        return [StoredMessage.decode(seq, record) for seq, record in ordered if seq > after_seq]
+        return (await self.read_queue(site, user, device, after_seq)).messages
 
-    async def _read_queues(self, keys: Sequence[str]) -> list[dict[Any, Any]]:
+    async def _read_queues(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[Any, dict[Any, Any]]]:
         """Queues read together (devices reconnecting at once) share a round trip."""
 
-        async def queue(pipe: Any, key: str) -> None:
-            pipe.hgetall(key)
+        async def queue(pipe: Any, item: tuple[str, str]) -> None:
+            dev, msg = item
+            pipe.hget(dev, "seq")
+            pipe.hgetall(msg)
 
-        return await self._pipeline(keys, queue)
+        flat = await self._pipeline(keys, queue)
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
     def ack(
         self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]

@@ -24,6 +24,7 @@ from loguru import logger
 from storage.base import (
     DEFAULT_MAX_QUEUE,
     AckItem,
+    Backlog,
     Connected,
     Delivery,
     EnqueueItem,
@@ -210,12 +211,15 @@ class SQLiteStore:
             )
         return deliveries
 
+    async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
+        key = {"site": site, "user": user, "device": device, "after": after_seq, "now": time.time()}
+        rows, last_seq = await self._transaction(_read_queue, key)
+        return Backlog([StoredMessage.decode(seq, record) for seq, record in rows], last_seq)
+
     async def pending(
         self, site: str, user: str, device: str, after_seq: int = 0
     ) -> list[StoredMessage]:
-        key = {"site": site, "user": user, "device": device, "after": after_seq, "now": time.time()}
-        rows = await self._transaction(_pending, key)
-        return [StoredMessage.decode(seq, record) for seq, record in rows]
+        return (await self.read_queue(site, user, device, after_seq)).messages
 
     def ack(
         self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
@@ -349,12 +353,14 @@ def _enqueue(
     return rows, full
 
 
-def _pending(db: Db, key: dict[str, Any]) -> list[Any]:
-    return db.execute(
-        f"SELECT seq, record FROM messages WHERE {DEVICE} AND seq > :after "
-        f"AND EXISTS (SELECT 1 FROM devices WHERE {DEVICE} AND {LIVE}) ORDER BY seq",
-        key,
+def _read_queue(db: Db, key: dict[str, Any]) -> tuple[list[Any], int]:
+    live = db.execute(f"SELECT seq FROM devices WHERE {DEVICE} AND {LIVE}", key).fetchone()
+    if live is None:
+        return [], 0
+    rows = db.execute(
+        f"SELECT seq, record FROM messages WHERE {DEVICE} AND seq > :after ORDER BY seq", key
     ).fetchall()
+    return rows, live[0]
 
 
 def _write_acks(db: Db, items: Sequence[AckItem]) -> list[int]:

@@ -343,3 +343,27 @@ async def test_after_missed_signals_every_actor_re_reads_its_queues(harness: Har
     assert harness.service is not None
     harness.service.dispatcher.catch_up_everyone()  # what the channel's recovery does
     assert (await client.next()).numbers() == [7]
+
+
+async def test_first_live_message_after_a_reconnect_with_nothing_pending_comes_at_once(
+    harness: Harness,
+) -> None:
+    """A page reload must not hold the next message back (invariant 9): the device's queue is
+    empty but its seq is past 0, and the attach must know where it stands."""
+    from actors.user_actor import GAP_WAIT
+
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1"]
+    client = await harness.connect("shop", "t1", "phone")
+    for n in range(3):
+        await harness.send("shop", ["user_1"], "n", n)
+        assert (await client.next()).numbers() == [n]
+    await wait_for_empty_queue(harness, "user_1", "phone")
+    await client.disconnect()
+
+    again = await harness.connect("shop", "t1", "phone")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await harness.send("shop", ["user_1"], "n", 3)
+    assert (await again.next()).numbers() == [3]
+    assert loop.time() - started < GAP_WAIT / 2, "the message waited for a gap that is not there"
