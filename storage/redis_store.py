@@ -13,8 +13,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    BusyLoadingError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage import redis_scripts as scripts
@@ -44,6 +50,9 @@ from storage.redis_keys import (
 )
 
 T = TypeVar("T")
+# Redis refusing writes, not a bug of ours: out of memory, a replica, a failed snapshot, loading.
+REFUSED = (OutOfMemoryError, ReadOnlyError, BusyLoadingError)
+REFUSALS = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "NOREPLICAS", "MASTERDOWN")
 POOL_SIZE = 32
 POOL_WAIT = 60.0
 
@@ -118,7 +127,11 @@ class RedisStore:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
-        # Any other RedisError (a script error, say) is a bug, not an outage: it propagates.
+        except ResponseError as exc:
+            if not isinstance(exc, REFUSED) and not any(word in str(exc) for word in REFUSALS):
+                raise  # a script error, say: a bug, not an outage
+            reason = str(exc).split(". script:")[0]
+            raise StoreUnavailable(f"Redis refuses writes: {reason[:200]}") from exc
 
     async def _run(self, script: Any, *args: Any) -> Any:
         return await self._call(lambda: script(keys=[], args=list(args)))
@@ -127,7 +140,10 @@ class RedisStore:
         return site_prefix(self.key_prefix, site)
 
     async def ping(self) -> None:
-        await self._call(self.redis.ping)
+        """A write, not a PING: Redis answers PING while it refuses writes (out of memory, a
+        read-only replica), and then nothing can be stored."""
+        key = f"{self.key_prefix}health:{self.node_id}"
+        await self._call(lambda: self.redis.set(key, b"1", px=60_000))
 
     def _node_args(self) -> tuple[str, str]:
         return node_field(self.node_id), node_devices(self.key_prefix, self.node_id)

@@ -11,6 +11,7 @@ transaction so it also survives a power loss.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (site, user, device, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_event ON messages (site, user, device, event, seq);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at REAL NOT NULL);
 """
 
 LIVE = "(expires_at IS NULL OR expires_at > :now)"
@@ -87,6 +89,7 @@ class SQLiteStore:
         self.node_id = node_id
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
         self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
@@ -94,12 +97,20 @@ class SQLiteStore:
         )
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            stat = os.stat(self.path)
+            self._file_id = (stat.st_dev, stat.st_ino)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+            await self._db.execute("PRAGMA busy_timeout=5000")
+            await self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            reason: object = exc
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+            raise StoreUnavailable(f"SQLite {self.path}: {reason}") from None
         await self._transaction(_migrate)
         await self._transaction(self._recover_connections)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
@@ -124,6 +135,7 @@ class SQLiteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work(db, *args)
+                self._check_file()
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -136,8 +148,23 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
 
+    def _check_file(self) -> None:
+        """SQLite writes on into a file that was deleted (its directory removed, say), and all
+        of it is gone at the next start: refuse, as for any store failure, instead."""
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise StoreUnavailable(f"SQLite: the database file is gone ({exc.strerror})") from None
+        if (stat.st_dev, stat.st_ino) != self._file_id:
+            raise StoreUnavailable("SQLite: the database file was replaced")
+
     async def ping(self) -> None:
-        await self._transaction(lambda db: db.execute("SELECT 1").fetchone())
+        """A write, so that a full disk or a read-only file shows, not only a lost file."""
+        await self._transaction(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (time.time(),)
+            )
+        )
 
     async def heartbeat(self) -> list[str]:
         return []  # a single node: its crash is recovered at the next open()

@@ -15,6 +15,7 @@ from socketio import packet
 
 from bench.processes import free_port
 from storage import Store
+from transport.limits import Limits
 from webservice.config import Config, SiteConfig
 from webservice.service import Service
 
@@ -28,6 +29,7 @@ class SiteStub:
         self.answers: dict[str, Any] = {}
         self.default_rooms: list[str] | None = None
         self.auth_requests: list[dict[str, str]] = []
+        self.auth_arrivals: asyncio.Queue[str] = asyncio.Queue()  # tokens, as calls arrive
         self.updates: asyncio.Queue[tuple[str, Any, str]] = asyncio.Queue()
         self.port = free_port()
         self.runner: web.AppRunner | None = None
@@ -53,6 +55,7 @@ class SiteStub:
     async def _auth(self, request: web.Request) -> web.StreamResponse:
         self.auth_requests.append(dict(request.headers))
         token = request.headers.get("Authorization", "").partition(" ")[2]
+        self.auth_arrivals.put_nowait(token)
         answer = self.answers.get(token, self.default_rooms)
         if answer is None:
             return web.json_response({"error": "who are you"}, status=401)
@@ -214,6 +217,7 @@ class Harness:
     http: aiohttp.ClientSession | None = None
     socketio_options: dict[str, Any] = field(default_factory=dict)
     max_queue: int = 10_000
+    limits: Limits = field(default_factory=Limits)
 
     def config(self) -> Config:
         return Config(
@@ -226,6 +230,7 @@ class Harness:
             auth_timeout=1.0,
             socketio_options=self.socketio_options,
             max_queue=self.max_queue,
+            limits=self.limits,
         )
 
     @property

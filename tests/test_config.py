@@ -114,6 +114,9 @@ def test_defaults_use_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             "winston.console.level",
         ),
         ("production: [\n", SITES, {}, "not valid YAML"),
+        ("production:\n  port: 70000\n", SITES, {}, "port must be at most 65535"),
+        ("production:\n  limits:\n    max_rooms: 5\n", SITES, {}, "limits.max_rooms"),
+        ("production: {}\n", SITES, {"MAX_ROOM_LENGTH": "0"}, "limits.max_room_length"),
     ],
 )
 def test_mistakes_name_the_key(
@@ -138,3 +141,13 @@ def test_a_config_error_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "config error: port must be a whole number, not 'abc'"
     ]
+
+
+def test_limits_come_from_config_and_environment(tmp_path: Path) -> None:
+    config_file, sites_file = write(
+        tmp_path, "production:\n  limits:\n    max_rooms_per_send: 5\n    write_timeout: 9\n"
+    )
+    config = load_config({"WRITE_TIMEOUT": "3"}, config_file, sites_file)
+    assert config.limits.max_rooms_per_send == 5
+    assert config.limits.write_timeout == 3  # the environment wins
+    assert config.limits.max_room_length == 200  # the default

@@ -1,11 +1,20 @@
-"""Asks a site which rooms a connecting client belongs to."""
+"""Asks a site which rooms a connecting client belongs to, without letting clients overrun it."""
 
 from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
 
 import aiohttp
 import orjson
 
+from transport.limits import Limits
 from webservice.config import SiteConfig
+
+REFUSED_CACHE_SIZE = 10_000  # tokens remembered as refused, per site; the oldest go first
+# Characters aiohttp refuses in a header value (it raises ValueError); also the other controls.
+_NOT_IN_HEADERS = {chr(c) for c in range(32)} - {"\t"} | {"\x7f"}
 
 
 class AuthRejected(Exception):
@@ -33,7 +42,9 @@ async def fetch_rooms(
     except TimeoutError:
         raise AuthRejected(f"Auth error: no answer from the site within {timeout:g}s") from None
     except aiohttp.ClientError as exc:
-        raise AuthRejected(f"Auth error: {exc or type(exc).__name__}") from exc
+        raise AuthRejected(f"Auth error: {exc or type(exc).__name__}") from None
+    except ValueError:  # a header value aiohttp will not send; AuthGate.check stops most
+        raise AuthRejected("Auth error: the token or meta cannot be sent to the site") from None
     try:
         rooms = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -41,3 +52,59 @@ async def fetch_rooms(
     if not isinstance(rooms, list) or not all(isinstance(room, str) for room in rooms):
         raise AuthRejected("Auth error: the site's answer is not a list of room names")
     return rooms
+
+
+class AuthGate:
+    """One site's door: checks what a client sends before it reaches the site, bounds the
+    authUrl calls in flight, and remembers refused tokens for a while, so that a flood of
+    connects (from one host, or one socket) costs the site little."""
+
+    def __init__(
+        self, http: aiohttp.ClientSession, site: SiteConfig, limits: Limits, timeout: float
+    ) -> None:
+        self.http = http
+        self.site = site
+        self.limits = limits
+        self.timeout = timeout
+        self._calls = asyncio.Semaphore(limits.auth_concurrency)
+        self._refused: dict[bytes, float] = {}  # digest of (token, meta) -> refused until
+
+    def check(self, token: str, meta: str) -> None:
+        for name, value, limit in (
+            ("token", token, self.limits.max_token_length),
+            ("meta", meta, self.limits.max_meta_length),
+        ):
+            if len(value) > limit:
+                raise AuthRejected(f"Auth error: {name} is longer than {limit} characters")
+            if not _NOT_IN_HEADERS.isdisjoint(value):
+                raise AuthRejected(f"Auth error: {name} holds control characters")
+
+    async def rooms(self, token: str, meta: str) -> list[str]:
+        self.check(token, meta)
+        key = hashlib.blake2b(f"{token}\0{meta}".encode(), digest_size=16).digest()
+        until = self._refused.get(key)
+        if until is not None:
+            if until > time.monotonic():
+                raise AuthRejected("Authentication failed")
+            del self._refused[key]
+        try:
+            await asyncio.wait_for(self._calls.acquire(), self.timeout)
+        except TimeoutError:
+            raise AuthRejected("Auth error: busy, try again") from None
+        try:
+            rooms = await fetch_rooms(self.http, self.site, token, meta, self.timeout)
+        except AuthRejected as exc:
+            if str(exc) == "Authentication failed" and self.limits.auth_failure_cache:
+                self._remember_refused(key)
+            raise
+        finally:
+            self._calls.release()
+        longest = self.limits.max_room_length
+        if any(len(room) > longest for room in rooms):
+            raise AuthRejected(f"Auth error: the site's answer holds a room name over {longest}")
+        return rooms
+
+    def _remember_refused(self, key: bytes) -> None:
+        if len(self._refused) >= REFUSED_CACHE_SIZE:
+            del self._refused[next(iter(self._refused))]
+        self._refused[key] = time.monotonic() + self.limits.auth_failure_cache

@@ -20,6 +20,16 @@ class FormError(ValueError):
     pass
 
 
+class _Node(dict[str, Any]):
+    """An object being built, counting its index keys so that ``a[]`` appends in O(1)."""
+
+    __slots__ = ("indexes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.indexes = 0
+
+
 def _key_path(key: str) -> list[str]:
     head, bracket, rest = key.partition("[")
     if not bracket or not head:
@@ -30,19 +40,24 @@ def _key_path(key: str) -> list[str]:
     return [head, *parts]
 
 
-def _insert(node: dict[str, Any], path: list[str], value: str) -> None:
+def _insert(node: _Node, path: list[str], value: str) -> None:
     key, rest = path[0], path[1:]
     if key == "":
-        key = str(sum(1 for k in node if k.isdigit()))
+        key = str(node.indexes)
+    if key not in node and key.isdigit():
+        node.indexes += 1
     if not rest:
         if key in node:
             existing = node[key]
-            node[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
+            if isinstance(existing, list):
+                existing.append(value)
+            else:
+                node[key] = [existing, value]
         else:
             node[key] = value
         return
-    child = node.setdefault(key, {})
-    if not isinstance(child, dict):
+    child = node.setdefault(key, _Node())
+    if not isinstance(child, _Node):
         raise FormError(f"field {key!r} is given both as a value and as an object")
     _insert(child, rest, value)
 
@@ -58,7 +73,7 @@ def _arrays(node: Any) -> Any:
 
 
 def parse_form(body: str) -> dict[str, Any]:
-    root: dict[str, Any] = {}
+    root = _Node()
     for key, value in parse_qsl(body, keep_blank_values=True, max_num_fields=10_000):
         _insert(root, _key_path(key), value)
     result = _arrays(root)

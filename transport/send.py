@@ -17,8 +17,35 @@ from loguru import logger
 from storage import Message, Store, StoreUnavailable
 from transport.dispatch import Dispatcher
 from transport.form_body import FormError, parse_form
+from transport.limits import Limits
 from transport.site_namespace import SiteNamespace
 
+# Names a client library or this service gives a meaning of its own: a site sending one would
+# forge a batch or a resync, or break the official client ("parse error").
+RESERVED_EVENTS = frozenset(
+    {
+        "_batch",
+        "_resync",
+        "_settings",
+        "connect",
+        "connect_error",
+        "connect_timeout",
+        "connecting",
+        "disconnect",
+        "disconnecting",
+        "error",
+        "message",
+        "newListener",
+        "removeListener",
+        "ping",
+        "pong",
+        "reconnect",
+        "reconnect_attempt",
+        "reconnect_error",
+        "reconnect_failed",
+        "reconnecting",
+    }
+)
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off", ""}
 
@@ -66,7 +93,24 @@ async def read_body(request: web.Request) -> Any:
     )
 
 
-def validate(body: Any) -> SendRequest:
+def nesting_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest deeper than ``limit``; stops at the limit,
+    so a hostile body costs no more than an accepted one."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        children: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+        if not children:
+            return False
+        level = children
+    return True
+
+
+def validate(body: Any, limits: Limits) -> SendRequest:
     if not isinstance(body, dict):
         raise BadRequest("Body must be an object with 'rooms', 'event' and 'args'.")
     rooms = body.get("rooms")
@@ -76,21 +120,43 @@ def validate(body: Any) -> SendRequest:
         rooms = [rooms]
     if not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms):
         raise BadRequest("Field 'rooms' must be a room name or a list of room names.")
+    if len(rooms) > limits.max_rooms_per_send:
+        raise BadRequest(
+            f"Field 'rooms' holds {len(rooms)} rooms; at most {limits.max_rooms_per_send}."
+        )
+    if any(len(room) > limits.max_room_length for room in rooms):
+        raise BadRequest(
+            f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
+        )
     event = body.get("event")
     if event is None:
         raise BadRequest("Field 'event' is missing.")
     if not isinstance(event, str) or not event or "\0" in event:
         raise BadRequest("Field 'event' must be a non-empty string.")
+    if len(event) > limits.max_event_length:
+        raise BadRequest(f"Field 'event' is longer than {limits.max_event_length} characters.")
+    if event in RESERVED_EVENTS:
+        raise BadRequest(
+            f"Field 'event': {event!r} is a reserved name "
+            f"(reserved: {', '.join(sorted(RESERVED_EVENTS))})."
+        )
     args = body.get("args", [])
     if not isinstance(args, list):
         raise BadRequest("Field 'args' must be a list.")
+    if nesting_depth_exceeds(args, limits.max_args_depth):
+        raise BadRequest(f"Field 'args' nests deeper than {limits.max_args_depth} levels.")
     return SendRequest(rooms=list(dict.fromkeys(rooms)), event=event, args=args)
 
 
 class SendHandler:
     def __init__(
-        self, namespaces: dict[str, SiteNamespace], store: Store, dispatcher: Dispatcher
+        self,
+        namespaces: dict[str, SiteNamespace],
+        store: Store,
+        dispatcher: Dispatcher,
+        limits: Limits,
     ) -> None:
+        self.limits = limits
         self.namespaces = namespaces
         self.store = store
         self.dispatcher = dispatcher
@@ -106,7 +172,7 @@ class SendHandler:
             return self._reject(401, "ApiKey invalid.", site_name)
         try:
             resync = parse_bool(request.query.get("resync"), "resync")
-            send = validate(await read_body(request))
+            send = validate(await read_body(request), self.limits)
         except BadRequest as exc:
             return self._reject(400, str(exc), site_name)
         if not namespace.site.reliable:

@@ -10,13 +10,13 @@ from urllib.parse import parse_qs
 import aiohttp
 import orjson
 import socketio
-from engineio import packet as eio_packet
 from loguru import logger
 
 from actors.messages import Attach, Detach, Register
 from actors.registry import ActorRegistry
 from storage import Store
-from transport.auth import AuthRejected, fetch_rooms
+from transport.auth import AuthGate, AuthRejected
+from transport.limits import Limits
 from transport.presence import PresenceNotifier
 from webservice.config import SiteConfig
 
@@ -42,12 +42,13 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         http: aiohttp.ClientSession,
         device_ttl: int,
         auth_timeout: float,
+        limits: Limits,
     ) -> None:
         super().__init__(f"/{site.name}")
         self.site = site
         self.device_ttl = device_ttl
-        self.auth_timeout = auth_timeout
-        self.http = http
+        self.limits = limits
+        self.auth = AuthGate(http, site, limits, auth_timeout)
         self.presence = PresenceNotifier(http, site)
         self.registry = ActorRegistry(site, store, self)
         self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
@@ -56,23 +57,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     # --- Outbox, for the actors -------------------------------------------------------------
 
     def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
-        """Queue the Socket.IO EVENT packet ourselves.
-
-        The payload was encoded once for every recipient, and the socket is on this node, so
-        python-socketio's per-emit encoding and its task per recipient are not needed; and as
-        Engine.IO's own ``send`` only appends to the socket's unbounded queue, doing that here
-        lets an actor deliver without yielding (see ``ActorRegistry.deliver``).
-        """
-        manager = self.server.manager
-        eio_sid = manager.eio_sid_from_sid(sid, self.namespace)
-        socket = self.server.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if socket is None or socket.closed:
-            return
-        if on_ack is None:
-            packet = f"2{self.namespace},{payload}"
-        else:
-            packet = f"2{self.namespace},{manager._generate_ack_id(sid, on_ack)}{payload}"
-        socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
+        self.server.queue_event(sid, self.namespace, payload, on_ack)
 
     async def disconnect(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)
@@ -99,10 +84,15 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         params = connect_params(environ, auth)
         token, meta = params.get("token", ""), params.get("meta", "")
+        device = params.get("deviceId", "")
         try:
-            rooms = await fetch_rooms(self.http, self.site, token, meta, self.auth_timeout)
+            if len(device) > self.limits.max_device_id_length:
+                raise AuthRejected(
+                    f"Invalid deviceId: longer than {self.limits.max_device_id_length} characters"
+                )
+            rooms = await self.auth.rooms(token, meta)
         except AuthRejected as exc:
-            logger.info("site={} connect refused: {}", self.site.name, exc)
+            logger.debug("site={} connect refused: {}", self.site.name, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         if not self.site.reliable:
             for room in rooms:

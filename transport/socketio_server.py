@@ -10,35 +10,72 @@
 - An index of each socket's rooms: python-socketio finds a leaving socket's rooms by scanning
   every room of the namespace, and every socket has a room of its own, so each disconnect
   costs O(connections) and a wave of them (a node restart, a network blip) O(connections²).
+- Packets queued straight onto a socket (``SocketIOServer.queue_event``), with a bound: a
+  client that stops reading is dropped instead of growing its queue forever; so is one whose
+  write stays blocked past ``write_timeout`` (``SocketIOServer.drop_stalled_writers``).
+- Clients only receive here. No event a client emits is handled: python-socketio would run
+  the namespace's ``on_connect``/``on_disconnect`` for a client-emitted ``connect`` or
+  ``disconnect``. A packet that cannot be decoded closes its socket with one log line, and so
+  does a flood of packets before the client has joined a namespace.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import engineio
 import socketio
 from aiohttp.web import WebSocketResponse
+from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
+from loguru import logger
 
 from actors.mailbox import Mailbox
+from transport.limits import Limits
 
 ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack id, then args
 
 
 class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
-    """Engine.IO's aiohttp WebSocket, with compression as the server says."""
+    """Engine.IO's aiohttp WebSocket, with compression as the server says, a record of how
+    long its current write has been blocked, and a way to cut it off."""
+
+    writing_since = 0.0
+    transport: Any = None
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        request = environ["aiohttp.request"]
         self._sock = WebSocketResponse(
             max_msg_size=self.server.max_http_buffer_size,
             compress=self.server.websocket_compression,
         )
-        await self._sock.prepare(environ["aiohttp.request"])
+        await self._sock.prepare(request)
         self.environ = environ
-        await self.handler(self)
+        self.transport = request.transport
+        eio_socket = self.handler.__self__
+        eio_socket.websocket = self  # for queue_event and drop_stalled_writers
+        self.server.websockets.add(self)
+        try:
+            await self.handler(self)
+        except (ValueError, TypeError, IndexError) as exc:  # an Engine.IO frame it cannot read
+            logger.warning("client {} dropped: undecodable frame ({})", eio_socket.sid, exc)
+            await eio_socket.close(wait=False, abort=True)
+        finally:
+            self.server.websockets.discard(self)
         return self._sock
+
+    async def send(self, message: Any) -> None:
+        self.writing_since = time.monotonic()
+        await super().send(message)
+        self.writing_since = 0.0
+
+    def abort(self) -> None:
+        """Drop the connection now: a write blocked on it fails, and the socket closes."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
@@ -47,19 +84,68 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self.websocket_compression = websocket_compression
         drivers: dict[str, Any] = self._async  # type: ignore[has-type]
         self._async = {**drivers, "websocket": _WebSocket}
+        self.websockets: set[_WebSocket] = set()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
 
 
 class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
+    def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits or Limits()
+        self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
+        self._unjoined_packets: dict[str, int] = {}
+        self._told_ignored: set[str] = set()
+
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
+
+    # --- out ---------------------------------------------------------------------------------
+
+    def queue_event(
+        self, sid: str, namespace: str, payload: str, on_ack: Callable[..., Any] | None
+    ) -> None:
+        """Queue a Socket.IO EVENT whose JSON ``[event, *args]`` is ``payload``, without a task
+        or a per-emit encode: the payload was encoded once for all its recipients, and Engine.IO's
+        own ``send`` only appends to the socket's queue. A client whose queue is full stopped
+        reading: it is dropped (it reconnects, and gets what it missed from the store)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        socket = self.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if socket is None or socket.closed or socket.closing:
+            return
+        if socket.queue.qsize() >= self.limits.max_outgoing_queue:
+            self._drop(socket, f"{self.limits.max_outgoing_queue} packets waiting: not reading")
+            return
+        ack = "" if on_ack is None else str(self.manager._generate_ack_id(sid, on_ack))
+        packet = f"2{namespace},{ack}{payload}"
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
+
+    def _drop(self, socket: Any, reason: str) -> None:
+        """Close an Engine.IO socket at once, without waiting for its writer (it may be stuck
+        on a client that does not read), with one log line."""
+        if socket.closed or socket.closing:
+            return
+        logger.warning("client {} dropped: {}", socket.sid, reason)
+        websocket = getattr(socket, "websocket", None)
+        if websocket is not None:
+            websocket.abort()
+        self.start_background_task(socket.close, wait=False, abort=True)
+
+    def drop_stalled_writers(self) -> None:
+        """Drop every websocket whose current write has been blocked past ``write_timeout``."""
+        deadline = time.monotonic() - self.limits.write_timeout
+        for websocket in list(self.eio.websockets):
+            if 0.0 < websocket.writing_since < deadline:
+                self._drop(websocket.handler.__self__, "a write blocked: not reading")
+
+    # --- in ----------------------------------------------------------------------------------
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         """Acks take a short cut: there is one per delivered message, and python-socketio
         would build a packet object and parse its JSON arguments, which our ack callbacks
-        ignore (an ack only says "received"). Everything else goes the usual way."""
+        ignore (an ack only says "received"). Everything else goes the usual way, counted
+        until the client joins a namespace; a packet it cannot decode drops the client."""
         if isinstance(data, str) and data.startswith("3/") and eio_sid not in self._binary_packet:
             match = ACK_PACKET.match(data)
             if match is not None:
@@ -69,7 +155,41 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
                 if callback is not None:
                     callback()
                     return
-        await super()._handle_eio_message(eio_sid, data)
+        if eio_sid not in self._joined:
+            count = self._unjoined_packets.get(eio_sid, 0) + 1
+            self._unjoined_packets[eio_sid] = count
+            if count > self.limits.max_packets_before_join:
+                self._drop_sid(eio_sid, f"{count} packets before joining a namespace")
+                return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            self._drop_sid(eio_sid, f"bad packet ({str(exc)[:100]})")
+
+    def _drop_sid(self, eio_sid: str, reason: str) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None:
+            self._drop(socket, reason)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await super()._handle_connect(eio_sid, namespace, data)
+        if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
+            self._joined.add(eio_sid)
+            self._unjoined_packets.pop(eio_sid, None)
+
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        if eio_sid not in self._told_ignored:
+            self._told_ignored.add(eio_sid)
+            name = str(data[0])[:50] if isinstance(data, list) and data else "?"
+            logger.debug(
+                "client {} emitted {!r}: clients only receive here, ignored", eio_sid, name
+            )
+
+    async def _handle_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
+        self._joined.discard(eio_sid)
+        self._unjoined_packets.pop(eio_sid, None)
+        self._told_ignored.discard(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, *args)
 
 
 class _IndexedRooms:

@@ -15,7 +15,7 @@ from loguru import logger
 from webservice.config import ConfigError, load_config
 from webservice.demo import add_demo_site, install_demo_routes
 from webservice.logging import setup_logging
-from webservice.service import Service
+from webservice.service import Service, StartupError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,17 +30,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(service: Service) -> None:
+async def serve(service: Service) -> int:
+    """Run until SIGTERM or SIGINT; the exit status: 1 if the service could not start."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
+    try:
+        await service.start()
+    except StartupError as exc:
+        logger.error("cannot start: {}", exc)
+        await service.stop()
+        return 1
     tune_gc()
     await stop.wait()
     logger.info("stopping: draining sends and closing sockets")
     await service.stop()
     logger.info("stopped")
+    return 0
 
 
 # The cyclic garbage collector's defaults (700, 10, 10) make it walk the whole heap, thousands
@@ -68,22 +75,25 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    setup_logging(config.logging)
+    try:
+        setup_logging(config.logging, [site.api_key for site in config.sites.values()])
+    except OSError as exc:
+        print(f"cannot start: log file {config.logging.file_path}: {exc.strerror}", file=sys.stderr)
+        sys.exit(1)
     service = Service(config)
     if args.demo:
         install_demo_routes(service.app)
-    run(serve(service))
+    sys.exit(run(serve(service)))
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
+def run(main: Coroutine[Any, Any, int]) -> int:
     """On uvloop where it is installed (Linux and macOS): its event loop, written on libuv,
     takes a fifth off the CPU of every delivery (bench: 0.083 s -> 0.065 s per 1000)."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 if __name__ == "__main__":

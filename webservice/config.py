@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from storage.base import DEFAULT_MAX_QUEUE
+from transport.limits import LIMIT_NAMES, Limits
 
 DEFAULT_PORT = 1337
 DEFAULT_DEVICE_TTL = 3600
@@ -95,6 +96,7 @@ class Config:
     max_queue: int = DEFAULT_MAX_QUEUE
     socketio_options: dict[str, Any] = field(default_factory=dict)
     logging: LogConfig = field(default_factory=LogConfig)
+    limits: Limits = field(default_factory=Limits)
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -107,7 +109,7 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{what} {path}: cannot be read: {exc.strerror}") from exc
 
 
-def _int(value: Any, key: str, minimum: int = 0) -> int:
+def _int(value: Any, key: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{key} must be a whole number, not {value!r}")
     try:
@@ -116,6 +118,8 @@ def _int(value: Any, key: str, minimum: int = 0) -> int:
         raise ConfigError(f"{key} must be a whole number, not {value!r}") from None
     if number < minimum:
         raise ConfigError(f"{key} must be at least {minimum}, not {number}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{key} must be at most {maximum}, not {number}")
     return number
 
 
@@ -204,6 +208,19 @@ def _logging(section: Mapping[str, Any]) -> LogConfig:
     return log
 
 
+def _limits(section: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
+    raw = _mapping(section.get("limits"), "limits")
+    for key in raw:
+        if key not in LIMIT_NAMES:
+            raise ConfigError(f"limits.{key}: unknown limit (known: {', '.join(LIMIT_NAMES)})")
+    values = {}
+    for name in LIMIT_NAMES:
+        value = env.get(name.upper()) or raw.get(name)
+        if value is not None:
+            values[name] = _int(value, f"limits.{name}", minimum=0 if "cache" in name else 1)
+    return Limits(**values)
+
+
 def _redis_url(section: Mapping[str, Any]) -> str:
     redis = _mapping(section.get("redis"), "redis")
     url = _text(redis.get("url"), "redis.url")
@@ -273,7 +290,9 @@ def load_config(
     return Config(
         sites=sites,
         env=env_name,
-        port=_int(env.get("PORT") or section.get("port", DEFAULT_PORT), "port", minimum=1),
+        port=_int(
+            env.get("PORT") or section.get("port", DEFAULT_PORT), "port", minimum=1, maximum=65535
+        ),
         host=env.get("HOST") or _text(section.get("host"), "host") or "0.0.0.0",
         device_ttl=_int(
             env.get("DEVICE_TTL") or section.get("device_ttl", DEFAULT_DEVICE_TTL), "device_ttl"
@@ -304,4 +323,5 @@ def load_config(
         ),
         socketio_options=_socketio_options(_mapping(section.get("io"), "io")),
         logging=_logging(section),
+        limits=_limits(section, env),
     )

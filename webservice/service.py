@@ -25,8 +25,13 @@ from transport.socketio_server import IndexedManager, IndexedRedisManager, Socke
 from webservice.config import Config
 
 HEALTH_TIMEOUT = 2.0
+DEFAULT_MAX_PACKET = 100_000  # bytes, io.maxHttpBufferSize
 DRAIN_TIMEOUT = 5.0
 HEARTBEATS_PER_TIMEOUT = 6  # a node is declared dead after missing this many heartbeats
+
+
+class StartupError(Exception):
+    """The service cannot start here (port taken, store unreachable, ...): one line says why."""
 
 
 def make_store(config: Config, node_id: str) -> Store:
@@ -52,7 +57,12 @@ class Service:
         self.config = config
         self.node_id = uuid.uuid4().hex[:12]
         self.store = make_store(config, self.node_id)
-        options: dict[str, Any] = {"cors_allowed_origins": "*", "json": orjson_codec}
+        options: dict[str, Any] = {
+            "cors_allowed_origins": "*",
+            "json": orjson_codec,
+            # Clients send acks and connects only: a packet of 100 KB is already generous.
+            "max_http_buffer_size": DEFAULT_MAX_PACKET,
+        }
         options.update(config.socketio_options)
         if config.redis_url:
             # Plain-site broadcasts reach the sockets of every node through Redis.
@@ -61,8 +71,8 @@ class Service:
             )
         else:
             options["client_manager"] = IndexedManager()
-        self.sio = SocketIOServer(async_mode="aiohttp", **options)
-        self.app = web.Application()
+        self.sio = SocketIOServer(async_mode="aiohttp", limits=config.limits, **options)
+        self.app = web.Application(client_max_size=config.limits.max_send_body)
         self.sio.attach(self.app)
         self.app.router.add_get("/healthcheck", self.healthcheck)
         self.app.router.add_post("/send", self._send)
@@ -82,25 +92,46 @@ class Service:
         self.runner: web.AppRunner | None = None
         self._send_handler: SendHandler | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self.draining = False
 
     async def start(self) -> None:
-        await self.store.open()
-        await self.bus.start()
+        """Open the store, then listen; raises :class:`StartupError` with one line if either
+        cannot be done (the caller then calls ``stop``)."""
+        try:
+            await self.store.open()
+        except StoreUnavailable as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            await self.bus.start()
+        except TimeoutError:
+            raise StartupError("Redis: the cross-node channel did not subscribe in time") from None
         self.http = aiohttp.ClientSession()
         for site in self.config.sites.values():
             namespace = SiteNamespace(
-                site, self.store, self.http, self.config.device_ttl, self.config.auth_timeout
+                site,
+                self.store,
+                self.http,
+                self.config.device_ttl,
+                self.config.auth_timeout,
+                self.config.limits,
             )
             self.namespaces[site.name] = namespace
             self.sio.register_namespace(namespace)
-        self._send_handler = SendHandler(self.namespaces, self.store, self.dispatcher)
+        self._send_handler = SendHandler(
+            self.namespaces, self.store, self.dispatcher, self.config.limits
+        )
         self._heartbeat = asyncio.create_task(self._beat_forever(), name="heartbeat")
+        self._watchdog = asyncio.create_task(self._watch_writers(), name="write-watchdog")
         self.runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT
         )
         await self.runner.setup()
-        await web.TCPSite(self.runner, self.config.host, self.config.port).start()
+        try:
+            await web.TCPSite(self.runner, self.config.host, self.config.port).start()
+        except OSError as exc:
+            where = f"{self.config.host}:{self.config.port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         kind = "Redis" if self.config.redis_url else f"SQLite ({self.config.sqlite_path})"
         logger.info(
             "node {} listening on {}:{} with {}; sites: {}",
@@ -121,6 +152,11 @@ class Service:
                 if dead:
                     logger.warning("released the connections of stopped nodes {}", dead)
             await asyncio.sleep(self.config.node_timeout / HEARTBEATS_PER_TIMEOUT)
+
+    async def _watch_writers(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.limits.write_timeout / 3)
+            self.sio.drop_stalled_writers()
 
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None
@@ -168,8 +204,9 @@ class Service:
         await self.sio.shutdown()
         for namespace in self.namespaces.values():
             await namespace.close(DRAIN_TIMEOUT)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._watchdog):
+            if task is not None:
+                task.cancel()
         await self._stop_manager_listener()
         await self.bus.stop()
         if self.http is not None:

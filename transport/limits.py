@@ -1,0 +1,50 @@
+"""Every bound on what a site or a client may send, in one place.
+
+Each one is configurable (``limits:`` in config.yml, or the upper-case environment variable of
+the same name) and documented in the README with its default. Reaching one gets a clear answer:
+a 400 naming the field, a connect error, or the socket closed with one log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # POST /send
+    max_send_body: int = 1_048_576
+    """Bytes in one /send body (413 past it)."""
+    max_rooms_per_send: int = 1_000
+    max_room_length: int = 200
+    """Characters in a room name, in /send and in an auth answer."""
+    max_event_length: int = 100
+    max_args_depth: int = 32
+    """Nesting of lists and objects in ``args``; anything accepted can be encoded."""
+    # Connecting clients
+    max_token_length: int = 4_096
+    max_device_id_length: int = 128
+    max_meta_length: int = 1_024
+    max_packets_before_join: int = 16
+    """Socket.IO packets a connection may send before it has joined a site's namespace."""
+    auth_concurrency: int = 64
+    """authUrl calls in flight per site; further connects wait their turn (up to the auth
+    timeout, then ``Auth error: busy``)."""
+    auth_failure_cache: int = 10
+    """Seconds a token the site refused (401) is refused again without asking; 0: never."""
+    # Sockets and HTTP
+    max_outgoing_queue: int = 1_000
+    """Packets waiting for one socket; a client that stops reading is disconnected past it
+    (its device keeps its stored queue)."""
+    write_timeout: int = 30
+    """Seconds one write to a socket may stay blocked before the socket is dropped."""
+    http_read_timeout: int = 60
+    """Seconds to receive a request's headers, and again its body (nginx's defaults)."""
+    keepalive_timeout: int = 75
+    """Seconds an idle keep-alive HTTP connection is kept open."""
+    max_connections: int = 60_000
+    """Open TCP connections to the service; past it new ones are refused (HTTP 503 and
+    closed), and it is lowered to what the open-files limit allows."""
+
+
+LIMIT_NAMES = tuple(f.name for f in fields(Limits))
