@@ -354,3 +354,65 @@ def test_redact_masks_keys_tokens_and_authorization_values() -> None:
     for secret in ("s3cret-key", "tok-123", "appName:stock", "Token abc", "'m'"):
         assert secret not in masked
     assert "site=shop" in masked and "x=1" in masked
+
+
+# --- HTTP connections -----------------------------------------------------------------------
+
+
+async def open_raw(harness: Harness) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    assert harness.service is not None
+    return await asyncio.open_connection("127.0.0.1", harness.service.config.port)
+
+
+async def test_headers_that_never_complete_are_cut_off(harness: Harness) -> None:
+    await harness.start(limits=Limits(keepalive_timeout=1))
+    reader, writer = await open_raw(harness)
+    writer.write(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""
+    writer.close()
+
+
+async def test_a_body_that_trickles_is_a_408(harness: Harness) -> None:
+    await harness.start(limits=Limits(http_read_timeout=1))
+    reader, writer = await open_raw(harness)
+    writer.write(
+        b"POST /send?site=shop&apiKey=key HTTP/1.1\r\nHost: x\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"rooms"'
+    )
+    status_line = await asyncio.wait_for(reader.readline(), WAIT)
+    assert status_line.startswith(b"HTTP/1.1 408")
+    writer.close()
+
+
+async def test_past_the_connection_cap_new_connections_get_a_503(harness: Harness) -> None:
+    await harness.start(limits=Limits(max_connections=3))
+    held = []
+    for _ in range(3):
+        reader, writer = await open_raw(harness)
+        writer.write(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readline(), WAIT)).startswith(b"HTTP/1.1 200")
+        held.append(writer)
+    reader, writer = await open_raw(harness)
+    assert (await asyncio.wait_for(reader.read(), WAIT)).startswith(b"HTTP/1.1 503")
+    writer.close()
+    last = held.pop()
+    last.close()
+    await last.wait_closed()
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while (status := await healthcheck(harness)) == 503:  # until the server has seen the close
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert status == 200
+    for writer in held:
+        writer.close()
+
+
+async def test_a_polling_post_over_the_packet_limit_is_answered(harness: Harness) -> None:
+    await harness.start()
+    assert harness.http is not None
+    base = f"{harness.url}/socket.io/?EIO=4&transport=polling"
+    async with harness.http.get(base) as response:
+        opened = await response.text()
+    sid = opened[opened.index('"sid":"') + 7 :].split('"')[0]
+    async with harness.http.post(f"{base}&sid={sid}", data="4" + "x" * 200_000) as response:
+        assert response.status == 413

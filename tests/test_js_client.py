@@ -39,3 +39,31 @@ async def test_official_js_client_connect_live_batch_resync_and_errors(harness: 
     assert steps["connect_error"]["message"] == "Authentication failed"
     # The batch and the live message were acked; the resync cleared "sync".
     await wait_for_empty_queue(harness, "user_1", "js-device")
+
+
+async def test_official_js_client_that_acks_and_disconnects_at_once_never_gets_it_again(
+    harness: Harness,
+) -> None:
+    """Invariant 5 under churn: 20 users, 15 rounds each, alternating polling-with-upgrade and
+    websocket; each round acks a live message and disconnects in the same tick, while a shared
+    room gets a message every 5 ms. No acked message may come back in a later _batch."""
+    node = shutil.which("node")
+    if node is None or not (E2E / "node_modules" / "socket.io-client").is_dir():
+        pytest.fail("node and tests/e2e/node_modules are needed: run `npm ci` in tests/e2e")
+    await harness.start()
+    for i in range(20):
+        harness.stub.answers[f"t{i}"] = [f"user_{i}", "staff"]
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(E2E / "ack_disconnect.mjs"),
+        harness.url,
+        "20",
+        "15",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode == 0, f"{stdout.decode()}\n{stderr.decode()}"
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert result["rounds"] == 300 and result["received"] >= 300
+    assert result["duplicates"] == 0, result

@@ -42,9 +42,9 @@ class Limits:
     """Seconds to receive a request's headers, and again its body (nginx's defaults)."""
     keepalive_timeout: int = 75
     """Seconds an idle keep-alive HTTP connection is kept open."""
-    max_connections: int = 60_000
+    max_connections: int = 0
     """Open TCP connections to the service; past it new ones are refused (HTTP 503 and
-    closed), and it is lowered to what the open-files limit allows."""
+    closed). 0: as many as the open-files limit allows, less 200 for everything else."""
 
 
 LIMIT_NAMES = tuple(f.name for f in fields(Limits))

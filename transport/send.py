@@ -6,6 +6,7 @@ For reliable sites the message is stored for every target device before the answ
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +73,11 @@ def parse_bool(value: str | None, name: str) -> bool:
     raise BadRequest(f"Query param '{name}' must be true or false, not {value!r}.")
 
 
-async def read_body(request: web.Request) -> Any:
-    raw = await request.read()
+async def read_body(request: web.Request, timeout: float) -> Any:
+    try:
+        raw = await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text=f"Body not received within {timeout:g}s.") from None
     content_type = request.content_type
     if content_type == "application/json" or content_type.endswith("+json"):
         if not raw.strip():
@@ -172,7 +176,7 @@ class SendHandler:
             return self._reject(401, "ApiKey invalid.", site_name)
         try:
             resync = parse_bool(request.query.get("resync"), "resync")
-            send = validate(await read_body(request), self.limits)
+            send = validate(await read_body(request, self.limits.http_read_timeout), self.limits)
         except BadRequest as exc:
             return self._reject(400, str(exc), site_name)
         if not namespace.site.reliable:

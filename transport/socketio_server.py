@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Any
 
 import engineio
 import socketio
+from aiohttp import web
 from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
@@ -78,13 +80,63 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             self.transport.abort()
 
 
+class _CachedBody:
+    """Stands in for the request stream once the body has been read (see ``handle_request``)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def read(self, length: int = -1) -> bytes:
+        return self.body
+
+
+def _translate_request(request: web.Request) -> dict[str, Any]:
+    environ: dict[str, Any] = aiohttp_driver.translate_request(request)
+    body = request.get(_BODY)
+    if body is not None:
+        environ["wsgi.input"] = _CachedBody(body)
+    return environ
+
+
+# A typed request key where aiohttp has them (3.12 and later), else a plain string.
+_BODY: Any = (
+    web.RequestKey("socketio_webservice.body", bytes)
+    if hasattr(web, "RequestKey")
+    else "socketio_webservice.body"
+)
+
+
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, websocket_compression: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.websocket_compression = websocket_compression
         drivers: dict[str, Any] = self._async  # type: ignore[has-type]
-        self._async = {**drivers, "websocket": _WebSocket}
+        self._async = {
+            **drivers,
+            "websocket": _WebSocket,
+            "translate_request": _translate_request,
+        }
         self.websockets: set[_WebSocket] = set()
+        self.read_timeout = 60.0
+
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        """A polling POST's body is read here, within ``read_timeout`` and the packet limit:
+        Engine.IO would wait for a trickling body for ever, and answers one over the limit by
+        closing the session in a way that waits for a poll the client will never make."""
+        if request.method == "POST":
+            try:
+                body = await asyncio.wait_for(request.read(), self.read_timeout)
+            except TimeoutError:
+                return web.Response(status=408, text="body not received in time")
+            if len(body) > self.max_http_buffer_size:
+                socket = self.sockets.get(request.query.get("sid", ""))
+                if socket is not None and not (socket.closed or socket.closing):
+                    logger.warning("client {} dropped: a POST over the packet limit", socket.sid)
+                    await socket.close(wait=False, abort=True)
+                return web.Response(status=413, text="payload over the packet limit")
+            request[_BODY] = body
+        response: web.StreamResponse = await super().handle_request(request)
+        return response
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
@@ -94,6 +146,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits or Limits()
+        self.eio.read_timeout = float(self.limits.http_read_timeout)
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()

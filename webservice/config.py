@@ -208,6 +208,9 @@ def _logging(section: Mapping[str, Any]) -> LogConfig:
     return log
 
 
+ZERO_MEANS_OFF = {"auth_failure_cache", "max_connections"}
+
+
 def _limits(section: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
     raw = _mapping(section.get("limits"), "limits")
     for key in raw:
@@ -217,7 +220,7 @@ def _limits(section: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
     for name in LIMIT_NAMES:
         value = env.get(name.upper()) or raw.get(name)
         if value is not None:
-            values[name] = _int(value, f"limits.{name}", minimum=0 if "cache" in name else 1)
+            values[name] = _int(value, f"limits.{name}", minimum=0 if name in ZERO_MEANS_OFF else 1)
     return Limits(**values)
 
 

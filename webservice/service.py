@@ -18,6 +18,7 @@ from storage.redis_store import RedisStore
 from storage.sqlite_store import SQLiteStore
 from transport import orjson_codec
 from transport.dispatch import Dispatcher
+from transport.http_server import CappedSite, ConnectionCap, usable_connections
 from transport.node_bus import LocalBus, NodeBus, RedisBus
 from transport.send import SendHandler
 from transport.site_namespace import SiteNamespace
@@ -124,11 +125,16 @@ class Service:
         self._heartbeat = asyncio.create_task(self._beat_forever(), name="heartbeat")
         self._watchdog = asyncio.create_task(self._watch_writers(), name="write-watchdog")
         self.runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=DRAIN_TIMEOUT
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=DRAIN_TIMEOUT,
+            keepalive_timeout=self.config.limits.keepalive_timeout,
         )
         await self.runner.setup()
         try:
-            await web.TCPSite(self.runner, self.config.host, self.config.port).start()
+            cap = ConnectionCap(usable_connections(self.config.limits.max_connections))
+            await CappedSite(self.runner, self.config.host, self.config.port, cap).start()
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
