@@ -25,12 +25,14 @@ DEFAULT_PREFIX = "sws:"
 SEQ_DIGITS = 20
 
 
-@lru_cache(maxsize=100_000)  # every ack and every delivery names a user and a device
+# Every ack and every delivery names a user and a device. Bounded: names are at most a few
+# hundred characters (limits), so the cache stays under ~10 MB whatever clients send.
+@lru_cache(maxsize=32_768)
 def escape(name: str) -> str:
     return name.replace("%", "%25").replace(":", "%3A").replace("\t", "%09")
 
 
-@lru_cache(maxsize=100_000)
+@lru_cache(maxsize=32_768)
 def unescape(name: str) -> str:
     return name.replace("%09", "\t").replace("%3A", ":").replace("%25", "%")
 
