@@ -88,7 +88,8 @@ class AuthGate:
                 raise AuthRejected("Authentication failed")
             del self._refused[key]
         try:
-            await asyncio.wait_for(self._calls.acquire(), self.timeout)
+            async with asyncio.timeout(self.timeout if self._calls.locked() else None):
+                await self._calls.acquire()
         except TimeoutError:
             raise AuthRejected("Auth error: busy, try again") from None
         try:

@@ -75,7 +75,8 @@ def parse_bool(value: str | None, name: str) -> bool:
 
 async def read_body(request: web.Request, timeout: float) -> Any:
     try:
-        raw = await asyncio.wait_for(request.read(), timeout)
+        async with asyncio.timeout(timeout):  # a timer, not a task as wait_for would make
+            raw = await request.read()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"Body not received within {timeout:g}s.") from None
     content_type = request.content_type

@@ -125,7 +125,8 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         closing the session in a way that waits for a poll the client will never make."""
         if request.method == "POST":
             try:
-                body = await asyncio.wait_for(request.read(), self.read_timeout)
+                async with asyncio.timeout(self.read_timeout):
+                    body = await request.read()
             except TimeoutError:
                 return web.Response(status=408, text="body not received in time")
             if len(body) > self.max_http_buffer_size:
@@ -150,6 +151,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
+        self._closing: set[asyncio.Future[Any]] = set()
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
@@ -183,7 +185,9 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         websocket = getattr(socket, "websocket", None)
         if websocket is not None:
             websocket.abort()
-        self.start_background_task(socket.close, wait=False, abort=True)
+        closing = asyncio.ensure_future(socket.close(wait=False, abort=True))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     def drop_stalled_writers(self) -> None:
         """Drop every websocket whose current write has been blocked past ``write_timeout``."""
