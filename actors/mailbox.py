@@ -2,7 +2,7 @@
 
 ``asyncio.Queue`` would do, but it costs about 3 KB per instance (three deques, an Event,
 counters), and there is one per connected user (the actor's mailbox) and one per socket
-(Engine.IO's send queue, see ``transport.socketio_server``); this costs a few hundred bytes.
+(Engine.IO's send queue, see ``transport.socketio_adapter``); this costs a few hundred bytes.
 It is unbounded and has one consumer, which is all either needs.
 """
 

@@ -67,3 +67,80 @@ async def test_official_js_client_that_acks_and_disconnects_at_once_never_gets_i
     result = json.loads(stdout.decode().strip().splitlines()[-1])
     assert result["rounds"] == 300 and result["received"] >= 300
     assert result["duplicates"] == 0, result
+
+
+LEGACY_CLIENTS = [(v, m) for v in ("v1", "v2") for m in ("websocket", "polling", "upgrade")]
+
+
+def node_or_fail() -> str:
+    node = shutil.which("node")
+    if node is None or not (E2E / "node_modules" / "socket.io-client-v2").is_dir():
+        pytest.fail("node and tests/e2e/node_modules are needed: run `npm ci` in tests/e2e")
+    return node
+
+
+async def run_legacy_scenario(*args: str) -> dict[str, dict[str, object]]:
+    process = await asyncio.create_subprocess_exec(
+        node_or_fail(),
+        str(E2E / "legacy_scenario.cjs"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    assert process.returncode == 0, f"{lines}\n{stderr.decode()}"
+    return {str(line["step"]): line for line in lines}
+
+
+def assert_original_behaviour(steps: dict[str, dict[str, object]], mode: str) -> None:
+    assert steps["settings"]["settings"] == {"device_ttl": 3600}
+    assert steps["transport"]["name"] == ("polling" if mode == "polling" else "websocket")
+    assert steps["live"]["entity"] == {"id": 1, "age": 5, "name": "Zoë 🚀"}
+    assert steps["batch"]["events"] == [["update_store", "offer", {"id": 2}], ["notice", "hello"]]
+    assert steps["resync"]["received"] == [1, 2]
+    # The ERROR packet a v1/v2 client raises as its "error" event, with the original's text.
+    assert steps["error"] == {"step": "error", "reason": "Authentication failed", "goToLogin": True}
+
+
+@pytest.mark.parametrize(("version", "mode"), LEGACY_CLIENTS)
+async def test_the_originals_clients_work_unchanged(
+    harness: Harness, version: str, mode: str
+) -> None:
+    """socket.io-client 1.7.4 and 2.5.0 (Engine.IO v3), as deployed against the original."""
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1", "staff"]
+    steps = await run_legacy_scenario(harness.url, version, mode)
+    assert_original_behaviour(steps, mode)
+    await wait_for_empty_queue(harness, "user_1", f"legacy-{version}-{mode}")
+    assert harness.stub.auth_requests[0]["X-META"] == "appName:stock"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_a_user_with_a_legacy_device_and_a_current_one_gets_everything_on_both(
+    harness: Harness, version: str
+) -> None:
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1", "staff"]
+    current = await harness.connect("shop", "t1", "v4-phone")
+    process = await asyncio.create_subprocess_exec(
+        node_or_fail(),
+        str(E2E / "legacy_listen.cjs"),
+        harness.url,
+        version,
+        "upgrade",
+        "t1",
+        f"{version}-laptop",
+        "6",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
+    assert first == {"ready": True}
+    for n in range(6):
+        rooms = ["user_1"] if n % 2 else ["staff"]
+        assert (await harness.send("shop", rooms, "n", n))[0] == 200
+        assert (await current.next()).numbers() == [n]
+    legacy = [json.loads(line) for line in (await process.stdout.read()).decode().splitlines()]
+    assert await process.wait() == 0
+    assert [line["args"][0] for line in legacy] == list(range(6))

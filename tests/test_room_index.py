@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transport.socketio_server import IndexedManager
+from transport.socketio_adapter import IndexedManager
 
 NS = "/news"
 

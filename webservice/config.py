@@ -42,7 +42,7 @@ IO_OPTIONS: dict[str, tuple[str, float | None]] = {
     "cors": ("cors_allowed_origins", None),
     "origins": ("cors_allowed_origins", None),
 }
-IGNORED_IO_OPTIONS = {"path", "serveClient", "adapter", "parser", "connectTimeout", "wsEngine"}
+IGNORED_IO_OPTIONS = {"path", "adapter", "parser", "connectTimeout", "wsEngine"}
 
 
 class ConfigError(Exception):
@@ -97,6 +97,7 @@ class Config:
     socketio_options: dict[str, Any] = field(default_factory=dict)
     logging: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
+    serve_client: bool = True  # io.serveClient: GET /socket.io/socket.io.js
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -174,7 +175,7 @@ def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
 def _socketio_options(raw: Mapping[str, Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in IGNORED_IO_OPTIONS:
+        if key in IGNORED_IO_OPTIONS or key == "serveClient":
             continue
         if key not in IO_OPTIONS:
             raise ConfigError(
@@ -325,6 +326,7 @@ def load_config(
             )
         ),
         socketio_options=_socketio_options(_mapping(section.get("io"), "io")),
+        serve_client=_mapping(section.get("io"), "io").get("serveClient", True) is not False,
         logging=_logging(section),
         limits=_limits(section, env),
     )

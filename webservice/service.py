@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,9 +23,19 @@ from transport.http_server import CappedSite, ConnectionCap, usable_connections
 from transport.node_bus import LocalBus, NodeBus, RedisBus
 from transport.send import SendHandler
 from transport.site_namespace import SiteNamespace
-from transport.socketio_server import IndexedManager, IndexedRedisManager, SocketIOServer
+from transport.socketio_adapter import (
+    IncompatibleVersion,
+    IndexedManager,
+    IndexedRedisManager,
+    SocketIOServer,
+    check_compatible,
+)
 from webservice.config import Config
 
+# The browser client pages of the original load from the service itself (socket.io's
+# serveClient): socket.io-client 2.5.0, the last of the line the original's pages were written
+# for, shipped with its MIT license beside it.
+CLIENT_BUNDLE = Path(__file__).parent / "static" / "socket.io.js"
 HEALTH_TIMEOUT = 2.0
 DEFAULT_MAX_PACKET = 100_000  # bytes, io.maxHttpBufferSize
 DRAIN_TIMEOUT = 5.0
@@ -77,6 +88,8 @@ class Service:
         self.sio.attach(self.app)
         self.app.router.add_get("/healthcheck", self.healthcheck)
         self.app.router.add_post("/send", self._send)
+        if config.serve_client:
+            self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
         self.namespaces: dict[str, SiteNamespace] = {}
         self.dispatcher = Dispatcher(self.node_id, self.namespaces)
         self.bus: NodeBus = LocalBus()
@@ -99,6 +112,10 @@ class Service:
     async def start(self) -> None:
         """Open the store, then listen; raises :class:`StartupError` with one line if either
         cannot be done (the caller then calls ``stop``)."""
+        try:
+            check_compatible()
+        except IncompatibleVersion as exc:
+            raise StartupError(str(exc)) from None
         try:
             await self.store.open()
         except StoreUnavailable as exc:
@@ -167,6 +184,12 @@ class Service:
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None
         return await self._send_handler(request)
+
+    async def client_bundle(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(
+            CLIENT_BUNDLE,
+            headers={"Content-Type": "application/javascript", "Cache-Control": "max-age=3600"},
+        )
 
     async def healthcheck(self, request: web.Request) -> web.Response:
         if self.draining:

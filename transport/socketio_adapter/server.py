@@ -31,12 +31,21 @@ import engineio
 import socketio
 from aiohttp import web
 from aiohttp.web import WebSocketResponse
+from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 from loguru import logger
 
 from actors.mailbox import Mailbox
 from transport.limits import Limits
+from transport.socketio_adapter.legacy import (
+    LEGACY,
+    LegacySocket,
+    as_protocol_4_query,
+    connect_reply,
+    connect_with_auth,
+    encode_payload,
+)
 
 ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack id, then args
 
@@ -92,6 +101,8 @@ class _CachedBody:
 
 def _translate_request(request: web.Request) -> dict[str, Any]:
     environ: dict[str, Any] = aiohttp_driver.translate_request(request)
+    if LEGACY.get():
+        environ["QUERY_STRING"] = as_protocol_4_query(environ["QUERY_STRING"])
     body = request.get(_BODY)
     if body is not None:
         environ["wsgi.input"] = _CachedBody(body)
@@ -123,6 +134,16 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         """A polling POST's body is read here, within ``read_timeout`` and the packet limit:
         Engine.IO would wait for a trickling body for ever, and answers one over the limit by
         closing the session in a way that waits for a poll the client will never make."""
+        legacy = request.query.get("EIO") == "3"
+        if legacy and "j" in request.query:
+            return web.Response(status=400, text="JSONP polling is not supported: use XHR")
+        token = LEGACY.set(legacy)
+        try:
+            return await self._handle_request(request)
+        finally:
+            LEGACY.reset(token)
+
+    async def _handle_request(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST":
             try:
                 async with asyncio.timeout(self.read_timeout):
@@ -138,6 +159,57 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
             request[_BODY] = body
         response: web.StreamResponse = await super().handle_request(request)
         return response
+
+    async def _handle_connect(
+        self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
+    ) -> Any:
+        """A new session: python-engineio's for protocol 4; for protocol 3 the same steps with
+        a ``LegacySocket`` (python-engineio builds its own socket class here)."""
+        if not LEGACY.get():
+            return await super()._handle_connect(environ, transport, jsonp_index)
+        if self.start_service_task:  # type: ignore[has-type]  # it times out silent sessions
+            self.start_service_task = False
+            self.service_task_handle = self.start_background_task(self._service_task)
+        sid = self.generate_id()
+        socket = LegacySocket(self, sid)
+        self.sockets[sid] = socket
+        opened = {
+            "sid": sid,
+            "upgrades": self._upgrades(sid, transport),
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval * 1000),
+        }
+        await socket.send(eio_packet.Packet(eio_packet.OPEN, opened))
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            del self.sockets[sid]
+            return self._unauthorized(accepted or None)
+        if transport == "websocket":
+            response = await socket.handle_get_request(environ)
+            if socket.closed and sid in self.sockets:
+                del self.sockets[sid]
+            return response
+        socket.connected = True
+        try:
+            return self._ok(await socket.poll(), jsonp_index=jsonp_index)
+        except eio_exceptions.QueueEmpty:
+            return self._bad_request()
+
+    def _ok(
+        self,
+        packets: list[eio_packet.Packet] | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        jsonp_index: int | None = None,
+    ) -> dict[str, Any]:
+        """A polling answer: protocol 3 frames its packets its own way."""
+        if packets is None or not LEGACY.get():
+            answer: dict[str, Any] = super()._ok(packets, headers, jsonp_index)
+            return answer
+        return {
+            "status": "200 OK",
+            "headers": [*(headers or []), ("Content-Type", "text/plain; charset=UTF-8")],
+            "response": encode_payload(packets).encode(),
+        }
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
@@ -212,6 +284,8 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
                 if callback is not None:
                     callback()
                     return
+        if isinstance(data, str) and data[:1] == "0" and self._is_legacy(eio_sid):
+            data = connect_with_auth(data)
         if eio_sid not in self._joined:
             count = self._unjoined_packets.get(eio_sid, 0) + 1
             self._unjoined_packets[eio_sid] = count
@@ -222,6 +296,15 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             self._drop_sid(eio_sid, f"bad packet ({str(exc)[:100]})")
+
+    def _is_legacy(self, eio_sid: str) -> bool:
+        return isinstance(self.eio.sockets.get(eio_sid), LegacySocket)
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        if pkt.packet_type in (0, 4) and self._is_legacy(eio_sid):  # CONNECT, CONNECT_ERROR
+            await self.eio.send(eio_sid, connect_reply(pkt.packet_type, pkt.namespace, pkt.data))
+            return
+        await super()._send_packet(eio_sid, pkt)
 
     def _drop_sid(self, eio_sid: str, reason: str) -> None:
         socket = self.eio.sockets.get(eio_sid)

@@ -1,0 +1,15 @@
+"""Everything that reaches into python-socketio's and python-engineio's internals, in one place:
+the server and managers we tune (``server``), Engine.IO protocol 3 beside their protocol 4
+(``legacy``), and the start-up check that the installed versions have what both need
+(``compatibility``)."""
+
+from transport.socketio_adapter.compatibility import IncompatibleVersion, check_compatible
+from transport.socketio_adapter.server import IndexedManager, IndexedRedisManager, SocketIOServer
+
+__all__ = [
+    "IncompatibleVersion",
+    "IndexedManager",
+    "IndexedRedisManager",
+    "SocketIOServer",
+    "check_compatible",
+]
