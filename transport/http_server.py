@@ -3,8 +3,8 @@
 A flood of idle TCP connections would otherwise take every file descriptor, and then nobody
 connects, not even the load balancer's health check. Past the cap a new connection gets a
 plain ``503`` and is closed at once; the cap is lowered to what the open-files limit allows.
-Idle connections and requests whose headers never complete are closed by aiohttp after the
-keep-alive timeout (``Limits.keepalive_timeout``), which it arms from the first byte on.
+A connection whose first request's headers are not complete within ``http_read_timeout`` is
+closed (slowloris); idle keep-alive connections are aiohttp's, after ``keepalive_timeout``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def usable_connections(wanted: int) -> int:
 
 
 class ConnectionCap:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, header_timeout: float) -> None:
         self.limit = limit
+        self.header_timeout = header_timeout
         self.open = 0
         self.refused = 0
         self._logged_at = 0.0
@@ -69,12 +70,14 @@ class ConnectionCap:
 class _CappedProtocol(asyncio.Protocol):
     """aiohttp's protocol for one connection, counted; or a refusal past the cap."""
 
-    __slots__ = ("_cap", "_counted", "_inner")
+    __slots__ = ("_cap", "_counted", "_head_tail", "_header_timer", "_inner")
 
     def __init__(self, inner: Any, cap: ConnectionCap) -> None:
         self._inner = inner
         self._cap = cap
         self._counted = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._head_tail = b""  # the last bytes seen while the headers are incomplete
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._cap.open >= self._cap.limit:
@@ -85,15 +88,30 @@ class _CappedProtocol(asyncio.Protocol):
             return
         self._cap.open += 1
         self._counted = True
+        self._header_timer = asyncio.get_running_loop().call_later(
+            self._cap.header_timeout,
+            transport.abort,  # type: ignore[attr-defined]
+        )
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
         if self._counted:
             self._counted = False
             self._cap.open -= 1
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._header_timer is not None:
+            head = self._head_tail + data
+            if b"\r\n\r\n" in head:
+                self._header_timer.cancel()
+                self._header_timer = None
+                self._head_tail = b""
+            else:
+                self._head_tail = head[-3:]
         if self._counted:
             self._inner.data_received(data)
 

@@ -39,7 +39,8 @@ class Limits:
     write_timeout: int = 30
     """Seconds one write to a socket may stay blocked before the socket is dropped."""
     http_read_timeout: int = 60
-    """Seconds to receive a request's headers, and again its body (nginx's defaults)."""
+    """Seconds to receive a connection's first request headers, and a request's body (nginx's
+    client_header_timeout and client_body_timeout)."""
     keepalive_timeout: int = 75
     """Seconds an idle keep-alive HTTP connection is kept open."""
     max_connections: int = 0

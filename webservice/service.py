@@ -150,7 +150,10 @@ class Service:
         )
         await self.runner.setup()
         try:
-            cap = ConnectionCap(usable_connections(self.config.limits.max_connections))
+            limits = self.config.limits
+            cap = ConnectionCap(
+                usable_connections(limits.max_connections), limits.http_read_timeout
+            )
             await CappedSite(self.runner, self.config.host, self.config.port, cap).start()
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"

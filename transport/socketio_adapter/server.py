@@ -57,6 +57,10 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
     writing_since = 0.0
     transport: Any = None
 
+    def __init__(self, handler: Any, server: Any) -> None:
+        super().__init__(handler, server)
+        self.server = server  # python-engineio keeps it only from 4.12 on
+
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
         self._sock = WebSocketResponse(
@@ -294,7 +298,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
                 return
         try:
             await super()._handle_eio_message(eio_sid, data)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
             self._drop_sid(eio_sid, f"bad packet ({str(exc)[:100]})")
 
     def _is_legacy(self, eio_sid: str) -> bool:
@@ -363,7 +367,8 @@ class _IndexedRooms:
         for room in self._rooms_of.pop((namespace, sid), set()):
             super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
         self.callbacks.pop(sid, None)
-        for pending in (self.pending_connect, self.pending_disconnect):
+        for name in ("pending_connect", "pending_disconnect"):  # the first only from 5.18
+            pending: dict[str, list[str]] = getattr(self, name, {})
             waiting = pending.get(namespace)
             if waiting is not None and sid in waiting:
                 waiting.remove(sid)
