@@ -40,6 +40,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chart", help="write the PNG chart here (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
+        "--client",
+        choices=["eio4", "eio3", "both"],
+        default="eio4",
+        help="simulated clients: Engine.IO v4 (socket.io-client 3/4), v3 (1.x/2.x), or both",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         default="NORMAL",
         choices=["FULL", "NORMAL"],
@@ -54,10 +60,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-async def run_one(target: Target, store: str, n: int, scenarios: list[str]) -> list[Result]:
+async def run_one(
+    target: Target, store: str, n: int, scenarios: list[str], protocol: int = 4
+) -> list[Result]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        bench = Bench(target, store, n, http)
+        bench = Bench(target, store, n, http, protocol)
         results = [await bench.connect()]
         for name in scenarios:
             if name != "connect":
@@ -65,6 +73,9 @@ async def run_one(target: Target, store: str, n: int, scenarios: list[str]) -> l
         await bench.close()
     if "connect" not in scenarios:
         results = results[1:]
+    if protocol == 3:
+        for result in results:
+            result.scenario += " eio3"
     return results
 
 
@@ -97,22 +108,23 @@ async def main() -> None:
     rows: list[dict[str, Any]] = []
     stores = ["redis", "sqlite"] if args.store == "both" else [args.store]
     every_run: list[dict[str, Any]] = []
-    for store in stores:
+    protocols = {"eio4": [4], "eio3": [3], "both": [4, 3]}[args.client]
+    for store, protocol in [(store, protocol) for store in stores for protocol in protocols]:
         for n in sizes:
             runs: list[list[dict[str, Any]]] = []
             for attempt in range(args.repeat):
                 print(
-                    f"{store}, N={n}"
+                    f"{store}, N={n}, Engine.IO v{protocol}"
                     + (f", run {attempt + 1}/{args.repeat}" if args.repeat > 1 else "")
                 )
                 if args.url:
                     target = Target(args.url, args.service_pid, args.redis_pid)
-                    results = await run_one(target, store, n, scenarios)
+                    results = await run_one(target, store, n, scenarios, protocol)
                 else:
                     environment = Environment(store, sqlite_synchronous=args.sqlite_synchronous)
                     target = await environment.start()
                     try:
-                        results = await run_one(target, store, n, scenarios)
+                        results = await run_one(target, store, n, scenarios, protocol)
                     finally:
                         await environment.stop()
                 runs.append([result.figures() for result in results])

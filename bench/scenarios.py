@@ -211,12 +211,31 @@ async def gather_limited(work: Sequence[Callable[[], Awaitable[None]]], limit: i
 class Bench:
     """One store, one target, N clients that stay for every scenario of the run."""
 
-    def __init__(self, target: Target, store: str, clients: int, http: aiohttp.ClientSession):
+    def __init__(
+        self,
+        target: Target,
+        store: str,
+        clients: int,
+        http: aiohttp.ClientSession,
+        protocol: int = 4,
+    ):
         self.target, self.store, self.n, self.http = target, store, clients, http
         self.run_id = random.randrange(16**6)
+        self.protocol = protocol
         self.clients = [
-            SimClient(target.url, SITE, f"r{self.run_id:06x}u{i}", "d") for i in range(clients)
+            SimClient(target.url, SITE, f"r{self.run_id:06x}u{i}", "d", protocol=protocol)
+            for i in range(clients)
         ]
+        self._pinger: asyncio.Task[None] | None = None
+        if protocol == 3:
+            self._pinger = asyncio.get_running_loop().create_task(self._ping_forever())
+
+    async def _ping_forever(self) -> None:
+        """Protocol 3 clients ping the server, as socket.io-client 1.x/2.x do every 25 s."""
+        while True:
+            await asyncio.sleep(20)
+            for client in self.clients:
+                await client.ping()
 
     def _connect_jobs(self, clients: Sequence[SimClient], progress: Progress) -> list[Any]:
         async def connect(client: SimClient) -> None:
@@ -416,4 +435,6 @@ class Bench:
         )
 
     async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
         await asyncio.gather(*(client.close() for client in self.clients), return_exceptions=True)

@@ -1,4 +1,5 @@
-"""A simulated client that speaks Engine.IO v4 / Socket.IO v5 over one aiohttp websocket.
+"""A simulated client that speaks Engine.IO v4 / Socket.IO v5 over one aiohttp websocket, or
+Engine.IO v3 / Socket.IO v4 as socket.io-client 1.x and 2.x do (``protocol=3``).
 
 Thousands of these fit in one process, far cheaper than a client object each, so the load
 generator is not what limits the figures. It answers pings, acks every message as it arrives
@@ -38,6 +39,7 @@ class SimClient:
     settings: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     on_receipt: Any = None  # called with the client after each receipt
+    protocol: int = 4  # Engine.IO protocol: 3 is what the original's clients speak
     _leaving: bool = False
     _ws: aiohttp.ClientWebSocketResponse | None = None
     _reader: asyncio.Task[None] | None = None
@@ -45,7 +47,12 @@ class SimClient:
 
     async def connect(self, http: aiohttp.ClientSession) -> None:
         query = urlencode(
-            {"EIO": "4", "transport": "websocket", "token": self.token, "deviceId": self.device}
+            {
+                "EIO": str(self.protocol),
+                "transport": "websocket",
+                "token": self.token,
+                "deviceId": self.device,
+            }
         )
         url = self.base_url.replace("http", "ws", 1) + f"/socket.io/?{query}"
         self.settings.clear()
@@ -56,6 +63,11 @@ class SimClient:
         self._reader = asyncio.create_task(self._read())
         await self._connected
         await self.settings.wait()
+
+    async def ping(self) -> None:
+        """Protocol 3: the client keeps its session alive (the server answers ``3``)."""
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.send_str("2")
 
     async def close(self) -> None:
         # As socket.io-client does: after its disconnect, nothing more reaches the app. (A
@@ -77,7 +89,7 @@ class SimClient:
                     break
                 data: str = frame.data
                 kind = data[0]
-                if kind == "2":  # Engine.IO ping
+                if kind == "2" and self.protocol == 4:  # Engine.IO ping (v4: the server's)
                     await self._ws.send_str("3")
                 elif kind == "0":  # Engine.IO open: join the site's namespace
                     await self._ws.send_str(f"40{prefix}")

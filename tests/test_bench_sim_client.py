@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from bench.sim_client import ConnectRefused, SimClient
 from tests.harness import Harness
@@ -19,12 +20,15 @@ async def until_received(client: SimClient, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_sim_client_matches_the_python_socketio_client(harness: Harness) -> None:
+@pytest.mark.parametrize("protocol", [4, 3])
+async def test_sim_client_matches_the_python_socketio_client(
+    harness: Harness, protocol: int
+) -> None:
     await harness.start()
     harness.stub.default_rooms = None
     harness.stub.answers.update({"sim": ["user_sim", "staff"], "real": ["user_real", "staff"]})
     async with aiohttp.ClientSession() as http:
-        sim = SimClient(harness.url, "shop", "sim", "d1")
+        sim = SimClient(harness.url, "shop", "sim", "d1", protocol=protocol)
         await sim.connect(http)  # returns once _settings arrived, as the harness's connect
         real = await harness.connect("shop", "real", "d1")
 
