@@ -70,3 +70,19 @@ def test_a_store_or_address_that_cannot_be_used(
     assert result.returncode == 1
     line = one_line(result)
     assert "cannot start: " in line and says in line
+
+
+def test_an_installed_library_missing_what_the_adapter_uses_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engineio import async_socket
+
+    from transport.socketio_adapter import IncompatibleVersion, check_compatible
+
+    check_compatible()  # the installed versions have everything
+    monkeypatch.delattr(async_socket.AsyncSocket, "schedule_ping")
+    with pytest.raises(IncompatibleVersion) as error:
+        check_compatible()
+    message = str(error.value)
+    assert "AsyncSocket.schedule_ping" in message and "\n" not in message
+    assert "python-engineio" in message
