@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from bench.processes import free_port
 from tests.harness import SiteStub, connect
+from tests.test_hostile_input import send_frames
 from webservice.config import Config, SiteConfig
 from webservice.service import Service
 
@@ -170,25 +171,14 @@ frames = st.lists(
 )
 
 
-async def send_frames(url: str, frames: list[str | bytes], join: bool) -> None:
+async def connect_and_send(url: str, frames: list[str | bytes], join: bool) -> None:
     query = "EIO=4&transport=websocket&token=t2&deviceId=fuzz"
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(url.replace("http", "ws", 1) + f"/socket.io/?{query}") as ws,
     ):
         await ws.receive(timeout=5)  # Engine.IO open
-        if join:
-            await ws.send_str("40/shop,")
-        for frame in frames:
-            if ws.closed:
-                break
-            try:
-                if isinstance(frame, bytes):
-                    await ws.send_bytes(frame)
-                else:
-                    await ws.send_str(frame)
-            except (ConnectionResetError, RuntimeError):
-                break
+        await send_frames(ws, ["40/shop,", *frames] if join else frames)
 
 
 @FUZZ_SETTINGS
@@ -196,16 +186,15 @@ async def send_frames(url: str, frames: list[str | bytes], join: bool) -> None:
 def test_fuzzed_client_packets(
     threaded: ThreadedService, frames: list[str | bytes], join: bool
 ) -> None:
-    asyncio.run(send_frames(threaded.url, frames, join))
+    asyncio.run(connect_and_send(threaded.url, frames, join))
     assert threaded.healthy()
 
 
 def test_after_fuzzing_a_real_client_still_gets_its_messages(threaded: ThreadedService) -> None:
     async def bystander() -> list[int]:
         client = await connect(threaded.url, "shop", "t1", "d1")
-        asyncio.get_running_loop().run_in_executor(None, threaded.healthy)
         for _ in range(20):
-            await send_frames(threaded.url, ["4zz", b"\x00", "42/shop,[", "40/nope,"], True)
+            await connect_and_send(threaded.url, ["4zz", b"\x00", "42/shop,[", "40/nope,"], True)
         async with aiohttp.ClientSession() as http:
             await http.post(
                 f"{threaded.url}/send?site=shop&apiKey=key",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import aiohttp
@@ -153,8 +153,9 @@ async def closed_by_server(ws: aiohttp.ClientWebSocketResponse) -> None:
             return
 
 
-async def flood(ws: aiohttp.ClientWebSocketResponse, frame: str | bytes, count: int) -> None:
-    for _ in range(count):
+async def send_frames(ws: aiohttp.ClientWebSocketResponse, frames: Iterable[str | bytes]) -> None:
+    """Until the server closes the connection."""
+    for frame in frames:
         if ws.closed:
             return
         try:
@@ -178,7 +179,7 @@ async def test_bad_packets_close_the_socket_with_one_log_line(
     harness.stub.answers["t1"] = ["user_1"]
     bystander = await harness.connect("shop", "t1")
     ws = await raw_websocket(harness)
-    await flood(ws, frame, 2_000)
+    await send_frames(ws, [frame] * 2_000)
     await closed_by_server(ws)
     dropped = [line for line in logs if "dropped" in line]
     assert len(dropped) == 1, dropped

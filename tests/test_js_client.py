@@ -1,4 +1,5 @@
-"""End to end with the official JS client (socket.io-client v4 under Node), on both stores."""
+"""End to end with the official JS clients under Node (socket.io-client 1.7, 2.5 and 4.8), on
+both stores, over websocket, polling, and polling upgraded to websocket."""
 
 from __future__ import annotations
 
@@ -15,41 +16,13 @@ from tests.test_delivery import wait_for_empty_queue
 E2E = Path(__file__).parent / "e2e"
 
 
-async def test_official_js_client_connect_live_batch_resync_and_errors(harness: Harness) -> None:
-    node = shutil.which("node")
-    if node is None or not (E2E / "node_modules" / "socket.io-client").is_dir():
-        pytest.fail("node and tests/e2e/node_modules are needed: run `npm ci` in tests/e2e")
-    await harness.start(device_ttl=600)
-    harness.stub.answers["t1"] = ["user_1", "staff"]
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(E2E / "scenario.mjs"),
-        harness.url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
-    assert process.returncode == 0, f"{lines}\n{stderr.decode()}"
-    steps = {line["step"]: line for line in lines}
-    assert steps["settings"]["settings"] == {"device_ttl": 600}
-    assert steps["live"] == {"step": "live", "entityType": "user", "entity": {"id": 1, "age": 5}}
-    assert steps["batch"]["events"] == [["update_store", "offer", {"id": 2}], ["notice", "hello"]]
-    assert steps["resync"]["received"] == [1, 2]
-    assert steps["connect_error"]["message"] == "Authentication failed"
-    # The batch and the live message were acked; the resync cleared "sync".
-    await wait_for_empty_queue(harness, "user_1", "js-device")
-
-
 async def test_official_js_client_that_acks_and_disconnects_at_once_never_gets_it_again(
     harness: Harness,
 ) -> None:
     """Invariant 5 under churn: 20 users, 15 rounds each, alternating polling-with-upgrade and
     websocket; each round acks a live message and disconnects in the same tick, while a shared
     room gets a message every 5 ms. No acked message may come back in a later _batch."""
-    node = shutil.which("node")
-    if node is None or not (E2E / "node_modules" / "socket.io-client").is_dir():
-        pytest.fail("node and tests/e2e/node_modules are needed: run `npm ci` in tests/e2e")
+    node = node_or_fail()
     await harness.start()
     for i in range(20):
         harness.stub.answers[f"t{i}"] = [f"user_{i}", "staff"]
@@ -69,20 +42,20 @@ async def test_official_js_client_that_acks_and_disconnects_at_once_never_gets_i
     assert result["duplicates"] == 0, result
 
 
-LEGACY_CLIENTS = [(v, m) for v in ("v1", "v2") for m in ("websocket", "polling", "upgrade")]
+CLIENTS = [(v, m) for v in ("v1", "v2", "v4") for m in ("websocket", "polling", "upgrade")]
 
 
 def node_or_fail() -> str:
     node = shutil.which("node")
-    if node is None or not (E2E / "node_modules" / "socket.io-client-v2").is_dir():
+    if node is None or not (E2E / "node_modules" / "socket.io-client-v1").is_dir():
         pytest.fail("node and tests/e2e/node_modules are needed: run `npm ci` in tests/e2e")
     return node
 
 
-async def run_legacy_scenario(*args: str) -> dict[str, dict[str, object]]:
+async def run_scenario(*args: str) -> dict[str, dict[str, object]]:
     process = await asyncio.create_subprocess_exec(
         node_or_fail(),
-        str(E2E / "legacy_scenario.cjs"),
+        str(E2E / "scenario.cjs"),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -99,18 +72,20 @@ def assert_original_behaviour(steps: dict[str, dict[str, object]], mode: str) ->
     assert steps["live"]["entity"] == {"id": 1, "age": 5, "name": "Zoë 🚀"}
     assert steps["batch"]["events"] == [["update_store", "offer", {"id": 2}], ["notice", "hello"]]
     assert steps["resync"]["received"] == [1, 2]
-    # The ERROR packet a v1/v2 client raises as its "error" event, with the original's text.
+    # What the client raises (v1/v2: the "error" event; v4: connect_error) has the original's
+    # text, so that `reason.indexOf("Auth") === 0` still sends the user to log in.
     assert steps["error"] == {"step": "error", "reason": "Authentication failed", "goToLogin": True}
 
 
-@pytest.mark.parametrize(("version", "mode"), LEGACY_CLIENTS)
-async def test_the_originals_clients_work_unchanged(
+@pytest.mark.parametrize(("version", "mode"), CLIENTS)
+async def test_every_client_version_works_unchanged(
     harness: Harness, version: str, mode: str
 ) -> None:
-    """socket.io-client 1.7.4 and 2.5.0 (Engine.IO v3), as deployed against the original."""
+    """socket.io-client 1.7.4 and 2.5.0 (Engine.IO v3) as deployed against the original, and
+    4.8 (Engine.IO v4): connect, live with ack, _batch, _resync, a refused connect."""
     await harness.start()
     harness.stub.answers["t1"] = ["user_1", "staff"]
-    steps = await run_legacy_scenario(harness.url, version, mode)
+    steps = await run_scenario(harness.url, version, mode)
     assert_original_behaviour(steps, mode)
     await wait_for_empty_queue(harness, "user_1", f"legacy-{version}-{mode}")
     assert harness.stub.auth_requests[0]["X-META"] == "appName:stock"

@@ -342,10 +342,10 @@ async def test_an_ack_sent_while_redis_is_down_is_kept_and_applied_when_it_is_ba
 async def test_legacy_clients_on_one_node_get_sends_made_on_another(
     start_nodes: StartNodes, stub: SiteStub, redis_url: str, observer: RedisStore, version: str
 ) -> None:
-    from tests.test_js_client import assert_original_behaviour, run_legacy_scenario
+    from tests.test_js_client import assert_original_behaviour, run_scenario
 
     a, b = await start_nodes(2, REDIS_URL=redis_url)
     stub.answers["t1"] = ["user_1", "staff"]
-    steps = await run_legacy_scenario(b.url, version, "upgrade", a.url)
+    steps = await run_scenario(b.url, version, "upgrade", a.url)
     assert_original_behaviour(steps, "upgrade")
     await wait_for_queue(observer, "user_1", f"legacy-{version}-upgrade", [])

@@ -1,11 +1,13 @@
-// The original's own clients, socket.io-client 1.7 and 2.5 (Engine.IO v3), written the way
-// pages and apps written against the original use them (the v1/v2 API, unchanged): a query in
-// the URL, forceNew, callbacks as acks, "error" with the original's text on a refused connect.
+// The official socket.io-client, every version a site's pages and apps may run: 1.7 and 2.5
+// (Engine.IO v3, what the original served) and 4.8, used the way code written against the
+// original uses them: a query in the URL, forceNew, callbacks as acks, and a refused connect
+// read from "error" (1.x/2.x) or "connect_error" (3.x/4.x) with the original's text.
 // Prints one JSON line per step; exits 1 on the first failure.
-// Usage: node legacy_scenario.cjs <service url> <v1|v2> <websocket|polling|upgrade> [send url]
+// Usage: node scenario.cjs <service url> <v1|v2|v4> <websocket|polling|upgrade> [send url]
 // (the send url: another node of the same service, where the site posts its /send)
 const [base, version, mode, sendBase = base] = process.argv.slice(2);
-const io = require(version === "v1" ? "socket.io-client-v1" : "socket.io-client-v2");
+const PACKAGES = { v1: "socket.io-client-v1", v2: "socket.io-client-v2", v4: "socket.io-client" };
+const io = require(PACKAGES[version]);
 const SITE = "shop";
 const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], upgrade: ["polling", "websocket"] }[mode];
 
@@ -30,7 +32,9 @@ function connect(token, deviceId, handlers = {}) {
     const url = `${base}/${SITE}?token=${token}&deviceId=${deviceId}&meta=appName:stock`;
     const socket = io(url, { autoConnect: false, forceNew: true, reconnection: false, transports: TRANSPORTS });
     for (const [event, handler] of Object.entries(handlers)) socket.on(event, handler);
-    socket.on("error", (reason) => reject(Object.assign(new Error(String(reason)), { reason, socket })));
+    const refused = (reason) => reject(Object.assign(new Error(String(reason)), { reason, socket }));
+    if (version === "v4") socket.on("connect_error", (err) => refused(err.message));
+    else socket.on("error", refused);
     socket.on("connect_error", (err) => reject(new Error(`connect_error: ${err && err.message || err}`)));
     socket.on("_settings", (settings) => resolve({ socket, settings }));
     if (typeof socket.open === "function") socket.open(); else socket.connect();
