@@ -78,6 +78,7 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         except (ValueError, TypeError, IndexError) as exc:  # an Engine.IO frame it cannot read
             logger.warning("client {} dropped: undecodable frame ({})", eio_socket.sid, exc)
             await eio_socket.close(wait=False, abort=True)
+            eio_socket.queue.put_nowait(None)  # ends Engine.IO's writer task for this socket
         finally:
             self.server.websockets.discard(self)
         return self._sock
