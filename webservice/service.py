@@ -4,7 +4,6 @@ and on Redis the links between nodes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -205,22 +204,6 @@ class Service:
             return web.Response(status=503, text="unhealthy: cross-node listener is down")
         return web.Response(text="ok")
 
-    async def _stop_manager_listener(self) -> None:
-        """python-socketio starts the Redis manager's listener and never stops it: stop it
-        here, so that shutdown does not depend on how it takes a cancel at interpreter exit."""
-        manager = self.sio.manager
-        listener = getattr(manager, "thread", None)
-        if listener is None:
-            return
-        listener.cancel()
-        _, pending = await asyncio.wait({listener}, timeout=DRAIN_TIMEOUT)
-        if pending:
-            logger.warning("the Redis manager's listener did not stop in {}s", DRAIN_TIMEOUT)
-        for connection in (getattr(manager, "pubsub", None), getattr(manager, "redis", None)):
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.aclose()
-
     async def stop(self) -> None:
         """SIGTERM: stop accepting, finish every /send in progress, close sockets so clients
         reconnect elsewhere, record their disconnects, then close the store."""
@@ -239,7 +222,8 @@ class Service:
         for task in (self._heartbeat, self._watchdog):
             if task is not None:
                 task.cancel()
-        await self._stop_manager_listener()
+        if isinstance(self.sio.manager, IndexedRedisManager):
+            await self.sio.manager.stop_listener(DRAIN_TIMEOUT)
         await self.bus.stop()
         if self.http is not None:
             await self.http.close()

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -386,3 +387,26 @@ class IndexedManager(_IndexedRooms, socketio.AsyncManager):  # type: ignore[misc
 
 class IndexedRedisManager(_IndexedRooms, socketio.AsyncRedisManager):  # type: ignore[misc]
     """Several nodes: broadcasts to rooms reach every node through Redis."""
+
+    async def stop_listener(self, timeout: float) -> None:
+        """python-socketio starts this manager's Redis listener and never stops it. A cancel
+        that lands inside redis-py's read can be swallowed (the listener then retries), and a
+        test's or the interpreter's final cancel would wait for it for ever: so cancel until it
+        ends, closing its connections after the first try so it waits in a plain sleep."""
+        listener = getattr(self, "thread", None)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while listener is not None and not listener.done():
+            listener.cancel()
+            await asyncio.wait({listener}, timeout=0.5)
+            if not listener.done():
+                await self._close_connections()
+                if asyncio.get_running_loop().time() > deadline:
+                    logger.warning("the Redis manager's listener did not stop in {}s", timeout)
+                    return
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        for connection in (getattr(self, "pubsub", None), getattr(self, "redis", None)):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.aclose()
