@@ -119,3 +119,30 @@ async def test_a_user_with_a_legacy_device_and_a_current_one_gets_everything_on_
     legacy = [json.loads(line) for line in (await process.stdout.read()).decode().splitlines()]
     assert await process.wait() == 0
     assert [line["args"][0] for line in legacy] == list(range(6))
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_legacy_clients_on_a_plain_site_get_its_broadcasts(
+    harness: Harness, version: str
+) -> None:
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1", "staff"]
+    process = await asyncio.create_subprocess_exec(
+        node_or_fail(),
+        str(E2E / "legacy_listen.cjs"),
+        harness.url,
+        version,
+        "polling",
+        "t1",
+        "d",
+        "3",
+        "news",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert json.loads(await asyncio.wait_for(process.stdout.readline(), 10)) == {"ready": True}
+    for n in range(3):
+        assert await harness.send("news", ["staff"], "n", n) == (200, "OK")
+    lines = [json.loads(line) for line in (await process.stdout.read()).decode().splitlines()]
+    assert await process.wait() == 0
+    assert [line["args"] for line in lines] == [[0], [1], [2]]
