@@ -30,7 +30,6 @@ from urllib.parse import parse_qsl
 import orjson
 from engineio import async_socket, exceptions
 from engineio import packet as eio_packet
-from loguru import logger
 
 LEGACY: ContextVar[bool] = ContextVar("socketio_webservice_eio3", default=False)
 """Set while an ``EIO=3`` request is being handled."""
@@ -137,8 +136,7 @@ class LegacySocket(async_socket.AsyncSocket):  # type: ignore[misc]
         try:
             packets = decode_payload(body.decode("utf-8"))
         except ValueError as exc:  # UnicodeDecodeError included
-            logger.warning("client {} dropped: bad payload ({})", self.sid, str(exc)[:100])
-            await self.close(wait=False, abort=True)
+            self.server.drop(self, f"bad payload ({str(exc)[:100]})")
             return
         for pkt in packets:
             await self.receive(pkt)

@@ -77,9 +77,7 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         try:
             await self.handler(self)
         except (ValueError, TypeError, IndexError) as exc:  # an Engine.IO frame it cannot read
-            logger.warning("client {} dropped: undecodable frame ({})", eio_socket.sid, exc)
-            await eio_socket.close(wait=False, abort=True)
-            eio_socket.queue.put_nowait(None)  # ends Engine.IO's writer task for this socket
+            self.server.drop(eio_socket, f"undecodable frame ({str(exc)[:100]})")
         finally:
             self.server.websockets.discard(self)
         return self._sock
@@ -135,6 +133,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         }
         self.websockets: set[_WebSocket] = set()
         self.read_timeout = 60.0
+        self._closing: set[asyncio.Future[Any]] = set()
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
         """A polling POST's body is read here, within ``read_timeout`` and the packet limit:
@@ -158,9 +157,8 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                 return web.Response(status=408, text="body not received in time")
             if len(body) > self.max_http_buffer_size:
                 socket = self.sockets.get(request.query.get("sid", ""))
-                if socket is not None and not (socket.closed or socket.closing):
-                    logger.warning("client {} dropped: a POST over the packet limit", socket.sid)
-                    await socket.close(wait=False, abort=True)
+                if socket is not None:
+                    self.drop(socket, "a POST over the packet limit")
                 return web.Response(status=413, text="payload over the packet limit")
             request[_BODY] = body
         response: web.StreamResponse = await super().handle_request(request)
@@ -220,6 +218,21 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
 
+    def drop(self, socket: Any, reason: str) -> None:
+        """Close an Engine.IO socket at once, with one log line, without waiting for its
+        writer: it may be stuck on a client that does not read. Every way a client is dropped
+        (bad input, a flood, not reading) comes here."""
+        if socket.closed or socket.closing:
+            return
+        logger.warning("client {} dropped: {}", socket.sid, reason)
+        websocket = getattr(socket, "websocket", None)
+        if websocket is not None:
+            websocket.abort()
+        closing = asyncio.ensure_future(socket.close(wait=False, abort=True))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        socket.queue.put_nowait(None)  # ends Engine.IO's writer, or the pending poll
+
 
 class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, limits: Limits | None = None, **kwargs: Any) -> None:
@@ -229,7 +242,6 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
-        self._closing: set[asyncio.Future[Any]] = set()
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
@@ -248,31 +260,18 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         if socket is None or socket.closed or socket.closing:
             return
         if socket.queue.qsize() >= self.limits.max_outgoing_queue:
-            self._drop(socket, f"{self.limits.max_outgoing_queue} packets waiting: not reading")
+            self.eio.drop(socket, f"{self.limits.max_outgoing_queue} packets waiting: not reading")
             return
         ack = "" if on_ack is None else str(self.manager._generate_ack_id(sid, on_ack))
         packet = f"2{namespace},{ack}{payload}"
         socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
-
-    def _drop(self, socket: Any, reason: str) -> None:
-        """Close an Engine.IO socket at once, without waiting for its writer (it may be stuck
-        on a client that does not read), with one log line."""
-        if socket.closed or socket.closing:
-            return
-        logger.warning("client {} dropped: {}", socket.sid, reason)
-        websocket = getattr(socket, "websocket", None)
-        if websocket is not None:
-            websocket.abort()
-        closing = asyncio.ensure_future(socket.close(wait=False, abort=True))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
 
     def drop_stalled_writers(self) -> None:
         """Drop every websocket whose current write has been blocked past ``write_timeout``."""
         deadline = time.monotonic() - self.limits.write_timeout
         for websocket in list(self.eio.websockets):
             if 0.0 < websocket.writing_since < deadline:
-                self._drop(websocket.handler.__self__, "a write blocked: not reading")
+                self.eio.drop(websocket.handler.__self__, "a write blocked: not reading")
 
     # --- in ----------------------------------------------------------------------------------
 
@@ -315,7 +314,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def _drop_sid(self, eio_sid: str, reason: str) -> None:
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
-            self._drop(socket, reason)
+            self.eio.drop(socket, reason)
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
