@@ -21,6 +21,13 @@ class AuthRejected(Exception):
     """The connect error the client sees; the texts are the Node original's, word for word."""
 
 
+class LoginRefused(AuthRejected):
+    """The site answered 401: this token (and meta) is refused, and will be for a while."""
+
+    def __init__(self) -> None:
+        super().__init__("Authentication failed")
+
+
 async def fetch_rooms(
     http: aiohttp.ClientSession, site: SiteConfig, token: str, meta: str, timeout: float
 ) -> list[str]:
@@ -35,7 +42,7 @@ async def fetch_rooms(
             site.auth_url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
         ) as response:
             if response.status == 401:
-                raise AuthRejected("Authentication failed")
+                raise LoginRefused()
             if response.status != 200:
                 raise AuthRejected(f"Auth {response.status} error")
             body = await response.read()
@@ -85,7 +92,7 @@ class AuthGate:
         until = self._refused.get(key)
         if until is not None:
             if until > time.monotonic():
-                raise AuthRejected("Authentication failed")
+                raise LoginRefused()
             del self._refused[key]
         try:
             async with asyncio.timeout(self.timeout if self._calls.locked() else None):
@@ -94,8 +101,8 @@ class AuthGate:
             raise AuthRejected("Auth error: busy, try again") from None
         try:
             rooms = await fetch_rooms(self.http, self.site, token, meta, self.timeout)
-        except AuthRejected as exc:
-            if str(exc) == "Authentication failed" and self.limits.auth_failure_cache:
+        except LoginRefused:
+            if self.limits.auth_failure_cache:
                 self._remember_refused(key)
             raise
         finally:
