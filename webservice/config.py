@@ -290,6 +290,7 @@ def load_config(
     if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
         raise ConfigError(f"sqlite.synchronous: must be FULL, EXTRA or NORMAL, not {synchronous!r}")
     _mapping(section.get("flakeid"), "flakeid")  # accepted for compatibility; seqs replace it
+    io = _mapping(section.get("io"), "io")
 
     return Config(
         sites=sites,
@@ -325,8 +326,8 @@ def load_config(
                 minimum=1,
             )
         ),
-        socketio_options=_socketio_options(_mapping(section.get("io"), "io")),
-        serve_client=_mapping(section.get("io"), "io").get("serveClient", True) is not False,
+        socketio_options=_socketio_options(io),
+        serve_client=io.get("serveClient", True) is not False,
         logging=_logging(section),
         limits=_limits(section, env),
     )

@@ -59,21 +59,15 @@ class _InterceptHandler(logging.Handler):
 def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
     """``secrets``: values to mask wherever they appear (the sites' api keys)."""
     secrets = list(secrets)
+
+    def add(stream: TextIO, level: str) -> None:
+        sink = RedactingSink(stream, secrets)
+        logger.add(sink, level=WINSTON_LEVELS.get(level, level), diagnose=False, backtrace=False)
+
     logger.remove()
-    logger.add(
-        RedactingSink(sys.stderr, secrets),
-        level=WINSTON_LEVELS.get(config.console_level, config.console_level),
-        diagnose=False,
-        backtrace=False,
-    )
+    add(sys.stderr, config.console_level)
     if config.file_path:
         path = Path(config.file_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        stream = path.open("a", encoding="utf-8")  # lives as long as the process
-        logger.add(
-            RedactingSink(stream, secrets),
-            level=WINSTON_LEVELS.get(config.file_level, config.file_level),
-            diagnose=False,
-            backtrace=False,
-        )
+        add(path.open("a", encoding="utf-8"), config.file_level)  # open as long as the process
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
