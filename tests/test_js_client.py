@@ -91,6 +91,35 @@ async def test_every_client_version_works_unchanged(
     assert harness.stub.auth_requests[0]["X-META"] == "appName:stock"
 
 
+class LegacyListener:
+    """One device with the original's client (``legacy_listen.cjs``), greeted and listening."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, url: str, version: str, mode: str, *args: str) -> LegacyListener:
+        process = await asyncio.create_subprocess_exec(
+            node_or_fail(),
+            str(E2E / "legacy_listen.cjs"),
+            url,
+            version,
+            mode,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        assert json.loads(await asyncio.wait_for(process.stdout.readline(), 10)) == {"ready": True}
+        return cls(process)
+
+    async def received(self) -> list[list[object]]:
+        """The args of each event it got, once it has got them all and exited."""
+        assert self.process.stdout is not None
+        lines = (await self.process.stdout.read()).decode().splitlines()
+        assert await self.process.wait() == 0, lines
+        return [json.loads(line)["args"] for line in lines]
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 async def test_a_user_with_a_legacy_device_and_a_current_one_gets_everything_on_both(
     harness: Harness, version: str
@@ -98,27 +127,12 @@ async def test_a_user_with_a_legacy_device_and_a_current_one_gets_everything_on_
     await harness.start()
     harness.stub.answers["t1"] = ["user_1", "staff"]
     current = await harness.connect("shop", "t1", "v4-phone")
-    process = await asyncio.create_subprocess_exec(
-        node_or_fail(),
-        str(E2E / "legacy_listen.cjs"),
-        harness.url,
-        version,
-        "upgrade",
-        "t1",
-        f"{version}-laptop",
-        "6",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    first = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
-    assert first == {"ready": True}
+    legacy = await LegacyListener.start(harness.url, version, "upgrade", "t1", "laptop", "6")
     for n in range(6):
         rooms = ["user_1"] if n % 2 else ["staff"]
         assert (await harness.send("shop", rooms, "n", n))[0] == 200
         assert (await current.next()).numbers() == [n]
-    legacy = [json.loads(line) for line in (await process.stdout.read()).decode().splitlines()]
-    assert await process.wait() == 0
-    assert [line["args"][0] for line in legacy] == list(range(6))
+    assert await legacy.received() == [[n] for n in range(6)]
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -127,22 +141,7 @@ async def test_legacy_clients_on_a_plain_site_get_its_broadcasts(
 ) -> None:
     await harness.start()
     harness.stub.answers["t1"] = ["user_1", "staff"]
-    process = await asyncio.create_subprocess_exec(
-        node_or_fail(),
-        str(E2E / "legacy_listen.cjs"),
-        harness.url,
-        version,
-        "polling",
-        "t1",
-        "d",
-        "3",
-        "news",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert json.loads(await asyncio.wait_for(process.stdout.readline(), 10)) == {"ready": True}
+    legacy = await LegacyListener.start(harness.url, version, "polling", "t1", "d", "3", "news")
     for n in range(3):
         assert await harness.send("news", ["staff"], "n", n) == (200, "OK")
-    lines = [json.loads(line) for line in (await process.stdout.read()).decode().splitlines()]
-    assert await process.wait() == 0
-    assert [line["args"] for line in lines] == [[0], [1], [2]]
+    assert await legacy.received() == [[0], [1], [2]]
