@@ -6,6 +6,7 @@ import asyncio
 
 from loguru import logger
 
+from actors.counts import DeliveryCounts
 from actors.messages import ActorMessage, CatchUp, Deliver
 from actors.outbox import Outbox
 from actors.user_actor import UserActor
@@ -21,6 +22,7 @@ class ActorRegistry:
         self.store = store
         self.outbox = outbox
         self.actors: dict[str, UserActor] = {}
+        self.counts = DeliveryCounts()
         self._tasks: dict[UserActor, asyncio.Task[None]] = {}
 
     def tell(self, user: str, message: ActorMessage) -> None:

@@ -86,6 +86,7 @@ class UserActor:
         "_busy",
         "_catch_up_queued",
         "_retries_waiting",
+        "counts",
         "devices",
         "mailbox",
         "outbox",
@@ -102,6 +103,7 @@ class UserActor:
         self.site = registry.site.name
         self.store: Store = registry.store
         self.outbox: Outbox = registry.outbox
+        self.counts = registry.counts
         self.mailbox: Mailbox[ActorMessage] = Mailbox()
         self.sockets: dict[str, SocketInfo] = {}
         self.devices: dict[str, DeviceLink] = {}
@@ -241,9 +243,11 @@ class UserActor:
             payload = '["_batch",[' + ",".join(m.payload for m in batch) + "]]"
             acked = [(m.seq, m.event) for m in batch]
             self.outbox.send(sid, payload, self._on_ack(info.device, acked))
+            self.counts.batched += len(batch)
         if info.resync_due:  # the batch is not all it missed: it must resync
             info.resync_due = False
             self.outbox.send(sid, RESYNC)
+            self.counts.resyncs += 1
 
     async def _detach(self, sid: str) -> None:
         info = self.sockets.pop(sid, None)
@@ -312,6 +316,7 @@ class UserActor:
     async def _reread(self, device: str, link: DeviceLink) -> None:
         """Send what the store holds past ``last_seq``: it has everything a gap is missing."""
         link.stop_waiting()
+        self.counts.rereads += 1
         await self._acks_written()
         missed = await self.store.read_queue(self.site, self.user, device, after_seq=link.last_seq)
         for stored in missed.messages:
@@ -332,6 +337,7 @@ class UserActor:
     def _send(
         self, sid: str, device: str, seq: int, event: str, payload: str, resync: bool
     ) -> None:
+        self.counts.live += 1
         if resync:
             ack = ResyncAck(sid, device, seq, event)
             self.outbox.send(sid, payload, lambda *_: self.tell(ack))
@@ -342,6 +348,7 @@ class UserActor:
 
     def _on_ack(self, device: str, acked: list[tuple[int, str]]) -> Any:
         def on_ack(*_client_args: Any) -> None:
+            self.counts.acked += len(acked)
             future = self.store.ack(self.site, self.user, device, acked)
             assert isinstance(future, asyncio.Future)
             self._acks_in_flight.add(future)
@@ -380,6 +387,7 @@ class UserActor:
         )
         if message.sid in self.sockets:
             self.outbox.send(message.sid, RESYNC)
+            self.counts.resyncs += 1
 
     # --- failures ----------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
-from loguru import logger
+
+from storage.stats import StoreStats
 
 
 class StoreUnavailable(Exception):
@@ -20,19 +21,6 @@ class StoreUnavailable(Exception):
 
 
 DEFAULT_MAX_QUEUE = 10_000
-
-
-def log_overflow(site: str, user: str, device: str, limit: int) -> None:
-    """A device's queue is full: from now on it misses messages, and gets ``_resync`` when it
-    next connects. Logged once per overflow, not once per message."""
-    logger.warning(
-        "site={} user={} device={}: queue full ({} messages); not storing more, "
-        "it gets _resync on its next connection",
-        site,
-        user,
-        device,
-        limit,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +128,7 @@ class Store(Protocol):
     device_ttl: int
     node_id: str
     max_queue: int
+    stats: StoreStats
 
     async def open(self) -> None:
         """Connect, create what is missing, and recover state a crash left behind."""
@@ -202,3 +191,11 @@ class Store(Protocol):
 
     async def shared_room_members(self, site: str, room: str) -> set[str]:
         """Users whose latest auth answer holds ``room`` and who have not expired."""
+
+    async def alive_nodes(self) -> list[str]:
+        """The service nodes that keep this store, alive by their heartbeats (for the status
+        page; SQLite: this one)."""
+
+    async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
+        """Messages stored and not yet acked, per site. Reads every queue: for the status
+        page and /metrics, which cache it, not for a hot path."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,7 +37,6 @@ from storage.base import (
     Message,
     StoredMessage,
     StoreUnavailable,
-    log_overflow,
 )
 from storage.coalesce import WriteCoalescer
 from storage.redis_keys import (
@@ -45,9 +45,11 @@ from storage.redis_keys import (
     event_member,
     node_devices,
     node_field,
+    nodes,
     site_prefix,
     unescape,
 )
+from storage.stats import StoreStats
 
 T = TypeVar("T")
 # Redis refusing writes, not a bug of ours: out of memory, a replica, a failed snapshot, loading.
@@ -79,6 +81,7 @@ class RedisStore:
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
         self.max_queue = max_queue
+        self.stats = StoreStats()
         # A burst (a thousand connects at once) waits for a free connection instead of
         # failing: the default pool refuses past 100 at once.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -117,10 +120,14 @@ class RedisStore:
         await self._acks.drain()
         await self.redis.aclose()
 
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one round trip, counted in ``stats`` under ``name``; an outage or a refusal
+        is a :class:`StoreUnavailable`."""
+        started = time.perf_counter()
         try:
-            return await operation()
+            result = await operation()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self.stats.observe(name, started, failed=True)
             # The idle pooled connections went down with this one: drop them, so that once
             # Redis is back no request is sent down a dead connection. (Those in use fail,
             # or not, on their own.)
@@ -128,13 +135,16 @@ class RedisStore:
                 await self.redis.connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
         except ResponseError as exc:
+            self.stats.observe(name, started, failed=True)
             if not isinstance(exc, REFUSED) and not any(word in str(exc) for word in REFUSALS):
                 raise  # a script error, say: a bug, not an outage
             reason = str(exc).split(". script:")[0]
             raise StoreUnavailable(f"Redis refuses writes: {reason[:200]}") from exc
+        self.stats.observe(name, started)
+        return result
 
-    async def _run(self, script: Any, *args: Any) -> Any:
-        return await self._call(lambda: script(keys=[], args=list(args)))
+    async def _run(self, name: str, script: Any, *args: Any) -> Any:
+        return await self._call(name, lambda: script(keys=[], args=list(args)))
 
     def _prefix(self, site: str) -> str:
         return site_prefix(self.key_prefix, site)
@@ -143,13 +153,14 @@ class RedisStore:
         """A write, not a PING: Redis answers PING while it refuses writes (out of memory, a
         read-only replica), and then nothing can be stored."""
         key = f"{self.key_prefix}health:{self.node_id}"
-        await self._call(lambda: self.redis.set(key, b"1", px=60_000))
+        await self._call("probe", lambda: self.redis.set(key, b"1", px=60_000))
 
     def _node_args(self) -> tuple[str, str]:
         return node_field(self.node_id), node_devices(self.key_prefix, self.node_id)
 
     async def heartbeat(self) -> list[str]:
         dead = await self._run(
+            "heartbeat",
             self._heartbeat,
             self.key_prefix,
             self.node_id,
@@ -174,20 +185,23 @@ class RedisStore:
 
         return [
             Connected(first=int(conns) == 1, overflowed=int(overflowed) == 1)
-            for conns, overflowed in await self._pipeline(items, queue)
+            for conns, overflowed in await self._pipeline("connect_device", items, queue)
         ]
 
-    async def _pipeline(self, items: Sequence[Any], queue: Callable[[Any, Any], Any]) -> list[Any]:
+    async def _pipeline(
+        self, name: str, items: Sequence[Any], queue: Callable[[Any, Any], Any]
+    ) -> list[Any]:
         async def run() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for item in items:
                     await queue(pipe, item)
                 return list(await pipe.execute())
 
-        return await self._call(run)
+        return await self._call(name, run)
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
         left = await self._run(
+            "disconnect_device",
             self._disconnect,
             self._prefix(site),
             *self._node_args(),
@@ -211,7 +225,7 @@ class RedisStore:
             args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
             args += [escape(user) for user in users]
             args += rooms
-        flat = await self._run(self._enqueue, *args)
+        flat = await self._run("enqueue", self._enqueue, *args)
         results: list[list[Delivery]] = []
         i = 0
         for site, *_ in items:
@@ -230,7 +244,7 @@ class RedisStore:
             i += 4 * count
             full, i = int(flat[i]), i + 1
             for j in range(i, i + 2 * full, 2):
-                log_overflow(
+                self.stats.overflowed(
                     site, unescape(flat[j].decode()), unescape(flat[j + 1].decode()), self.max_queue
                 )
             i += 2 * full
@@ -262,7 +276,7 @@ class RedisStore:
             pipe.hget(dev, "seq")
             pipe.hgetall(msg)
 
-        flat = await self._pipeline(keys, queue)
+        flat = await self._pipeline("read_queue", keys, queue)
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def ack(
@@ -276,13 +290,19 @@ class RedisStore:
             args += [self._prefix(site), escape(user), escape(device), len(acked)]
             for seq, event in acked:
                 args += [seq, event_member(event, seq)]
-        removed = await self._run(self._ack, *args)
+        removed = await self._run("ack", self._ack, *args)
         return [int(count) for count in removed]
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         through = int(
             await self._run(
-                self._ack_head, self._prefix(site), escape(user), escape(device), seq, event
+                "ack_head",
+                self._ack_head,
+                self._prefix(site),
+                escape(user),
+                escape(device),
+                seq,
+                event,
             )
         )
         if through < 0:
@@ -293,7 +313,8 @@ class RedisStore:
         prefix = self._prefix(site)
         key = f"{prefix}members:{escape(room.lower())}"
         members = [
-            _as_bytes(m).decode() for m in await self._call(lambda: self.redis.smembers(key))
+            _as_bytes(m).decode()
+            for m in await self._call("room_members", lambda: self.redis.smembers(key))
         ]
 
         async def exists() -> list[int]:
@@ -302,5 +323,32 @@ class RedisStore:
                     pipe.exists(f"{prefix}user:{name}")
                 return list(await pipe.execute())
 
-        alive = await self._call(exists)
+        alive = await self._call("room_members", exists)
         return {unescape(name) for name, live in zip(members, alive, strict=True) if live}
+
+    async def alive_nodes(self) -> list[str]:
+        async def read() -> list[Any]:
+            seconds, micros = await self.redis.time()
+            now = seconds * 1000 + micros // 1000
+            since = now - int(self.node_dead_after * 1000)
+            return list(await self.redis.zrangebyscore(nodes(self.key_prefix), since, "+inf"))
+
+        return sorted(_as_bytes(node).decode() for node in await self._call("alive_nodes", read))
+
+    async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
+        depths = {}
+        for site in sites:
+            pattern = f"{self._prefix(site)}msg:*"  # site names hold no glob characters
+
+            async def count(pattern: str = pattern) -> int:
+                total = 0
+                keys = [key async for key in self.redis.scan_iter(match=pattern, count=1000)]
+                for start in range(0, len(keys), 1000):
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for key in keys[start : start + 1000]:
+                            pipe.hlen(key)
+                        total += sum(await pipe.execute())
+                return total
+
+            depths[site] = await self._call("queue_depths", count)
+        return depths

@@ -33,9 +33,9 @@ from storage.base import (
     Message,
     StoredMessage,
     StoreUnavailable,
-    log_overflow,
 )
 from storage.coalesce import WriteCoalescer
+from storage.stats import StoreStats
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -88,6 +88,7 @@ class SQLiteStore:
         self.max_queue = max_queue
         self.node_id = node_id
         self.synchronous = synchronous
+        self.stats = StoreStats()
         self._db: aiosqlite.Connection | None = None
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._sweeper: asyncio.Task[None] | None = None
@@ -111,8 +112,8 @@ class SQLiteStore:
             if isinstance(exc, OSError) and exc.strerror:
                 reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
             raise StoreUnavailable(f"SQLite {self.path}: {reason}") from None
-        await self._transaction(_migrate)
-        await self._transaction(self._recover_connections)
+        await self._transaction("migrate", _migrate)
+        await self._transaction("recover", self._recover_connections)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
 
     async def close(self) -> None:
@@ -125,8 +126,9 @@ class SQLiteStore:
             await self._db.close()
             self._db = None
 
-    async def _transaction(self, work: Callable[..., T], *args: Any) -> T:
-        """Run ``work(db, *args)`` in the database thread, as one transaction."""
+    async def _transaction(self, name: str, work: Callable[..., T], *args: Any) -> T:
+        """Run ``work(db, *args)`` in the database thread, as one transaction, counted in
+        ``stats`` under ``name``."""
         if self._db is None:
             raise StoreUnavailable("SQLite store is not open")
 
@@ -142,11 +144,18 @@ class SQLiteStore:
             db.execute("COMMIT")
             return result
 
+        started = time.perf_counter()
         try:
             # aiosqlite's own hook for running a function in its thread (pinned in pyproject).
-            return await self._db._execute(in_thread)  # type: ignore[no-untyped-call,no-any-return]
+            result: T = await self._db._execute(in_thread)  # type: ignore[no-untyped-call]
         except sqlite3.Error as exc:
+            self.stats.observe(name, started, failed=True)
             raise StoreUnavailable(f"SQLite: {exc}") from exc
+        except StoreUnavailable:
+            self.stats.observe(name, started, failed=True)
+            raise
+        self.stats.observe(name, started)
+        return result
 
     def _check_file(self) -> None:
         """SQLite writes on into a file that was deleted (its directory removed, say), and all
@@ -160,11 +169,7 @@ class SQLiteStore:
 
     async def ping(self) -> None:
         """A write, so that a full disk or a read-only file shows, not only a lost file."""
-        await self._transaction(
-            lambda db: db.execute(
-                "INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (time.time(),)
-            )
-        )
+        await self._transaction("probe", _probe, time.time())
 
     async def heartbeat(self) -> list[str]:
         return []  # a single node: its crash is recovered at the next open()
@@ -189,18 +194,18 @@ class SQLiteStore:
 
     async def sweep(self) -> None:
         """Delete what has expired; reads already ignore it, this only reclaims space."""
-        await self._transaction(_sweep, time.time())
+        self.stats.expired += await self._transaction("sweep", _sweep, time.time())
 
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
     ) -> Connected:
         key = {"site": site, "user": user, "device": device, "now": time.time()}
         rooms = [(site, room.lower(), user) for room in shared_rooms]
-        return await self._transaction(_connect_device, key, rooms)
+        return await self._transaction("connect_device", _connect_device, key, rooms)
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
         key = {"site": site, "user": user, "device": device, "exp": self._expiry(time.time())}
-        return await self._transaction(_disconnect_device, key, forget)
+        return await self._transaction("disconnect_device", _disconnect_device, key, forget)
 
     async def enqueue(
         self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
@@ -224,12 +229,12 @@ class SQLiteStore:
             )
             for site, users, rooms, message in items
         ]
-        results = await self._transaction(_enqueue_all, batches)
+        results = await self._transaction("enqueue", _enqueue_all, batches)
         here = (self.node_id,)  # one node holds every connection
         deliveries = []
         for (site, *_), (rows, full) in zip(items, results, strict=True):
             for user, device in full:
-                log_overflow(site, user, device, self.max_queue)
+                self.stats.overflowed(site, user, device, self.max_queue)
             deliveries.append(
                 [
                     Delivery(user, device, seq, here if conns else ())
@@ -240,7 +245,7 @@ class SQLiteStore:
 
     async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
         key = {"site": site, "user": user, "device": device, "after": after_seq, "now": time.time()}
-        rows, last_seq = await self._transaction(_read_queue, key)
+        rows, last_seq = await self._transaction("read_queue", _read_queue, key)
         return Backlog([StoredMessage.decode(seq, record) for seq, record in rows], last_seq)
 
     async def pending(
@@ -255,23 +260,32 @@ class SQLiteStore:
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
         """Every ack of this turn in one statement and one transaction (one fsync)."""
-        return await self._transaction(_write_acks, items)
+        return await self._transaction("ack", _write_acks, items)
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         key = {"site": site, "user": user, "device": device, "event": event, "seq": seq}
-        return await self._transaction(_ack_head, key)
+        return await self._transaction("ack_head", _ack_head, key)
 
     async def shared_room_members(self, site: str, room: str) -> set[str]:
-        rows = await self._transaction(_members, site, room.lower(), time.time())
+        rows = await self._transaction("room_members", _members, site, room.lower(), time.time())
         return {row[0] for row in rows}
+
+    async def alive_nodes(self) -> list[str]:
+        return [self.node_id]
+
+    async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
+        rows = await self._transaction("queue_depths", _queue_depths, time.time())
+        counts = dict(rows)
+        return {site: counts.get(site, 0) for site in sites}
 
 
 # Each function below runs in the database thread inside one transaction.
 
 
-def _sweep(db: Db, now: float) -> None:
+def _sweep(db: Db, now: float) -> int:
+    """Returns how many messages expired with their devices."""
     params = {"now": now}
-    db.execute(
+    expired = db.execute(
         "DELETE FROM messages WHERE (site, user, device) IN (SELECT site, user, device "
         "FROM devices WHERE expires_at IS NOT NULL AND expires_at <= :now)",
         params,
@@ -283,6 +297,19 @@ def _sweep(db: Db, now: float) -> None:
         params,
     )
     db.execute("DELETE FROM users WHERE expires_at IS NOT NULL AND expires_at <= :now", params)
+    return expired.rowcount
+
+
+def _queue_depths(db: Db, now: float) -> list[Any]:
+    return db.execute(
+        f"SELECT d.site, count(*) FROM messages m JOIN devices d USING (site, user, device) "
+        f"WHERE {LIVE.replace('expires_at', 'd.expires_at')} GROUP BY d.site",
+        {"now": now},
+    ).fetchall()
+
+
+def _probe(db: Db, now: float) -> None:
+    db.execute("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)", (now,))
 
 
 def _migrate(db: Db) -> None:

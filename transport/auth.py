@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 
 from transport.limits import Limits
+from transport.stats import TransportStats
 from webservice.config import SiteConfig
 
 REFUSED_CACHE_SIZE = 10_000  # tokens remembered as refused, per site; the oldest go first
@@ -67,9 +68,15 @@ class AuthGate:
     connects (from one host, or one socket) costs the site little."""
 
     def __init__(
-        self, http: aiohttp.ClientSession, site: SiteConfig, limits: Limits, timeout: float
+        self,
+        http: aiohttp.ClientSession,
+        site: SiteConfig,
+        limits: Limits,
+        timeout: float,
+        stats: TransportStats,
     ) -> None:
         self.http = http
+        self.stats = stats
         self.site = site
         self.limits = limits
         self.timeout = timeout
@@ -87,6 +94,23 @@ class AuthGate:
                 raise AuthRejected(f"Auth error: {name} holds control characters")
 
     async def rooms(self, token: str, meta: str) -> list[str]:
+        """The rooms the site gives this token, or :class:`AuthRejected`; every answer is
+        counted by kind in ``stats.auth_answers``."""
+        try:
+            rooms = await self._rooms(token, meta)
+        except LoginRefused:
+            self._count("refused")
+            raise
+        except AuthRejected:
+            self._count("error")
+            raise
+        self._count("ok")
+        return rooms
+
+    def _count(self, answer: str) -> None:
+        self.stats.auth_answers[self.site.name, answer] += 1
+
+    async def _rooms(self, token: str, meta: str) -> list[str]:
         self.check(token, meta)
         key = hashlib.blake2b(f"{token}\0{meta}".encode(), digest_size=16).digest()
         until = self._refused.get(key)
@@ -99,6 +123,8 @@ class AuthGate:
                 await self._calls.acquire()
         except TimeoutError:
             raise AuthRejected("Auth error: busy, try again") from None
+        timing = self.stats.auth_time[self.site.name]
+        started = time.perf_counter()
         try:
             rooms = await fetch_rooms(self.http, self.site, token, meta, self.timeout)
         except LoginRefused:
@@ -107,6 +133,8 @@ class AuthGate:
             raise
         finally:
             self._calls.release()
+            timing.calls += 1
+            timing.seconds += time.perf_counter() - started
         longest = self.limits.max_room_length
         if any(len(room) > longest for room in rooms):
             raise AuthRejected(f"Auth error: the site's answer holds a room name over {longest}")

@@ -9,11 +9,15 @@ from actors.messages import CatchUp, Deliver
 from storage import Delivery, Message
 from transport.node_bus import NodeBus
 from transport.site_namespace import SiteNamespace
+from transport.stats import TransportStats
 
 
 class Dispatcher:
-    def __init__(self, node_id: str, namespaces: Mapping[str, SiteNamespace]) -> None:
+    def __init__(
+        self, node_id: str, namespaces: Mapping[str, SiteNamespace], stats: TransportStats
+    ) -> None:
         self.node_id = node_id
+        self.stats = stats
         self.namespaces = namespaces
         self.bus: NodeBus | None = None
 
@@ -45,6 +49,7 @@ class Dispatcher:
 
     def catch_up_everyone(self) -> None:
         """After missed signals: every actor here re-reads its devices' queues."""
+        self.stats.catch_ups += 1
         for namespace in self.namespaces.values():
             for user in list(namespace.registry.actors):
                 namespace.registry.tell_if_present(user, CatchUp())

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from storage import Delivery, Message
 from storage.redis_keys import deliver_channel
+from transport.stats import TransportStats
 
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0
@@ -82,8 +83,10 @@ class RedisBus:
         key_prefix: str,
         on_delivery: OnDelivery,
         on_recovered: Callable[[], None],
+        stats: TransportStats,
     ) -> None:
         self.node_id = node_id
+        self.stats = stats
         self.key_prefix = key_prefix
         self.on_delivery = on_delivery
         self.on_recovered = on_recovered
@@ -116,7 +119,9 @@ class RedisBus:
             await self.redis.publish(
                 deliver_channel(self.key_prefix, node), encode(site, message, deliveries)
             )
+            self.stats.signals_sent += 1
         except (RedisError, OSError) as exc:
+            self.stats.signals_failed += 1
             logger.warning("could not signal node {} ({}); its devices get it later", node, exc)
 
     async def _listen_forever(self) -> None:
@@ -153,4 +158,5 @@ class RedisBus:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             logger.error("node bus: undecodable signal dropped: {}", exc)
             return
+        self.stats.signals_received += 1
         self.on_delivery(site, message, deliveries)

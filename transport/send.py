@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from transport.dispatch import Dispatcher
 from transport.form_body import FormError, parse_form
 from transport.limits import Limits
 from transport.site_namespace import SiteNamespace
+from transport.stats import TransportStats
 
 # Names a client library or this service gives a meaning of its own: a site sending one would
 # forge a batch or a resync, or break the official client ("parse error").
@@ -160,13 +162,16 @@ class SendHandler:
         store: Store,
         dispatcher: Dispatcher,
         limits: Limits,
+        stats: TransportStats,
     ) -> None:
         self.limits = limits
+        self.stats = stats
         self.namespaces = namespaces
         self.store = store
         self.dispatcher = dispatcher
 
     async def __call__(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         site_name, api_key = request.query.get("site"), request.query.get("apiKey")
         if not site_name or not api_key:
             return self._reject(400, "Missing query param 'site' or 'apiKey'.", site_name)
@@ -180,21 +185,36 @@ class SendHandler:
             send = validate(await read_body(request, self.limits.http_read_timeout), self.limits)
         except BadRequest as exc:
             return self._reject(400, str(exc), site_name)
+        stored = 0
         if not namespace.site.reliable:
             await namespace.server.emit(
                 send.event, tuple(send.args), to=send.rooms, namespace=namespace.namespace
             )
-            return web.Response(text="OK")
-        try:
-            await self._store_and_deliver(namespace, send, resync)
-        except StoreUnavailable as exc:
-            logger.error("site={} send not stored: {}", site_name, exc)
-            return web.Response(status=503, text=f"Message not stored, try again: {exc}")
+        else:
+            try:
+                stored = await self._store_and_deliver(namespace, send, resync)
+            except StoreUnavailable as exc:
+                logger.error("site={} send not stored: {}", site_name, exc)
+                self.stats.sends[site_name, 503] += 1
+                return web.Response(status=503, text=f"Message not stored, try again: {exc}")
+            self.stats.stored[site_name] += stored
+            if resync:
+                self.stats.resync_sends[site_name] += 1
+        self.stats.sends[site_name, 200] += 1
+        logger.info(
+            "send site={} event={} rooms={} stored={} ms={:.1f}",
+            site_name,
+            send.event,
+            len(send.rooms),
+            stored,
+            (time.perf_counter() - started) * 1000,
+        )
         return web.Response(text="OK")
 
     async def _store_and_deliver(
         self, namespace: SiteNamespace, send: SendRequest, resync: bool
-    ) -> None:
+    ) -> int:
+        """Returns how many device queues the message was stored in."""
         site = namespace.site
         users = [room for room in send.rooms if site.is_user_room(room)]
         # The public channel is a user of its own and also a room that signed-in users hold.
@@ -202,8 +222,10 @@ class SendHandler:
         message = Message(event=send.event, args=send.args, resync=resync)
         deliveries = await self.store.enqueue(site.name, users, shared, message)
         await self.dispatcher.dispatch(site.name, message, deliveries)
+        return len(deliveries)
 
-    @staticmethod
-    def _reject(status: int, text: str, site: str | None) -> web.Response:
+    def _reject(self, status: int, text: str, site: str | None) -> web.Response:
+        # Counted under the site only if it is one: a flood of made-up names adds no labels.
+        self.stats.sends[site if site in self.namespaces else "", status] += 1
         logger.info("send rejected ({}) site={}: {}", status, site, text)
         return web.Response(status=status, text=text)

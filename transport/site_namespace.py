@@ -18,6 +18,8 @@ from storage import Store
 from transport.auth import AuthGate, AuthRejected
 from transport.limits import Limits
 from transport.presence import PresenceNotifier
+from transport.socketio_adapter import client_protocol
+from transport.stats import TransportStats
 from webservice.config import SiteConfig
 
 REGISTER_TIMEOUT = 10.0
@@ -43,16 +45,26 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         device_ttl: int,
         auth_timeout: float,
         limits: Limits,
+        node_id: str,
+        stats: TransportStats,
     ) -> None:
         super().__init__(f"/{site.name}")
         self.site = site
+        self.node_id = node_id
         self.device_ttl = device_ttl
         self.limits = limits
-        self.auth = AuthGate(http, site, limits, auth_timeout)
+        self.auth = AuthGate(http, site, limits, auth_timeout, stats)
         self.presence = PresenceNotifier(http, site)
         self.registry = ActorRegistry(site, store, self)
         self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
+        self.clients: dict[str, str] = {}  # sid -> how its connect was logged, for its disconnect
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False  # the site is being removed (sites.yml reloaded)
+
+    def update_site(self, site: SiteConfig) -> None:
+        """New URLs or keys for the same site (sites.yml reloaded): used from the next
+        connect, send or presence call."""
+        self.site = self.auth.site = self.presence.site = self.registry.site = site
 
     # --- Outbox, for the actors -------------------------------------------------------------
 
@@ -82,6 +94,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     # --- Socket.IO events --------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        if self.closing:
+            raise socketio.exceptions.ConnectionRefusedError("Invalid namespace")
         params = connect_params(environ, auth)
         token, meta = params.get("token", ""), params.get("meta", "")
         device = params.get("deviceId", "")
@@ -100,12 +114,29 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             # Runs only after this handler returns and the CONNECT packet is queued.
             settings = orjson.dumps(["_settings", {"device_ttl": self.device_ttl}]).decode()
             asyncio.get_running_loop().call_soon(self.send, sid, settings)
-            return True
-        return await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
+            user = ""
+        else:
+            user = await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
+        self._log_connect(sid, environ, user, device)
+        return True
+
+    def _log_connect(self, sid: str, environ: dict[str, Any], user: str, device: str) -> None:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        transport = query.get("transport", ["polling"])[-1]
+        who = f"site={self.site.name} user={user or '-'} device={device or '-'} node={self.node_id}"
+        self.clients[sid] = who
+        logger.info(
+            "connect {} transport={} client={} sid={}",
+            who,
+            transport[:16],
+            client_protocol(environ),
+            sid,
+        )
 
     async def _register(
         self, sid: str, params: dict[str, str], rooms: list[str], authorization: str
-    ) -> bool:
+    ) -> str:
+        """Registers the socket with its user's actor; returns the user."""
         prefix = self.site.user_room_prefix
         private = [room for room in rooms if room.startswith(prefix)]
         public = self.site.public_channel if self.site.public_channel in rooms else ""
@@ -139,12 +170,15 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         # Posted with no await after it: the CONNECT packet is queued before the actor runs,
         # so _settings and _batch reach the client after its connect.
         self.registry.tell(user, Attach(sid))
-        return True
+        return user
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         user = self.users.pop(sid, None)
         if user is not None:
             self.registry.tell(user, Detach(sid))
+        who = self.clients.pop(sid, None)
+        if who is not None:
+            logger.info("disconnect {} sid={} reason={}", who, sid, reason or "-")
 
     async def close(self, timeout: float) -> None:
         await self.registry.drain(timeout)

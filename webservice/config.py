@@ -79,6 +79,7 @@ class LogConfig:
     console_level: str = "INFO"
     file_level: str = "INFO"
     file_path: str = ""
+    format: str = "text"  # or "json": one JSON object per line (LOG_FORMAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,8 @@ class Config:
     logging: LogConfig = field(default_factory=LogConfig)
     limits: Limits = field(default_factory=Limits)
     serve_client: bool = True  # io.serveClient: GET /socket.io/socket.io.js
+    admin_key: str = ""  # the /status page's key; no key, no page
+    warnings: tuple[str, ...] = ()  # said once logging is set up (unknown keys)
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -193,7 +196,7 @@ def _socketio_options(raw: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _logging(section: Mapping[str, Any]) -> LogConfig:
+def _logging(section: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
     winston = _mapping(section.get("winston"), "winston")
     console = _mapping(winston.get("console"), "winston.console")
     file = _mapping(winston.get("file"), "winston.file")
@@ -201,12 +204,49 @@ def _logging(section: Mapping[str, Any]) -> LogConfig:
         console_level=_text(console.get("level"), "winston.console.level").upper() or "INFO",
         file_level=_text(file.get("level"), "winston.file.level").upper() or "INFO",
         file_path=_text(file.get("filename"), "winston.file.filename"),
+        format=(
+            env.get("LOG_FORMAT") or _text(section.get("log_format"), "log_format") or "text"
+        ).lower(),
     )
+    if log.format not in ("text", "json"):
+        raise ConfigError(f"log_format: must be text or json, not {log.format!r}")
     levels = {"TRACE", "DEBUG", "VERBOSE", "INFO", "WARN", "WARNING", "ERROR", "SILLY"}
     for key, level in (("console", log.console_level), ("file", log.file_level)):
         if level not in levels:
             raise ConfigError(f"winston.{key}.level: unknown level {level!r}")
     return log
+
+
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "port",
+        "host",
+        "device_ttl",
+        "redis",
+        "sqlite",
+        "io",
+        "winston",
+        "limits",
+        "auth_timeout",
+        "node_timeout",
+        "max_queue",
+        "admin_key",
+        "log_format",
+        # the original's, accepted and unused: its cluster list, its message-id generator
+        "servers",
+        "flakeid",
+    }
+)
+
+
+def _unknown_keys(section: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """A misspelt key would silently keep its default: say so (a warning, as the original
+    ignored unknown keys and a config written for it must still start)."""
+    return tuple(
+        f"{where}.{key}: unknown key, ignored (known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
+        for key in section
+        if key not in TOP_LEVEL_KEYS
+    )
 
 
 ZERO_MEANS_OFF = {"auth_failure_cache", "max_connections"}
@@ -328,6 +368,54 @@ def load_config(
         ),
         socketio_options=_socketio_options(io),
         serve_client=io.get("serveClient", True) is not False,
-        logging=_logging(section),
+        logging=_logging(section, env),
+        admin_key=env.get("ADMIN_KEY") or _text(section.get("admin_key"), "admin_key"),
+        warnings=_unknown_keys(section, f"{config_path}: {env_name}"),
         limits=_limits(section, env),
     )
+
+
+def _mask_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def describe(config: Config) -> str:
+    """The configuration as the service would run it, as YAML, with every secret masked:
+    what ``--check-config`` prints."""
+    masked = "***"
+    effective: dict[str, Any] = {
+        "environment": config.env,
+        "host": config.host,
+        "port": config.port,
+        "store": (
+            {"redis": _mask_url(config.redis_url)}
+            if config.redis_url
+            else {"sqlite": {"path": config.sqlite_path, "synchronous": config.sqlite_synchronous}}
+        ),
+        "device_ttl": config.device_ttl,
+        "max_queue": config.max_queue,
+        "auth_timeout": config.auth_timeout,
+        "node_timeout": config.node_timeout,
+        "admin_key": masked if config.admin_key else "(none: no /status page)",
+        "log": {
+            "format": config.logging.format,
+            "console_level": config.logging.console_level,
+            "file": config.logging.file_path or None,
+            "file_level": config.logging.file_level,
+        },
+        "io": {**config.socketio_options, "serveClient": config.serve_client},
+        "limits": {name: getattr(config.limits, name) for name in LIMIT_NAMES},
+        "sites": {
+            site.name: {
+                "authUrl": site.auth_url,
+                "authScheme": site.auth_scheme,
+                "apiKey": masked,
+                "userRoomPrefix": site.user_room_prefix or None,
+                "updateUserUrl": site.update_user_url or None,
+                "publicChannel": site.public_channel or None,
+            }
+            for site in config.sites.values()
+        },
+    }
+    return yaml.safe_dump(effective, sort_keys=False, allow_unicode=True).rstrip()

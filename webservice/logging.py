@@ -5,6 +5,10 @@ their records are routed into loguru so there is one stream and one format. Ever
 traceback's included, passes through :func:`redact` on its way out: no apiKey, token, meta or
 Authorization value reaches a log, whoever wrote the line. Tracebacks never show variable
 values (loguru's ``diagnose`` is off): a request's headers are variables too.
+
+``LOG_FORMAT=json`` (or ``log_format: json``) writes every line as one JSON object: time,
+level, logger, message, the line's own fields (``site``, ``user``, ``ms``, ...) and the
+exception, if any, as text; for a log shipper that parses nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+import orjson
 from loguru import logger
 
 from webservice.config import LogConfig
@@ -23,7 +29,7 @@ from webservice.config import LogConfig
 WINSTON_LEVELS = {"SILLY": "TRACE", "VERBOSE": "DEBUG", "WARN": "WARNING"}
 MASK = "***"
 # key=value in query strings and form bodies; Authorization headers however they are printed.
-_QUERY_SECRET = re.compile(r"(?i)\b(apiKey|api_key|token|meta|auth)=([^&\s'\"]+)")
+_QUERY_SECRET = re.compile(r"(?i)\b(apiKey|api_key|key|token|meta|auth)=([^&\s'\"]+)")
 _HEADER_SECRET = re.compile(r"(?i)\b(authorization|x-meta)(['\"]?\s*[:=]\s*['\"]?)([^'\"\r\n,}]+)")
 
 
@@ -47,27 +53,72 @@ class RedactingSink:
         self.stream.flush()
 
 
+class JsonSink(RedactingSink):
+    """One JSON object per line, built from the record rather than from formatted text."""
+
+    def write(self, message: str) -> None:
+        record = message.record  # type: ignore[attr-defined]
+        extra = dict(record["extra"])
+        entry: dict[str, Any] = {
+            "time": record["time"].isoformat(),
+            "level": record["level"].name,
+            "logger": extra.pop("logger", None) or record["name"],
+            "message": record["message"],
+            **extra,
+        }
+        if record["exception"] is not None:
+            kind, value, tb = record["exception"]
+            entry["exception"] = "".join(traceback.format_exception(kind, value, tb)).rstrip()
+        line = orjson.dumps(entry, default=str).decode()
+        super().write(line + "\n")
+
+
 class _InterceptHandler(logging.Handler):
+    """Routes the standard library's records (aiohttp, engineio, socketio, redis) into loguru."""
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+        logger.bind(logger=record.name).opt(depth=6, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
+    "<cyan>{extra[logger]}</cyan> - <level>{message}</level>"
+)
 
 
 def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
     """``secrets``: values to mask wherever they appear (the sites' api keys)."""
     secrets = list(secrets)
+    json_lines = config.format == "json"
 
     def add(stream: TextIO, level: str) -> None:
-        sink = RedactingSink(stream, secrets)
-        logger.add(sink, level=WINSTON_LEVELS.get(level, level), diagnose=False, backtrace=False)
+        sink = (JsonSink if json_lines else RedactingSink)(stream, secrets)
+        logger.add(
+            sink,
+            level=WINSTON_LEVELS.get(level, level),
+            format="{message}" if json_lines else TEXT_FORMAT,
+            colorize=False,
+            diagnose=False,
+            backtrace=False,
+        )
 
     logger.remove()
+    logger.configure(patcher=_name_the_logger)
     add(sys.stderr, config.console_level)
     if config.file_path:
         path = Path(config.file_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         add(path.open("a", encoding="utf-8"), config.file_level)  # open as long as the process
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+
+
+def _name_the_logger(record: Any) -> None:
+    """Our own lines name their module; the libraries' name their logger (see above)."""
+    record["extra"].setdefault("logger", record["name"])

@@ -4,11 +4,15 @@ and on Redis the links between nodes."""
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 from loguru import logger
 
@@ -29,16 +33,27 @@ from transport.socketio_adapter import (
     SocketIOServer,
     check_compatible,
 )
-from webservice.config import Config
+from transport.stats import TransportStats
+from webservice import metrics
+from webservice.config import Config, SiteConfig
+from webservice.metrics import ServiceMetrics
+from webservice.openapi import openapi_document
+from webservice.version import version
 
 # The browser client pages of the original load from the service itself (socket.io's
 # serveClient): socket.io-client 2.5.0, the last of the line the original's pages were written
 # for, shipped with its MIT license beside it.
 CLIENT_BUNDLE = Path(__file__).parent / "static" / "socket.io.js"
+STATUS_PAGE = Path(__file__).parent / "static" / "status.html"
 HEALTH_TIMEOUT = 2.0
 DEFAULT_MAX_PACKET = 100_000  # bytes, io.maxHttpBufferSize
 DRAIN_TIMEOUT = 5.0
 HEARTBEATS_PER_TIMEOUT = 6  # a node is declared dead after missing this many heartbeats
+
+
+def same_rooms(old: SiteConfig, new: SiteConfig) -> bool:
+    """Whether a site's sockets mean the same with ``new`` (only its URLs or keys changed)."""
+    return (old.user_room_prefix, old.public_channel) == (new.user_room_prefix, new.public_channel)
 
 
 class StartupError(Exception):
@@ -69,6 +84,10 @@ class Service:
         self.node_id = uuid.uuid4().hex[:12]
         self.store = make_store(config, self.node_id)
         options: dict[str, Any] = {
+            # Given as loggers, the libraries add no handler of their own: their lines go
+            # through ours (one format, redacted, JSON where asked) and are not printed twice.
+            "logger": logging.getLogger("socketio.server"),
+            "engineio_logger": logging.getLogger("engineio.server"),
             "cors_allowed_origins": "*",
             "json": orjson_codec,
             # Clients send acks and connects only: a packet of 100 KB is already generous.
@@ -85,12 +104,9 @@ class Service:
         self.sio = SocketIOServer(async_mode="aiohttp", limits=config.limits, **options)
         self.app = web.Application(client_max_size=config.limits.max_send_body)
         self.sio.attach(self.app)
-        self.app.router.add_get("/healthcheck", self.healthcheck)
-        self.app.router.add_post("/send", self._send)
-        if config.serve_client:
-            self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
+        self.stats = TransportStats()
         self.namespaces: dict[str, SiteNamespace] = {}
-        self.dispatcher = Dispatcher(self.node_id, self.namespaces)
+        self.dispatcher = Dispatcher(self.node_id, self.namespaces, self.stats)
         self.bus: NodeBus = LocalBus()
         if config.redis_url:
             self.bus = RedisBus(
@@ -99,8 +115,21 @@ class Service:
                 DEFAULT_PREFIX,
                 on_delivery=self.dispatcher.deliver_here,
                 on_recovered=self.dispatcher.catch_up_everyone,
+                stats=self.stats,
             )
         self.dispatcher.bus = self.bus
+        self.metrics = ServiceMetrics(
+            self.node_id, self.namespaces, self.store, self.stats, self.sio.connection_count
+        )
+        self.app.router.add_get("/healthcheck", self.healthcheck)
+        self.app.router.add_post("/send", self._send)
+        self.app.router.add_get("/metrics", self.metrics_page)
+        self.app.router.add_get("/openapi.json", self.openapi)
+        if config.admin_key:
+            self.app.router.add_get("/status", self.status_page)
+            self.app.router.add_get("/status.json", self.status_data)
+        if config.serve_client:
+            self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
         self.http: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
         self._send_handler: SendHandler | None = None
@@ -125,19 +154,11 @@ class Service:
             raise StartupError("Redis: the cross-node channel did not subscribe in time") from None
         self.http = aiohttp.ClientSession()
         for site in self.config.sites.values():
-            namespace = SiteNamespace(
-                site,
-                self.store,
-                self.http,
-                self.config.device_ttl,
-                self.config.auth_timeout,
-                self.config.limits,
-            )
-            self.namespaces[site.name] = namespace
-            self.sio.register_namespace(namespace)
+            self._open_site(site)
         self._send_handler = SendHandler(
-            self.namespaces, self.store, self.dispatcher, self.config.limits
+            self.namespaces, self.store, self.dispatcher, self.config.limits, self.stats
         )
+        self.metrics.start()
         self._heartbeat = asyncio.create_task(self._beat_forever(), name="heartbeat")
         self._watchdog = asyncio.create_task(self._watch_writers(), name="write-watchdog")
         self.runner = web.AppRunner(
@@ -167,6 +188,58 @@ class Service:
             ", ".join(self.namespaces) or "none",
         )
 
+    def _open_site(self, site: SiteConfig) -> None:
+        assert self.http is not None
+        namespace = SiteNamespace(
+            site,
+            self.store,
+            self.http,
+            self.config.device_ttl,
+            self.config.auth_timeout,
+            self.config.limits,
+            self.node_id,
+            self.stats,
+        )
+        self.namespaces[site.name] = namespace
+        self.sio.register_namespace(namespace)
+
+    async def _close_site(self, name: str) -> None:
+        """Close the site's sockets (their disconnects recorded as usual), then refuse its
+        connects and sends as for a site that never was."""
+        namespace = self.namespaces.pop(name)  # sends: 401 from now on
+        namespace.closing = True  # connects in the meantime: refused
+        for sid in self.sio.namespace_sids(namespace.namespace):
+            await self.sio.disconnect(sid, namespace=namespace.namespace)
+        await namespace.close(DRAIN_TIMEOUT)
+        self.sio.unregister_namespace(namespace.namespace)
+
+    async def reload_sites(self, sites: Mapping[str, SiteConfig]) -> None:
+        """SIGHUP: take the sites of a new sites.yml without a restart.
+
+        A removed site's sockets are closed. A changed authUrl, authScheme, apiKey or
+        updateUserUrl applies from the next connect or send, and keeps every connection; a
+        changed userRoomPrefix or publicChannel changes what its sockets are, so they are
+        closed and their clients reconnect under the new settings. Other sites are untouched.
+        """
+        for name in list(self.namespaces):
+            old, new = self.namespaces[name].site, sites.get(name)
+            if old == new:
+                continue
+            if new is not None and same_rooms(old, new):
+                self.namespaces[name].update_site(new)
+                logger.info("site {}: settings reloaded, connections kept", name)
+                continue
+            await self._close_site(name)
+            logger.info(
+                "site {}: {}; its sockets were closed",
+                name,
+                "removed" if new is None else "room settings changed",
+            )
+        for name, site in sites.items():
+            if name not in self.namespaces:
+                self._open_site(site)
+                logger.info("site {}: added", name)
+
     async def _beat_forever(self) -> None:
         while True:
             try:
@@ -186,6 +259,32 @@ class Service:
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None
         return await self._send_handler(request)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=await self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
+
+    def _is_admin(self, request: web.Request) -> bool:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        return scheme == "Bearer" and hmac.compare_digest(
+            key.encode(), self.config.admin_key.encode()
+        )
+
+    async def status_page(self, request: web.Request) -> web.FileResponse:
+        """The page itself holds no figure: it asks /status.json with the key it is given."""
+        return web.FileResponse(STATUS_PAGE, headers={"Cache-Control": "no-store"})
+
+    async def status_data(self, request: web.Request) -> web.Response:
+        if not self._is_admin(request):
+            return web.json_response({"error": "admin key required"}, status=401)
+        return web.json_response(
+            await self.metrics.status(), dumps=lambda data: orjson.dumps(data).decode()
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        document = openapi_document(self.config.limits, version())
+        return web.json_response(document, dumps=lambda data: orjson.dumps(data).decode())
 
     async def client_bundle(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(
@@ -219,6 +318,7 @@ class Service:
         await self.sio.shutdown()
         for namespace in self.namespaces.values():
             await namespace.close(DRAIN_TIMEOUT)
+        self.metrics.stop()
         for task in (self._heartbeat, self._watchdog):
             if task is not None:
                 task.cancel()

@@ -4,7 +4,12 @@ the server and managers we tune (``server``), Engine.IO protocol 3 beside their 
 (``compatibility``)."""
 
 from transport.socketio_adapter.compatibility import IncompatibleVersion, check_compatible
-from transport.socketio_adapter.server import IndexedManager, IndexedRedisManager, SocketIOServer
+from transport.socketio_adapter.server import (
+    IndexedManager,
+    IndexedRedisManager,
+    SocketIOServer,
+    client_protocol,
+)
 
 __all__ = [
     "IncompatibleVersion",
@@ -12,4 +17,5 @@ __all__ = [
     "IndexedRedisManager",
     "SocketIOServer",
     "check_compatible",
+    "client_protocol",
 ]

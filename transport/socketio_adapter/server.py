@@ -103,10 +103,20 @@ class _CachedBody:
         return self.body
 
 
+PROTOCOL = "socketio_webservice.protocol"
+
+
+def client_protocol(environ: dict[str, Any]) -> str:
+    """``EIO3`` for socket.io-client 1.x/2.x, ``EIO4`` for 3.x/4.x: for the logs."""
+    protocol: str = environ.get(PROTOCOL, "EIO4")
+    return protocol
+
+
 def _translate_request(request: web.Request) -> dict[str, Any]:
     environ: dict[str, Any] = aiohttp_driver.translate_request(request)
     if LEGACY.get():
         environ["QUERY_STRING"] = as_protocol_4_query(environ["QUERY_STRING"])
+        environ[PROTOCOL] = "EIO3"
     body = request.get(_BODY)
     if body is not None:
         environ["wsgi.input"] = _CachedBody(body)
@@ -245,6 +255,18 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
+
+    def connection_count(self, namespace: str) -> int:
+        """Sockets connected to ``namespace`` on this node."""
+        return len(self.manager.rooms.get(namespace, {}).get(None, ()))
+
+    def namespace_sids(self, namespace: str) -> list[str]:
+        """The sockets connected to ``namespace`` on this node."""
+        return list(self.manager.rooms.get(namespace, {}).get(None, ()))
+
+    def unregister_namespace(self, namespace: str) -> None:
+        """Connects to ``namespace`` are refused from now on, as to any unknown namespace."""
+        self.namespace_handlers.pop(namespace, None)
 
     # --- out ---------------------------------------------------------------------------------
 

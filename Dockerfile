@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# The service as a small image: the wheel built from this checkout, installed into a virtualenv,
+# run as a non-root user. Configure it as the original: environment variables (SITE_NAME,
+# AUTH_URL, API_KEY, REDIS_URL, PORT, ...) or config.yml / sites.yml mounted into /app.
+# SQLite keeps its file on the /app/data volume. tests/test_container.py builds this layout
+# without Docker (see README, "Docker").
+
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY actors actors
+COPY transport transport
+COPY storage storage
+COPY webservice webservice
+COPY bench bench
+RUN python -m venv /venv \
+    && /venv/bin/pip install --no-cache-dir --upgrade "pip>=24" \
+    && /venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && /venv/bin/pip install --no-cache-dir /wheels/*.whl
+
+FROM python:3.11-slim-bookworm
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin webservice \
+    && mkdir -p /app/data \
+    && chown webservice /app/data
+COPY --from=build /venv /venv
+COPY config.yml /app/config.yml
+ENV PATH=/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SQLITE_PATH=/app/data/webservice.sqlite3 \
+    PORT=1337
+WORKDIR /app
+USER 10001
+VOLUME ["/app/data"]
+EXPOSE 1337
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '1337') + '/healthcheck', timeout=2)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["socketio-webservice"]

@@ -1,0 +1,51 @@
+"""What a store counts as it works, for ``/metrics``.
+
+Plain numbers on the store, read when Prometheus scrapes: the hot path pays an addition, not a
+lock or a label lookup of the metrics library.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from loguru import logger
+
+
+@dataclass(slots=True)
+class OperationStats:
+    """One kind of store call (a script, a transaction): how many, how long in all, how many
+    failed. A coalesced write counts once, however many sends it carried."""
+
+    calls: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+
+
+class StoreStats:
+    def __init__(self) -> None:
+        self.operations: defaultdict[str, OperationStats] = defaultdict(OperationStats)
+        self.overflows: defaultdict[str, int] = defaultdict(int)  # per site
+        self.expired = 0  # messages removed because their device expired (SQLite's sweep)
+
+    def observe(self, operation: str, started: float, failed: bool = False) -> None:
+        """``started``: the ``time.perf_counter()`` reading taken before the call."""
+        stats = self.operations[operation]
+        stats.calls += 1
+        stats.seconds += time.perf_counter() - started
+        if failed:
+            stats.errors += 1
+
+    def overflowed(self, site: str, user: str, device: str, limit: int) -> None:
+        """A device's queue is full: from now on it misses messages, and gets ``_resync`` when
+        it next connects. Logged once per overflow, not once per message."""
+        self.overflows[site] += 1
+        logger.warning(
+            "site={} user={} device={}: queue full ({} messages); not storing more, "
+            "it gets _resync on its next connection",
+            site,
+            user,
+            device,
+            limit,
+        )

@@ -1,0 +1,135 @@
+"""The OpenAPI description of the HTTP API a site's backend and a load balancer use, served at
+``/openapi.json``. Built from the running configuration, so the limits it states are the ones
+this service enforces (CI checks the real server against it with schemathesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transport.limits import Limits
+from transport.send import RESERVED_EVENTS
+
+TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def _answer(description: str) -> dict[str, Any]:
+    return {"description": description, "content": TEXT}
+
+
+def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
+    room = {"type": "string", "minLength": 1, "maxLength": limits.max_room_length}
+    event = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": limits.max_event_length,
+        "pattern": "^[^\\x00]+$",
+        "not": {"enum": sorted(RESERVED_EVENTS)},
+        "description": "The event the clients get; names with a meaning of their own to the "
+        "clients or this service are refused.",
+    }
+    rooms = {
+        "oneOf": [
+            room,
+            {"type": "array", "items": room, "minItems": 1, "maxItems": limits.max_rooms_per_send},
+        ],
+        "description": "A room, or a list of rooms: user rooms (userRoomPrefix), the public "
+        "channel, or rooms the site's authUrl gave its users.",
+    }
+    send_body = {
+        "type": "object",
+        "required": ["rooms", "event"],
+        "properties": {
+            "rooms": rooms,
+            "event": event,
+            "args": {
+                "type": "array",
+                "description": f"The event's arguments, nested at most {limits.max_args_depth} "
+                "levels deep.",
+                "default": [],
+            },
+        },
+        "example": {"rooms": ["user_42"], "event": "notification", "args": [{"id": 1}]},
+    }
+    form_body = {
+        "type": "object",
+        "required": ["rooms", "event"],
+        "properties": {"rooms": room, "event": event},
+        "description": "As Express's body-parser reads forms: rooms[]=a&rooms[]=b&event=e&"
+        "args[0][id]=1 (only single values are described here).",
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "socketio-webservice",
+            "version": version,
+            "description": "Sites push events to their users' Socket.IO clients. Clients "
+            "connect with Socket.IO to /<site>?token=&deviceId=; that part is not HTTP API.",
+            "license": {"name": "MIT"},
+        },
+        "paths": {
+            "/send": {
+                "post": {
+                    "operationId": "send",
+                    "summary": "Send an event to rooms of a site",
+                    "description": "On a site with userRoomPrefix the message is stored for "
+                    "every target device before the answer is 200.",
+                    "parameters": [
+                        {
+                            "name": "site",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                        {
+                            "name": "apiKey",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                        {
+                            "name": "resync",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                            "description": "Offline devices keep only the newest message of "
+                            "this event: the client acks it and gets _resync.",
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": send_body},
+                            "application/x-www-form-urlencoded": {"schema": form_body},
+                        },
+                    },
+                    "responses": {
+                        "200": _answer("Sent (and stored, on a site with user rooms): OK"),
+                        "400": _answer("The request is malformed; the text says how"),
+                        "401": _answer("Unknown site or wrong apiKey: ApiKey invalid."),
+                        "408": _answer(
+                            f"The body did not arrive within {limits.http_read_timeout} s"
+                        ),
+                        "413": _answer(f"The body is over {limits.max_send_body} bytes"),
+                        "503": _answer("The store is unavailable: nothing stored, try again"),
+                    },
+                }
+            },
+            "/healthcheck": {
+                "get": {
+                    "operationId": "healthcheck",
+                    "summary": "For load balancers: 200 while this node can store and deliver",
+                    "responses": {
+                        "200": _answer("ok"),
+                        "503": _answer("unhealthy: the store refuses writes, or shutting down"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of this node",
+                    "responses": {"200": _answer("The Prometheus text format")},
+                }
+            },
+        },
+    }
