@@ -202,12 +202,12 @@ class SendHandler:
                 self.stats.resync_sends[site_name] += 1
         self.stats.sends[site_name, 200] += 1
         logger.info(
-            "send site={} event={} rooms={} stored={} ms={:.1f}",
-            site_name,
-            send.event,
-            len(send.rooms),
-            stored,
-            (time.perf_counter() - started) * 1000,
+            "send site={site} event={event} rooms={rooms} stored={stored} ms={ms}",
+            site=site_name,
+            event=send.event,
+            rooms=len(send.rooms),
+            stored=stored,
+            ms=round((time.perf_counter() - started) * 1000, 1),
         )
         return web.Response(text="OK")
 

@@ -23,6 +23,14 @@ from transport.stats import TransportStats
 from webservice.config import SiteConfig
 
 REGISTER_TIMEOUT = 10.0
+# One info line per connect and per disconnect; in JSON logs each {field} is a field too.
+CONNECTED = (
+    "connect site={site} user={user} device={device} node={node} transport={transport} "
+    "client={client} sid={sid}"
+)
+DISCONNECTED = (
+    "disconnect site={site} user={user} device={device} node={node} sid={sid} reason={reason}"
+)
 
 
 def connect_params(environ: dict[str, Any], auth: Any) -> dict[str, str]:
@@ -57,7 +65,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.presence = PresenceNotifier(http, site)
         self.registry = ActorRegistry(site, store, self)
         self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
-        self.clients: dict[str, str] = {}  # sid -> how its connect was logged, for its disconnect
+        self.clients: dict[str, tuple[str, str]] = {}  # sid -> (user, device), for the logs
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False  # the site is being removed (sites.yml reloaded)
 
@@ -95,7 +103,9 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         if self.closing:
-            raise socketio.exceptions.ConnectionRefusedError("Invalid namespace")
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Unable to connect"
+            )  # as for any unknown one
         params = connect_params(environ, auth)
         token, meta = params.get("token", ""), params.get("meta", "")
         device = params.get("deviceId", "")
@@ -122,15 +132,16 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def _log_connect(self, sid: str, environ: dict[str, Any], user: str, device: str) -> None:
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        transport = query.get("transport", ["polling"])[-1]
-        who = f"site={self.site.name} user={user or '-'} device={device or '-'} node={self.node_id}"
-        self.clients[sid] = who
+        self.clients[sid] = (user or "-", device or "-")
         logger.info(
-            "connect {} transport={} client={} sid={}",
-            who,
-            transport[:16],
-            client_protocol(environ),
-            sid,
+            CONNECTED,
+            site=self.site.name,
+            user=user or "-",
+            device=device or "-",
+            node=self.node_id,
+            transport=query.get("transport", ["polling"])[-1][:16],
+            client=client_protocol(environ),
+            sid=sid,
         )
 
     async def _register(
@@ -176,9 +187,17 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         user = self.users.pop(sid, None)
         if user is not None:
             self.registry.tell(user, Detach(sid))
-        who = self.clients.pop(sid, None)
-        if who is not None:
-            logger.info("disconnect {} sid={} reason={}", who, sid, reason or "-")
+        client = self.clients.pop(sid, None)
+        if client is not None:
+            logger.info(
+                DISCONNECTED,
+                site=self.site.name,
+                user=client[0],
+                device=client[1],
+                node=self.node_id,
+                sid=sid,
+                reason=str(reason or "-"),
+            )
 
     async def close(self, timeout: float) -> None:
         await self.registry.drain(timeout)

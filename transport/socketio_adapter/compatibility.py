@@ -4,6 +4,7 @@ on the first connection. Keep this list in step with ``server`` and ``legacy``."
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import version
 
 import engineio
@@ -79,7 +80,9 @@ def check_compatible() -> None:
         for name in names
         if not hasattr(owner, name)
     ]
-    probe = async_socket.AsyncSocket(engineio.AsyncServer(async_mode="aiohttp"), "probe")
+    # Given a logger, the probe server adds no stderr handler of its own to engineio's logger.
+    server = engineio.AsyncServer(async_mode="aiohttp", logger=logging.getLogger("engineio.server"))
+    probe = async_socket.AsyncSocket(server, "probe")
     missing += [f"AsyncSocket().{n}" for n in INSTANCE_ATTRIBUTES if not hasattr(probe, n)]
     if missing:
         raise IncompatibleVersion(
