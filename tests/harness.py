@@ -218,6 +218,7 @@ class Harness:
     socketio_options: dict[str, Any] = field(default_factory=dict)
     max_queue: int = 10_000
     limits: Limits = field(default_factory=Limits)
+    admin_key: str = ""
 
     def config(self) -> Config:
         return Config(
@@ -231,6 +232,7 @@ class Harness:
             socketio_options=self.socketio_options,
             max_queue=self.max_queue,
             limits=self.limits,
+            admin_key=self.admin_key,
         )
 
     @property
@@ -257,6 +259,12 @@ class Harness:
         await self.service.stop()
         self.service = Service(dataclasses.replace(self.service.config, port=free_port()))
         await self.service.start()
+
+    async def restart_with(self, **changes: Any) -> None:
+        """Stop, then start again with these fields of the harness changed."""
+        assert self.service is not None
+        await self.service.stop()
+        await self.start(**changes)
 
     async def stop(self) -> None:
         for client in self.clients:
