@@ -224,3 +224,27 @@ async def test_sighup_with_a_broken_sites_file_keeps_the_running_sites(
         await alice.disconnect()
     finally:
         await node.stop()
+
+
+async def test_malformed_http_requests_are_one_line_a_minute_without_a_traceback(
+    tmp_path: Path, stub: SiteStub
+) -> None:
+    node = ServiceProcess(
+        tmp_path,
+        write_sites(tmp_path, f"{stub.url}/auth"),
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+    )
+    await node.start()
+    try:
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+            writer.write(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\nX-Bad: \x00\r\n\r\n")
+            status = await reader.readline()
+            assert status.split()[1] == b"400", status
+            writer.close()
+        assert await node.health() == 200
+    finally:
+        await node.stop()
+    logs = node.logs()
+    assert logs.count("malformed HTTP request refused (400)") == 1
+    assert "Traceback" not in logs

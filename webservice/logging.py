@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from webservice.config import LogConfig
@@ -76,7 +78,23 @@ class JsonSink(RedactingSink):
 class _InterceptHandler(logging.Handler):
     """Routes the standard library's records (aiohttp, engineio, socketio, redis) into loguru."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._malformed_said_at = -BAD_HTTP_EVERY
+
     def emit(self, record: logging.LogRecord) -> None:
+        if _is_malformed_http(record):
+            # aiohttp logs each malformed request with a traceback: a client's mistake, said
+            # in one line at most once a minute, whatever a flood sends.
+            if time.monotonic() - self._malformed_said_at < BAD_HTTP_EVERY:
+                return
+            self._malformed_said_at = time.monotonic()
+            assert record.exc_info is not None
+            logger.bind(logger=record.name).warning(
+                "malformed HTTP request refused (400): {} (said once a minute)",
+                str(record.exc_info[1]).splitlines()[0][:200],
+            )
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
@@ -84,6 +102,17 @@ class _InterceptHandler(logging.Handler):
         logger.bind(logger=record.name).opt(depth=6, exception=record.exc_info).log(
             level, record.getMessage()
         )
+
+
+BAD_HTTP_EVERY = 60.0
+
+
+def _is_malformed_http(record: logging.LogRecord) -> bool:
+    return (
+        record.name == "aiohttp.server"
+        and record.exc_info is not None
+        and isinstance(record.exc_info[1], HttpProcessingError)
+    )
 
 
 LOG_FORMATS = ("text", "json")

@@ -7,9 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from transport.limits import Limits
-from transport.send import RESERVED_EVENTS
+from transport.send import FALSE_WORDS, RESERVED_EVENTS, TRUE_WORDS
 
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+
+BOOLEAN_WORDS = sorted(TRUE_WORDS | FALSE_WORDS - {""})
+
+
+def _any_case(words: list[str]) -> str:
+    """A pattern matching any of ``words`` in any case, or nothing, blanks around."""
+    cased = ["".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in w) for w in words]
+    return f"^\\s*(?:{'|'.join(cased)})?\\s*$"
 
 
 def _answer(description: str) -> dict[str, Any]:
@@ -30,7 +39,7 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
     rooms = {
         "oneOf": [
             room,
-            {"type": "array", "items": room, "minItems": 1, "maxItems": limits.max_rooms_per_send},
+            {"type": "array", "items": room, "maxItems": limits.max_rooms_per_send},
         ],
         "description": "A room, or a list of rooms: user rooms (userRoomPrefix), the public "
         "channel, or rooms the site's authUrl gave its users.",
@@ -90,7 +99,7 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                             "name": "resync",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                            "schema": {"type": "string", "pattern": _any_case(BOOLEAN_WORDS)},
                             "description": "Offline devices keep only the newest message of "
                             "this event: the client acks it and gets _resync.",
                         },
