@@ -35,11 +35,18 @@ _QUERY_SECRET = re.compile(r"(?i)\b(apiKey|api_key|key|token|meta|auth)=([^&\s'\
 _HEADER_SECRET = re.compile(r"(?i)\b(authorization|x-meta)(['\"]?\s*[:=]\s*['\"]?)([^'\"\r\n,}]+)")
 
 
+# What the two patterns need to find anything: most lines hold none, and skip the regexes.
+_HINTS = ("key=", "token=", "meta", "auth")
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    text = _QUERY_SECRET.sub(rf"\1={MASK}", text)
-    text = _HEADER_SECRET.sub(rf"\1\2{MASK}", text)
+    lowered = text.lower()
+    if any(hint in lowered for hint in _HINTS):
+        text = _QUERY_SECRET.sub(rf"\1={MASK}", text)
+        text = _HEADER_SECRET.sub(rf"\1\2{MASK}", text)
     for secret in secrets:
-        text = text.replace(secret, MASK)
+        if secret in text:
+            text = text.replace(secret, MASK)
     return text
 
 
