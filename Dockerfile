@@ -8,11 +8,12 @@
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
+# socketio_webservice/ links to the four layers' folders: all five are needed.
+COPY socketio_webservice socketio_webservice
 COPY actors actors
 COPY transport transport
 COPY storage storage
 COPY webservice webservice
-COPY bench bench
 RUN python -m venv /venv \
     && /venv/bin/pip install --no-cache-dir --upgrade "pip>=24" \
     && /venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \

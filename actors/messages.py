@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from storage import Message
+from ..storage import Message
 
 
 @dataclass(slots=True)

@@ -6,12 +6,12 @@ import asyncio
 
 from loguru import logger
 
-from actors.counts import DeliveryCounts
-from actors.messages import ActorMessage, CatchUp, Deliver
-from actors.outbox import Outbox
-from actors.user_actor import UserActor
-from storage import Store
-from webservice.config import SiteConfig
+from ..sites import SiteConfig
+from ..storage import Store
+from .counts import DeliveryCounts
+from .messages import ActorMessage, CatchUp, Deliver
+from .outbox import Outbox
+from .user_actor import UserActor
 
 
 class ActorRegistry:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from loguru import logger
 
-from actors.mailbox import Mailbox
-from actors.messages import (
+from ..storage import Message, Store, StoredMessage, StoreUnavailable
+from .mailbox import Mailbox
+from .messages import (
     Ack,
     ActorMessage,
     Attach,
@@ -33,11 +34,10 @@ from actors.messages import (
     ResyncAck,
     Retry,
 )
-from actors.outbox import Outbox
-from storage import Message, Store, StoredMessage, StoreUnavailable
+from .outbox import Outbox
 
 if TYPE_CHECKING:
-    from actors.registry import ActorRegistry
+    from .registry import ActorRegistry
 
 MAILBOX_LIMIT = 10_000  # deliveries beyond it are dropped from the mailbox and re-read instead
 HOLD_LIMIT = 1_000  # out-of-order deliveries held per device while a gap fills

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bench.processes import RedisServer, ServiceProcess, free_port, write_sites
+from testkit.processes import RedisServer, ServiceProcess, free_port, write_sites
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

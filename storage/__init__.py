@@ -1,6 +1,6 @@
 """Where messages, devices and room membership are kept: Redis or SQLite, one contract."""
 
-from storage.base import Backlog, Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
+from .base import Backlog, Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
 
 __all__ = [
     "Backlog",

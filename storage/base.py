@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from storage.stats import StoreStats
+from .stats import StoreStats
 
 
 class StoreUnavailable(Exception):

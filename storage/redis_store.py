@@ -24,8 +24,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from storage import redis_scripts as scripts
-from storage.base import (
+from . import redis_scripts as scripts
+from .base import (
     DEFAULT_MAX_QUEUE,
     AckItem,
     Backlog,
@@ -38,8 +38,8 @@ from storage.base import (
     StoredMessage,
     StoreUnavailable,
 )
-from storage.coalesce import WriteCoalescer
-from storage.redis_keys import (
+from .coalesce import WriteCoalescer
+from .redis_keys import (
     DEFAULT_PREFIX,
     escape,
     event_member,
@@ -49,7 +49,7 @@ from storage.redis_keys import (
     site_prefix,
     unescape,
 )
-from storage.stats import StoreStats
+from .stats import StoreStats
 
 T = TypeVar("T")
 # Redis refusing writes, not a bug of ours: out of memory, a replica, a failed snapshot, loading.

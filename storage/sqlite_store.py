@@ -22,7 +22,7 @@ import aiosqlite
 import orjson
 from loguru import logger
 
-from storage.base import (
+from .base import (
     DEFAULT_MAX_QUEUE,
     AckItem,
     Backlog,
@@ -34,8 +34,8 @@ from storage.base import (
     StoredMessage,
     StoreUnavailable,
 )
-from storage.coalesce import WriteCoalescer
-from storage.stats import StoreStats
+from .coalesce import WriteCoalescer
+from .stats import StoreStats
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (

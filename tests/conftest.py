@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from bench.processes import RedisServer
-from storage import Store
-from storage.redis_store import RedisStore
-from storage.sqlite_store import SQLiteStore
+from socketio_webservice.storage import Store
+from socketio_webservice.storage.redis_store import RedisStore
+from socketio_webservice.storage.sqlite_store import SQLiteStore
+from testkit.processes import RedisServer
 
 if TYPE_CHECKING:
     from tests.harness import Harness, SiteStub
@@ -95,8 +95,8 @@ async def harness(
     """The service on a free port, on the store of the test's parameter, with two sites:
     ``shop`` delivers reliably (user rooms ``user_*``, public channel ``browse``), ``news``
     broadcasts to rooms only."""
+    from socketio_webservice.sites import SiteConfig
     from tests.harness import Harness
-    from webservice.config import SiteConfig
 
     sites = {
         "shop": SiteConfig(

@@ -13,11 +13,12 @@ import socketio
 from aiohttp import web
 from socketio import packet
 
-from bench.processes import free_port
-from storage import Store
-from transport.limits import Limits
-from webservice.config import Config, SiteConfig
-from webservice.service import Service
+from socketio_webservice.sites import SiteConfig
+from socketio_webservice.storage import Store
+from socketio_webservice.transport.limits import Limits
+from socketio_webservice.webservice.config import Config
+from socketio_webservice.webservice.service import Service
+from testkit.processes import free_port
 
 WAIT = 5.0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from webservice.config import ConfigError, load_config
+from socketio_webservice.webservice.config import ConfigError, load_config
 
 CONFIG = """
 production:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.processes import ROOT, free_port
+from testkit.processes import ROOT, free_port
 from tests.harness import SiteStub, connect
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -246,8 +246,37 @@ async def test_two_nodes_from_the_image_layout_with_composes_environment(
     assert lines and all(json.loads(line)["message"] for line in lines)
 
 
-def test_the_wheel_holds_the_client_bundles_and_the_status_page(image: Path) -> None:
+def test_the_wheel_installs_one_package_with_its_client_bundles_and_pages(image: Path) -> None:
     site_packages = next((image / "venv/lib").glob("python3*/site-packages"))
-    static = next(site_packages.glob("*/static"))
+    record = next(site_packages.glob("socketio_webservice-*.dist-info")) / "RECORD"
+    tops = {
+        line.split("/")[0]
+        for line in record.read_text().splitlines()
+        if not line.startswith("..") and ".dist-info/" not in line
+    }
+    assert tops == {"socketio_webservice"}  # no bench, no test helpers, no generic names
+    static = site_packages / "socketio_webservice" / "webservice" / "static"
     for name in ("socket.io.js", "socket.io-4.min.js", "status.html", "demo.html"):
         assert (static / name).is_file(), name
+    python = str(image / "venv/bin/python")
+    listed = subprocess.run(
+        [
+            python,
+            "-c",
+            "import socketio_webservice, pkgutil; "
+            "print(sorted(m.name for m in pkgutil.iter_modules(socketio_webservice.__path__)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=image,
+        check=True,
+    )
+    assert (
+        listed.stdout.strip()
+        == "['__main__', 'actors', 'sites', 'storage', 'transport', 'webservice']"
+    )
+    for generic in ("actors", "transport", "storage", "webservice", "bench"):
+        found = subprocess.run(
+            [python, "-c", f"import {generic}"], capture_output=True, cwd=image, check=False
+        )
+        assert found.returncode != 0, f"{generic} is importable from the wheel"

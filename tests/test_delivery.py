@@ -332,7 +332,7 @@ async def wait_for_empty_queue(
 
 
 async def test_after_missed_signals_every_actor_re_reads_its_queues(harness: Harness) -> None:
-    from storage import Message
+    from socketio_webservice.storage import Message
 
     await harness.start()
     harness.stub.answers["t1"] = ["user_1"]
@@ -350,7 +350,7 @@ async def test_first_live_message_after_a_reconnect_with_nothing_pending_comes_a
 ) -> None:
     """A page reload must not hold the next message back (invariant 9): the device's queue is
     empty but its seq is past 0, and the attach must know where it stands."""
-    from actors.user_actor import GAP_WAIT
+    from socketio_webservice.actors.user_actor import GAP_WAIT
 
     await harness.start()
     harness.stub.answers["t1"] = ["user_1"]

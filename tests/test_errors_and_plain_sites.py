@@ -127,7 +127,7 @@ async def test_connect_errors_are_the_originals_texts(
 async def test_unreachable_auth_url_is_a_clear_connect_error(harness: Harness) -> None:
     from dataclasses import replace
 
-    from bench.processes import free_port
+    from testkit.processes import free_port
 
     site = harness.sites["shop"]
     harness.sites["shop"] = replace(site, auth_url=f"http://127.0.0.1:{free_port()}/auth")

@@ -18,11 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.processes import free_port
+from socketio_webservice.sites import SiteConfig
+from socketio_webservice.webservice.config import Config
+from socketio_webservice.webservice.service import Service
+from testkit.processes import free_port
 from tests.harness import SiteStub, connect
 from tests.test_hostile_input import send_frames
-from webservice.config import Config, SiteConfig
-from webservice.service import Service
 
 FUZZ_SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

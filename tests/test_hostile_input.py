@@ -15,10 +15,10 @@ import socketio
 from loguru import logger
 
 from bench.sim_client import SimClient
+from socketio_webservice.transport.form_body import parse_form
+from socketio_webservice.transport.limits import Limits
+from socketio_webservice.webservice.logging import redact
 from tests.harness import Client, Harness
-from transport.form_body import parse_form
-from transport.limits import Limits
-from webservice.logging import redact
 
 WAIT = 5.0
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from engineio import packet as eio_packet
 
+from socketio_webservice.transport.socketio_adapter.legacy import decode_payload, encode_payload
+from socketio_webservice.webservice.config import load_config
 from tests.harness import Harness
-from transport.socketio_adapter.legacy import decode_payload, encode_payload
-from webservice.config import load_config
 
 
 def frames(payload: str) -> list[str]:

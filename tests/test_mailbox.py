@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.mailbox import Mailbox
+from socketio_webservice.actors.mailbox import Mailbox
 
 
 async def test_items_come_out_in_order_and_wake_a_waiting_getter() -> None:

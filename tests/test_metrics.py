@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.processes import free_port
+from socketio_webservice.webservice.service import Service
+from testkit.processes import free_port
 from tests.harness import Harness, connect, post_send
-from webservice.service import Service
 
 PREFIX = "socketio_webservice_"
 

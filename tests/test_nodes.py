@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.processes import RedisServer, ServiceProcess, free_port, write_sites
-from storage.redis_store import RedisStore
+from socketio_webservice.storage.redis_store import RedisStore
+from testkit.processes import RedisServer, ServiceProcess, free_port, write_sites
 from tests.harness import Client, SiteStub, connect, connect_error, post_send
 
 StartNodes = Callable[..., Awaitable[list[ServiceProcess]]]

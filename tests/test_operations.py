@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.processes import ROOT, ServiceProcess, write_sites
+from testkit.processes import ROOT, ServiceProcess, write_sites
 from tests.harness import SiteStub, connect, connect_error, post_send
 
 TOKEN = "tok-Secret-4711"

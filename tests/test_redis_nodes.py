@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from storage import Message
-from storage.redis_store import RedisStore
+from socketio_webservice.storage import Message
+from socketio_webservice.storage.redis_store import RedisStore
 
 SITE = "shop"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transport.socketio_adapter import IndexedManager
+from socketio_webservice.transport.socketio_adapter import IndexedManager
 
 NS = "/news"
 

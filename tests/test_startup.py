@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.processes import free_port
+from testkit.processes import free_port
 
 ROOT = Path(__file__).parents[1]
 API_KEY = "start-up-secret-key"
@@ -77,7 +77,7 @@ def test_an_installed_library_missing_what_the_adapter_uses_is_one_clear_error(
 ) -> None:
     from engineio import async_socket
 
-    from transport.socketio_adapter import IncompatibleVersion, check_compatible
+    from socketio_webservice.transport.socketio_adapter import IncompatibleVersion, check_compatible
 
     check_compatible()  # the installed versions have everything
     monkeypatch.delattr(async_socket.AsyncSocket, "schedule_ping")

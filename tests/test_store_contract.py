@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from storage import Message, Store
+from socketio_webservice.storage import Message, Store
 from tests.conftest import make_store
 
 SITE = "shop"
@@ -231,7 +231,7 @@ async def test_reopening_keeps_queues_devices_and_membership(
     await first.close()
 
     if store_kind == "sqlite":
-        from storage.sqlite_store import SQLiteStore
+        from socketio_webservice.storage.sqlite_store import SQLiteStore
 
         second: Store = SQLiteStore(path, device_ttl=3600)
     else:

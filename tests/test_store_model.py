@@ -27,10 +27,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bench.processes import RedisServer
-from storage import Message, Store
-from storage.redis_store import RedisStore
-from storage.sqlite_store import SQLiteStore
+from socketio_webservice.storage import Message, Store
+from socketio_webservice.storage.redis_store import RedisStore
+from socketio_webservice.storage.sqlite_store import SQLiteStore
+from testkit.processes import RedisServer
 
 SITE = "s"
 USERS = ["u1", "u2", "u3"]

@@ -9,9 +9,9 @@ import time
 import aiohttp
 import orjson
 
-from transport.limits import Limits
-from transport.stats import TransportStats
-from webservice.config import SiteConfig
+from ..sites import SiteConfig
+from .limits import Limits
+from .stats import TransportStats
 
 REFUSED_CACHE_SIZE = 10_000  # tokens remembered as refused, per site; the oldest go first
 # Characters aiohttp refuses in a header value (it raises ValueError); also the other controls.

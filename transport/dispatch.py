@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from actors.messages import CatchUp, Deliver
-from storage import Delivery, Message
-from transport.node_bus import NodeBus
-from transport.site_namespace import SiteNamespace
-from transport.stats import TransportStats
+from ..actors.messages import CatchUp, Deliver
+from ..storage import Delivery, Message
+from .node_bus import NodeBus
+from .site_namespace import SiteNamespace
+from .stats import TransportStats
 
 
 class Dispatcher:

@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import RedisError
 
-from storage import Delivery, Message
-from storage.redis_keys import deliver_channel
-from transport.stats import TransportStats
+from ..storage import Delivery, Message
+from ..storage.redis_keys import deliver_channel
+from .stats import TransportStats
 
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import aiohttp
 from loguru import logger
 
-from webservice.config import SiteConfig
+from ..sites import SiteConfig
 
 UPDATE_TIMEOUT = 10.0
 

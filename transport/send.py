@@ -16,12 +16,12 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-from storage import Message, Store, StoreUnavailable
-from transport.dispatch import Dispatcher
-from transport.form_body import FormError, parse_form
-from transport.limits import Limits
-from transport.site_namespace import SiteNamespace
-from transport.stats import TransportStats
+from ..storage import Message, Store, StoreUnavailable
+from .dispatch import Dispatcher
+from .form_body import FormError, parse_form
+from .limits import Limits
+from .site_namespace import SiteNamespace
+from .stats import TransportStats
 
 # Names a client library or this service gives a meaning of its own: a site sending one would
 # forge a batch or a resync, or break the official client ("parse error").

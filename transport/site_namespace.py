@@ -12,15 +12,15 @@ import orjson
 import socketio
 from loguru import logger
 
-from actors.messages import Attach, Detach, Register
-from actors.registry import ActorRegistry
-from storage import Store
-from transport.auth import AuthGate, AuthRejected
-from transport.limits import Limits
-from transport.presence import PresenceNotifier
-from transport.socketio_adapter import client_protocol
-from transport.stats import TransportStats
-from webservice.config import SiteConfig
+from ..actors.messages import Attach, Detach, Register
+from ..actors.registry import ActorRegistry
+from ..sites import SiteConfig
+from ..storage import Store
+from .auth import AuthGate, AuthRejected
+from .limits import Limits
+from .presence import PresenceNotifier
+from .socketio_adapter import client_protocol
+from .stats import TransportStats
 
 REGISTER_TIMEOUT = 10.0
 # One info line per connect and per disconnect; in JSON logs each {field} is a field too.

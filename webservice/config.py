@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from storage.base import DEFAULT_MAX_QUEUE
-from transport.limits import LIMIT_NAMES, Limits
+from ..sites import SiteConfig
+from ..storage.base import DEFAULT_MAX_QUEUE
+from ..transport.limits import LIMIT_NAMES, Limits
 
 DEFAULT_PORT = 1337
 DEFAULT_DEVICE_TTL = 3600
@@ -47,31 +48,6 @@ IGNORED_IO_OPTIONS = {"path", "adapter", "parser", "connectTimeout", "wsEngine"}
 
 class ConfigError(Exception):
     """A configuration mistake; its message names the key and is shown as-is."""
-
-
-@dataclass(frozen=True, slots=True)
-class SiteConfig:
-    name: str
-    auth_url: str
-    api_key: str
-    auth_scheme: str = "Bearer"
-    user_room_prefix: str = ""
-    update_user_url: str = ""
-    public_channel: str = ""
-
-    @property
-    def reliable(self) -> bool:
-        """Sites with user rooms store every message until the device acks it."""
-        return bool(self.user_room_prefix)
-
-    def is_user_room(self, room: str) -> bool:
-        return room.startswith(self.user_room_prefix) or self.is_public_channel(room)
-
-    def is_public_channel(self, room: str) -> bool:
-        return bool(self.public_channel) and room == self.public_channel
-
-    def user_id(self, user_room: str) -> str:
-        return user_room[len(self.user_room_prefix) :]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from webservice.config import Config, SiteConfig
+from ..sites import SiteConfig
+from .config import Config
 
 DEMO_SITE = "demo"
 DEMO_API_KEY = "demo-key"

@@ -26,7 +26,7 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
-from webservice.config import LogConfig
+from .config import LogConfig
 
 WINSTON_LEVELS = {"SILLY": "TRACE", "VERBOSE": "DEBUG", "WARN": "WARNING"}
 MASK = "***"

@@ -20,9 +20,9 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from storage import Store, StoreUnavailable
-from transport.site_namespace import SiteNamespace
-from transport.stats import TransportStats
+from ..storage import Store, StoreUnavailable
+from ..transport.site_namespace import SiteNamespace
+from ..transport.stats import TransportStats
 
 PREFIX = "socketio_webservice_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transport.limits import Limits
-from transport.send import FALSE_WORDS, RESERVED_EVENTS, TRUE_WORDS
+from ..transport.limits import Limits
+from ..transport.send import FALSE_WORDS, RESERVED_EVENTS, TRUE_WORDS
 
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
 

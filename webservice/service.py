@@ -16,29 +16,30 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-from storage import Store, StoreUnavailable
-from storage.redis_keys import DEFAULT_PREFIX
-from storage.redis_store import RedisStore
-from storage.sqlite_store import SQLiteStore
-from transport import orjson_codec
-from transport.dispatch import Dispatcher
-from transport.http_server import CappedSite, ConnectionCap, usable_connections
-from transport.node_bus import LocalBus, NodeBus, RedisBus
-from transport.send import SendHandler
-from transport.site_namespace import SiteNamespace
-from transport.socketio_adapter import (
+from ..sites import SiteConfig
+from ..storage import Store, StoreUnavailable
+from ..storage.redis_keys import DEFAULT_PREFIX
+from ..storage.redis_store import RedisStore
+from ..storage.sqlite_store import SQLiteStore
+from ..transport import orjson_codec
+from ..transport.dispatch import Dispatcher
+from ..transport.http_server import CappedSite, ConnectionCap, usable_connections
+from ..transport.node_bus import LocalBus, NodeBus, RedisBus
+from ..transport.send import SendHandler
+from ..transport.site_namespace import SiteNamespace
+from ..transport.socketio_adapter import (
     IncompatibleVersion,
     IndexedManager,
     IndexedRedisManager,
     SocketIOServer,
     check_compatible,
 )
-from transport.stats import TransportStats
-from webservice import metrics
-from webservice.config import Config, SiteConfig
-from webservice.metrics import ServiceMetrics
-from webservice.openapi import openapi_document
-from webservice.version import version
+from ..transport.stats import TransportStats
+from . import metrics
+from .config import Config
+from .metrics import ServiceMetrics
+from .openapi import openapi_document
+from .version import version
 
 # The browser client pages of the original load from the service itself (socket.io's
 # serveClient): socket.io-client 2.5.0, the last of the line the original's pages were written

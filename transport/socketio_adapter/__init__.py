@@ -3,8 +3,8 @@ the server and managers we tune (``server``), Engine.IO protocol 3 beside their 
 (``legacy``), and the start-up check that the installed versions have what both need
 (``compatibility``)."""
 
-from transport.socketio_adapter.compatibility import IncompatibleVersion, check_compatible
-from transport.socketio_adapter.server import (
+from .compatibility import IncompatibleVersion, check_compatible
+from .server import (
     IndexedManager,
     IndexedRedisManager,
     SocketIOServer,

@@ -37,9 +37,9 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 from loguru import logger
 
-from actors.mailbox import Mailbox
-from transport.limits import Limits
-from transport.socketio_adapter.legacy import (
+from ...actors.mailbox import Mailbox
+from ..limits import Limits
+from .legacy import (
     LEGACY,
     LegacySocket,
     as_protocol_4_query,

@@ -89,7 +89,7 @@ class RedisServer:
 
 
 class ServiceProcess:
-    """``python -m webservice`` with the given environment, on a free port."""
+    """``python -m socketio_webservice`` with the given environment, on a free port."""
 
     def __init__(self, workdir: Path, sites: Path, **env: str) -> None:
         self.workdir = workdir
@@ -117,7 +117,7 @@ class ServiceProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "webservice",
+                "socketio_webservice",
                 "--sites",
                 str(self.sites),
                 cwd=self.workdir,
