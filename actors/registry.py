@@ -6,7 +6,6 @@ import asyncio
 
 from loguru import logger
 
-from ..sites import SiteConfig
 from ..storage import Store
 from .counts import DeliveryCounts
 from .messages import ActorMessage, CatchUp, Deliver
@@ -17,7 +16,7 @@ from .user_actor import UserActor
 class ActorRegistry:
     """The actors of one site on this node."""
 
-    def __init__(self, site: SiteConfig, store: Store, outbox: Outbox) -> None:
+    def __init__(self, site: str, store: Store, outbox: Outbox) -> None:
         self.site = site
         self.store = store
         self.outbox = outbox
@@ -58,14 +57,14 @@ class ActorRegistry:
             actor.tell(CatchUp())
 
     def _spawn(self, user: str) -> UserActor:
-        actor = UserActor(self, user)
+        actor = UserActor(self.site, user, self.store, self.outbox, self.counts, self._retire)
         self.actors[user] = actor
-        task = asyncio.create_task(actor.run(), name=f"actor:{self.site.name}:{user}")
+        task = asyncio.create_task(actor.run(), name=f"actor:{self.site}:{user}")
         self._tasks[actor] = task
         task.add_done_callback(lambda done, a=actor: self._on_exit(a, done))  # type: ignore[misc]
         return actor
 
-    def retire(self, actor: UserActor) -> None:
+    def _retire(self, actor: UserActor) -> None:
         """Called by the actor itself when it has no sockets and an empty mailbox; nothing can
         be posted to it in between, since both happen without yielding."""
         if self.actors.get(actor.user) is actor:
@@ -79,21 +78,18 @@ class ActorRegistry:
         if exc is not None:
             logger.opt(exception=exc).error("actor {} crashed; respawning", actor.user)
         if self.actors.get(actor.user) is actor:
-            # It stopped without retiring: hand its sockets and mailbox to a fresh actor.
+            # It stopped without retiring: a fresh actor takes over all it held.
             del self.actors[actor.user]
-            successor = self._spawn(actor.user)
-            successor.sockets, successor.devices = actor.sockets, actor.devices
-            while not actor.mailbox.empty():
-                successor.tell(actor.mailbox.get_nowait())
+            actor.hand_over(self._spawn(actor.user))
 
     async def drain(self, timeout: float) -> None:
         """Let every actor finish what is in its mailbox, then stop them."""
-        drained = asyncio.gather(*(actor.mailbox.join() for actor in self.actors.values()))
+        drained = asyncio.gather(*(actor.drained() for actor in self.actors.values()))
         try:
             await asyncio.wait_for(drained, timeout)
         except TimeoutError:
             logger.warning(
-                "site={}: actors still busy after {}s; stopping them", self.site.name, timeout
+                "site={}: actors still busy after {}s; stopping them", self.site, timeout
             )
         tasks = list(self._tasks.values())
         for task in tasks:

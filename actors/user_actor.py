@@ -14,13 +14,15 @@ read never returns a message whose ack was already received.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from loguru import logger
 
 from ..storage import Message, Store, StoredMessage, StoreUnavailable
+from .counts import DeliveryCounts
 from .mailbox import Mailbox
 from .messages import (
     Ack,
@@ -35,9 +37,6 @@ from .messages import (
     Retry,
 )
 from .outbox import Outbox
-
-if TYPE_CHECKING:
-    from .registry import ActorRegistry
 
 MAILBOX_LIMIT = 10_000  # deliveries beyond it are dropped from the mailbox and re-read instead
 HOLD_LIMIT = 1_000  # out-of-order deliveries held per device while a gap fills
@@ -81,29 +80,47 @@ class DeviceLink:
 
 
 class UserActor:
+    """The user's sockets on this node and what each of its devices has been sent.
+
+    It is given what it needs and no more: its site's name, the store, the outbox, the site's
+    counters, and ``on_idle``, called once it has no socket and nothing left to do (the
+    registry then forgets it). Only the registry spawns one, and respawns it with
+    :meth:`hand_over` if its task ever stops otherwise.
+    """
+
     __slots__ = (
         "_acks_in_flight",
         "_busy",
         "_catch_up_queued",
+        "_on_idle",
         "_retries_waiting",
+        "_successor",
         "counts",
         "devices",
         "mailbox",
         "outbox",
-        "registry",
         "site",
         "sockets",
         "store",
         "user",
     )
 
-    def __init__(self, registry: ActorRegistry, user: str) -> None:
-        self.registry = registry
+    def __init__(
+        self,
+        site: str,
+        user: str,
+        store: Store,
+        outbox: Outbox,
+        counts: DeliveryCounts,
+        on_idle: Callable[[UserActor], None],
+    ) -> None:
+        self.site = site
         self.user = user
-        self.site = registry.site.name
-        self.store: Store = registry.store
-        self.outbox: Outbox = registry.outbox
-        self.counts = registry.counts
+        self.store = store
+        self.outbox = outbox
+        self.counts = counts
+        self._on_idle = on_idle
+        self._successor: UserActor | None = None
         self.mailbox: Mailbox[ActorMessage] = Mailbox()
         self.sockets: dict[str, SocketInfo] = {}
         self.devices: dict[str, DeviceLink] = {}
@@ -119,6 +136,9 @@ class UserActor:
         return not self._busy and self.mailbox.empty()
 
     def tell(self, message: ActorMessage) -> None:
+        if self._successor is not None:  # a timer or callback of before the hand-over
+            self._successor.tell(message)
+            return
         if isinstance(message, Deliver) and self.mailbox.qsize() >= MAILBOX_LIMIT:
             # The message is stored; dropping its live copy is safe if the queue is re-read.
             if not self._catch_up_queued:
@@ -159,8 +179,32 @@ class UserActor:
                 self._busy = False
                 self.mailbox.task_done()
             if self.idle:
-                self.registry.retire(self)
+                self._on_idle(self)
                 return
+
+    async def drained(self) -> None:
+        """Returns once every message posted so far has been handled."""
+        await self.mailbox.join()
+
+    def hand_over(self, successor: UserActor) -> None:
+        """This actor's task stopped without retiring (a bug): give ``successor`` everything it
+        held, so that the user's sockets, devices, queued messages, acks in flight and retries
+        go on there. Timers and callbacks still bound to this actor forward to it."""
+        successor.sockets, successor.devices = self.sockets, self.devices
+        self.sockets, self.devices = {}, {}
+        successor._acks_in_flight |= self._acks_in_flight
+        for future in self._acks_in_flight:
+            future.add_done_callback(successor._acks_in_flight.discard)
+        successor._retries_waiting += self._retries_waiting
+        successor._catch_up_queued = self._catch_up_queued
+        self._successor = successor
+        while not self.mailbox.empty():
+            successor.mailbox.put_nowait(self.mailbox.get_nowait())
+            self.mailbox.task_done()
+        for device, link in successor.devices.items():
+            if link.gap_timer is not None:  # re-armed on the successor
+                link.stop_waiting()
+                successor.tell(CatchUp(device=device))
 
     async def handle(self, message: ActorMessage) -> None:
         match message:
@@ -394,6 +438,9 @@ class UserActor:
     def _retry_later(self, failed: ActorMessage, exc: BaseException) -> None:
         """Keep what the client or site asked for until the store is back, instead of
         dropping it: an ack, a disconnect, or a re-read of the queue."""
+        if self._successor is not None:
+            self._successor._retry_later(failed, exc)
+            return
         if isinstance(failed, Retry):
             retry = Retry(failed.message, min(failed.delay * 2, RETRY_MAX))
         elif isinstance(failed, Ack | ResyncAck | Release | CatchUp):
@@ -417,5 +464,6 @@ class UserActor:
         asyncio.get_running_loop().call_later(retry.delay, self._retry_due, retry)
 
     def _retry_due(self, retry: Retry) -> None:
-        self._retries_waiting -= 1
-        self.mailbox.put_nowait(retry)
+        target = self._successor or self  # counted there since the hand-over
+        target._retries_waiting -= 1
+        target.mailbox.put_nowait(retry)

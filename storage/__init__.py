@@ -1,6 +1,7 @@
 """Where messages, devices and room membership are kept: Redis or SQLite, one contract."""
 
 from .base import Backlog, Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
+from .factory import make_store
 
 __all__ = [
     "Backlog",
@@ -10,4 +11,5 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "StoredMessage",
+    "make_store",
 ]

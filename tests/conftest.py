@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
+from socketio_webservice import storage
 from socketio_webservice.storage import Store
-from socketio_webservice.storage.redis_store import RedisStore
-from socketio_webservice.storage.sqlite_store import SQLiteStore
 from testkit.processes import RedisServer
 
 if TYPE_CHECKING:
@@ -42,14 +41,15 @@ def make_store(
     device_ttl: int,
     node_id: str = "node-a",
     max_queue: int = 10_000,
-    **options: float,
 ) -> Store:
-    if kind == "sqlite":
-        path = tmp_path / f"store-{uuid.uuid4().hex}.sqlite3"
-        return SQLiteStore(path, device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)
-    assert redis_url is not None
-    return RedisStore(
-        redis_url, device_ttl=device_ttl, node_id=node_id, max_queue=max_queue, **options
+    """The service's own factory, on a fresh SQLite file or the test Redis."""
+    assert kind == "sqlite" or redis_url, "a Redis store needs the test Redis"
+    return storage.make_store(
+        redis_url=redis_url if kind == "redis" and redis_url else "",
+        sqlite_path=tmp_path / f"store-{uuid.uuid4().hex}.sqlite3",
+        device_ttl=device_ttl,
+        node_id=node_id,
+        max_queue=max_queue,
     )
 
 

@@ -14,12 +14,16 @@ from .stats import TransportStats
 
 class Dispatcher:
     def __init__(
-        self, node_id: str, namespaces: Mapping[str, SiteNamespace], stats: TransportStats
+        self,
+        node_id: str,
+        namespaces: Mapping[str, SiteNamespace],
+        bus: NodeBus,
+        stats: TransportStats,
     ) -> None:
         self.node_id = node_id
+        self.bus = bus
         self.stats = stats
         self.namespaces = namespaces
-        self.bus: NodeBus | None = None
 
     async def dispatch(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
         """Deliver here what is connected here; signal each other node once."""
@@ -33,7 +37,6 @@ class Dispatcher:
                     elsewhere[node].append(delivery)
         self.deliver_here(site, message, here)
         if elsewhere:
-            assert self.bus is not None
             for node, batch in elsewhere.items():
                 await self.bus.publish(node, site, message, batch)
 

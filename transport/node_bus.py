@@ -31,7 +31,9 @@ class NodeBus(Protocol):
     @property
     def healthy(self) -> bool: ...
 
-    async def start(self) -> None: ...
+    async def start(self, on_delivery: OnDelivery, on_recovered: Callable[[], None]) -> None:
+        """Listen: ``on_delivery`` gets every signal for this node, ``on_recovered`` is called
+        when the channel is back after an outage (signals may have been missed)."""
 
     async def stop(self) -> None: ...
 
@@ -45,7 +47,7 @@ class LocalBus:
 
     healthy = True
 
-    async def start(self) -> None:
+    async def start(self, on_delivery: OnDelivery, on_recovered: Callable[[], None]) -> None:
         pass
 
     async def stop(self) -> None:
@@ -81,15 +83,13 @@ class RedisBus:
         url: str,
         node_id: str,
         key_prefix: str,
-        on_delivery: OnDelivery,
-        on_recovered: Callable[[], None],
         stats: TransportStats,
     ) -> None:
         self.node_id = node_id
         self.stats = stats
         self.key_prefix = key_prefix
-        self.on_delivery = on_delivery
-        self.on_recovered = on_recovered
+        self.on_delivery: OnDelivery | None = None
+        self.on_recovered: Callable[[], None] | None = None
         # No socket timeout: a subscriber waits for messages; health checks find dead links.
         self.redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=5, health_check_interval=5, socket_keepalive=True
@@ -102,7 +102,8 @@ class RedisBus:
     def healthy(self) -> bool:
         return self._healthy
 
-    async def start(self) -> None:
+    async def start(self, on_delivery: OnDelivery, on_recovered: Callable[[], None]) -> None:
+        self.on_delivery, self.on_recovered = on_delivery, on_recovered
         self._listener = asyncio.create_task(self._listen_forever(), name="node-bus")
         await asyncio.wait_for(self._subscribed.wait(), 10)
 
@@ -137,6 +138,7 @@ class RedisBus:
                     if lost:
                         logger.info("node bus: reconnected to Redis")
                         lost = False
+                        assert self.on_recovered is not None
                         self.on_recovered()  # signals may have been missed meanwhile
                     while True:
                         item = await pubsub.get_message(timeout=1.0)
@@ -159,4 +161,5 @@ class RedisBus:
             logger.error("node bus: undecodable signal dropped: {}", exc)
             return
         self.stats.signals_received += 1
+        assert self.on_delivery is not None
         self.on_delivery(site, message, deliveries)

@@ -63,7 +63,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.limits = limits
         self.auth = AuthGate(http, site, limits, auth_timeout, stats)
         self.presence = PresenceNotifier(http, site)
-        self.registry = ActorRegistry(site, store, self)
+        self.registry = ActorRegistry(site.name, store, self)
         self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
         self.clients: dict[str, tuple[str, str]] = {}  # sid -> (user, device), for the logs
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -72,7 +72,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def update_site(self, site: SiteConfig) -> None:
         """New URLs or keys for the same site (sites.yml reloaded): used from the next
         connect, send or presence call."""
-        self.site = self.auth.site = self.presence.site = self.registry.site = site
+        self.site = self.auth.site = self.presence.site = site
 
     # --- Outbox, for the actors -------------------------------------------------------------
 

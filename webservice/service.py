@@ -17,10 +17,8 @@ from aiohttp import web
 from loguru import logger
 
 from ..sites import SiteConfig
-from ..storage import Store, StoreUnavailable
+from ..storage import StoreUnavailable, make_store
 from ..storage.redis_keys import DEFAULT_PREFIX
-from ..storage.redis_store import RedisStore
-from ..storage.sqlite_store import SQLiteStore
 from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
 from ..transport.http_server import CappedSite, ConnectionCap, usable_connections
@@ -61,29 +59,19 @@ class StartupError(Exception):
     """The service cannot start here (port taken, store unreachable, ...): one line says why."""
 
 
-def make_store(config: Config, node_id: str) -> Store:
-    if config.redis_url:
-        return RedisStore(
-            config.redis_url,
-            device_ttl=config.device_ttl,
-            node_id=node_id,
-            node_dead_after=config.node_timeout,
-            max_queue=config.max_queue,
-        )
-    return SQLiteStore(
-        config.sqlite_path,
-        device_ttl=config.device_ttl,
-        synchronous=config.sqlite_synchronous,
-        node_id=node_id,
-        max_queue=config.max_queue,
-    )
-
-
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node_id = uuid.uuid4().hex[:12]
-        self.store = make_store(config, self.node_id)
+        self.store = make_store(
+            redis_url=config.redis_url,
+            sqlite_path=config.sqlite_path,
+            device_ttl=config.device_ttl,
+            node_id=self.node_id,
+            max_queue=config.max_queue,
+            sqlite_synchronous=config.sqlite_synchronous,
+            node_dead_after=config.node_timeout,
+        )
         options: dict[str, Any] = {
             # Given as loggers, the libraries add no handler of their own: their lines go
             # through ours (one format, redacted, JSON where asked) and are not printed twice.
@@ -107,18 +95,12 @@ class Service:
         self.sio.attach(self.app)
         self.stats = TransportStats()
         self.namespaces: dict[str, SiteNamespace] = {}
-        self.dispatcher = Dispatcher(self.node_id, self.namespaces, self.stats)
-        self.bus: NodeBus = LocalBus()
-        if config.redis_url:
-            self.bus = RedisBus(
-                config.redis_url,
-                self.node_id,
-                DEFAULT_PREFIX,
-                on_delivery=self.dispatcher.deliver_here,
-                on_recovered=self.dispatcher.catch_up_everyone,
-                stats=self.stats,
-            )
-        self.dispatcher.bus = self.bus
+        self.bus: NodeBus = (
+            RedisBus(config.redis_url, self.node_id, DEFAULT_PREFIX, self.stats)
+            if config.redis_url
+            else LocalBus()
+        )
+        self.dispatcher = Dispatcher(self.node_id, self.namespaces, self.bus, self.stats)
         self.metrics = ServiceMetrics(
             self.node_id, self.namespaces, self.store, self.stats, self.sio.connection_count
         )
@@ -150,7 +132,7 @@ class Service:
         except StoreUnavailable as exc:
             raise StartupError(str(exc)) from None
         try:
-            await self.bus.start()
+            await self.bus.start(self.dispatcher.deliver_here, self.dispatcher.catch_up_everyone)
         except TimeoutError:
             raise StartupError("Redis: the cross-node channel did not subscribe in time") from None
         self.http = aiohttp.ClientSession()

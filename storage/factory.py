@@ -1,0 +1,39 @@
+"""The one way to get a store: Redis if a URL is given, else SQLite in a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import DEFAULT_MAX_QUEUE, Store
+from .redis_store import RedisStore
+from .sqlite_store import SQLiteStore
+
+
+def make_store(
+    *,
+    redis_url: str = "",
+    sqlite_path: str | Path = "",
+    device_ttl: int,
+    node_id: str,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    sqlite_synchronous: str = "NORMAL",
+    node_dead_after: float = 30.0,
+) -> Store:
+    """``redis_url`` for several nodes sharing a Redis; else one node's ``sqlite_path``."""
+    if redis_url:
+        return RedisStore(
+            redis_url,
+            device_ttl=device_ttl,
+            node_id=node_id,
+            node_dead_after=node_dead_after,
+            max_queue=max_queue,
+        )
+    if not sqlite_path:
+        raise ValueError("a store needs a Redis URL or an SQLite path")
+    return SQLiteStore(
+        sqlite_path,
+        device_ttl=device_ttl,
+        synchronous=sqlite_synchronous,
+        node_id=node_id,
+        max_queue=max_queue,
+    )
