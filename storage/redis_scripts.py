@@ -1,67 +1,58 @@
 """The Lua scripts behind every Redis store decision, each one atomic.
 
-They build key names from ARGV[1], the site's key prefix (see ``redis_keys``); every script
-touches one site's keys only, except HEARTBEAT, which works across sites for one node. Times
-are in milliseconds; a ttl of 0 means never expire.
+Each starts with ``redis_keys.LUA_PRELUDE``, the key grammar, and builds no key name of its
+own. The keys a script knows before it runs come as ``KEYS``; those it finds in sets as it
+goes (the members of a room, the devices of a user) it builds from ``p``, a site's key prefix,
+in ARGV. Every script touches one site's keys, except HEARTBEAT (one node, every site) and
+the batched ENQUEUE and ACK (several sends or acks, each of one site). Times are in
+milliseconds; a ttl of 0 means never expire.
 """
 
-_HELPERS = """
-local p = ARGV[1]
-local function dev_keys(user, device)
-  local tail = user .. ':' .. device
-  return p .. 'dev:' .. tail, p .. 'msg:' .. tail, p .. 'evt:' .. tail
-end
-local function expire_all(ttl, ...)
-  for _, k in ipairs({...}) do
-    if ttl > 0 then redis.call('PEXPIRE', k, ttl) else redis.call('PERSIST', k) end
-  end
-end
-"""
+from .redis_keys import LUA_PRELUDE
 
 
 def _script(body: str) -> str:
-    return _HELPERS + body
+    return LUA_PRELUDE + body
 
 
-# ARGV: prefix, node field, node devices key, user, device, shared rooms...
+# KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
+#   held-devices set. ARGV: site prefix, node field, user, device, shared rooms...
 #   -> {the user's connection count, this one included; 1 if the device's queue overflowed
 #      since it last connected (the flag is cleared), else 0}
 CONNECT_DEVICE = _script("""
-local field, held, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local dev, msg, evt = dev_keys(user, device)
+local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
+local p, field, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
 redis.call('HINCRBY', dev, 'conns', 1)
 redis.call('HINCRBY', dev, field, 1)
-redis.call('SADD', held, p .. '\\t' .. user .. '\\t' .. device)
+redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg); redis.call('PERSIST', evt)
-local devices, rooms, ukey = p .. 'devices:' .. user, p .. 'rooms:' .. user, p .. 'user:' .. user
 redis.call('SADD', devices, device)
 redis.call('PERSIST', devices)
 for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
-  redis.call('SREM', p .. 'members:' .. room, user)
+  redis.call('SREM', members_key(p, room), user)
 end
 redis.call('DEL', rooms)
-for i = 6, #ARGV do
+for i = 5, #ARGV do
   redis.call('SADD', rooms, ARGV[i])
-  redis.call('SADD', p .. 'members:' .. ARGV[i], user)
+  redis.call('SADD', members_key(p, ARGV[i]), user)
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
 return {conns, overflowed}
 """)
 
-# ARGV: prefix, node field, node devices key, user, device, ttl_ms, forget (0/1)
+# KEYS: as CONNECT_DEVICE. ARGV: site prefix, node field, user, device, ttl_ms, forget (0/1)
 #   -> the user's connection count left
 DISCONNECT_DEVICE = _script("""
-local field, held, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
-local dev, msg, evt = dev_keys(user, device)
-local devices, rooms, ukey = p .. 'devices:' .. user, p .. 'rooms:' .. user, p .. 'user:' .. user
+local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
+local p, field, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, forget = tonumber(ARGV[5]), ARGV[6] == '1'
 if redis.call('EXISTS', dev) == 1 then
   if redis.call('HINCRBY', dev, field, -1) <= 0 then
     redis.call('HDEL', dev, field)
-    redis.call('SREM', held, p .. '\\t' .. user .. '\\t' .. device)
+    redis.call('SREM', held, held_entry(p, user, device))
   end
   if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
     redis.call('HSET', dev, 'conns', 0)
@@ -83,11 +74,11 @@ return left
 """)
 
 # ARGV: max_queue, then groups of (site prefix, event, record, n_users, n_rooms, users...,
-#   shared rooms...), one per message, stored in this order
+#   shared rooms...), one per message, stored in this order (the devices are found in sets)
 #   -> for each message: n, then user, device, seq, nodes (comma-separated ids of the nodes
 #      where the device is connected) for each of the n devices that stored it; then m, then
 #      user, device for each of the m devices whose queue is full and overflowed just now
-ENQUEUE = """
+ENQUEUE = _script("""
 local max_queue = tonumber(ARGV[1])
 local out, i = {}, 2
 while i <= #ARGV do
@@ -100,9 +91,10 @@ while i <= #ARGV do
   end
   for k = i + 5, first_room - 1 do add(ARGV[k]) end
   for k = first_room, first_room + n_rooms - 1 do
-    for _, user in ipairs(redis.call('SMEMBERS', p .. 'members:' .. ARGV[k])) do
-      if redis.call('EXISTS', p .. 'user:' .. user) == 1 then add(user)
-      else redis.call('SREM', p .. 'members:' .. ARGV[k], user) end
+    local room = members_key(p, ARGV[k])
+    for _, user in ipairs(redis.call('SMEMBERS', room)) do
+      if redis.call('EXISTS', user_key(p, user)) == 1 then add(user)
+      else redis.call('SREM', room, user) end
     end
   end
   i = first_room + n_rooms
@@ -110,10 +102,9 @@ while i <= #ARGV do
   out[count_at] = 0
   local full = {}
   for _, user in ipairs(targets) do
-    local devices = p .. 'devices:' .. user
+    local _, devices = user_keys(p, user)
     for _, device in ipairs(redis.call('SMEMBERS', devices)) do
-      local tail = user .. ':' .. device
-      local dev, msg, evt = p .. 'dev:' .. tail, p .. 'msg:' .. tail, p .. 'evt:' .. tail
+      local dev, msg, evt = device_keys(p, user, device)
       local ttl = redis.call('PTTL', dev)
       if ttl == -2 then
         redis.call('SREM', devices, device)
@@ -124,11 +115,13 @@ while i <= #ARGV do
       else
         local seq = redis.call('HINCRBY', dev, 'seq', 1)
         redis.call('HSET', msg, seq, record)
-        redis.call('ZADD', evt, 0, event .. '\\0' .. string.format('%020d', seq))
+        redis.call('ZADD', evt, 0, event_member(event, seq))
         if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
         local holders = {}
         for _, f in ipairs(redis.call('HKEYS', dev)) do
-          if string.sub(f, 1, 2) == 'n:' then holders[#holders + 1] = string.sub(f, 3) end
+          if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
+            holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
+          end
         end
         out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
         out[#out + 1] = table.concat(holders, ',')
@@ -140,35 +133,35 @@ while i <= #ARGV do
   for _, name in ipairs(full) do out[#out + 1] = name end
 end
 return out
-"""
+""")
 
-# ARGV: groups of (site prefix, user, device, n, (seq, event member) * n), one per ack
-#   -> for each group, how many of its messages were still stored and are now removed
-ACK = """
-local out, i = {}, 1
-while i <= #ARGV do
-  local tail = ARGV[i + 1] .. ':' .. ARGV[i + 2]
-  local msg, evt = ARGV[i] .. 'msg:' .. tail, ARGV[i] .. 'evt:' .. tail
-  local n, removed = tonumber(ARGV[i + 3]), 0
-  for j = i + 4, i + 3 + 2 * n, 2 do
+# KEYS: (messages, event index) of each acking device, in pairs.
+# ARGV: for each device in turn, n, then (seq, event member) * n
+#   -> for each device, how many of its messages were still stored and are now removed
+ACK = _script("""
+local out, k, i = {}, 1, 1
+while k <= #KEYS do
+  local msg, evt = KEYS[k], KEYS[k + 1]
+  local n, removed = tonumber(ARGV[i]), 0
+  for j = i + 1, i + 2 * n, 2 do
     removed = removed + redis.call('HDEL', msg, ARGV[j])
     redis.call('ZREM', evt, ARGV[j + 1])
   end
   out[#out + 1] = removed
-  i = i + 4 + 2 * n
+  k, i = k + 2, i + 1 + 2 * n
 end
 return out
-"""
+""")
 
-# ARGV: prefix, user, device, seq, event
+# KEYS: the device's hash, messages, event index. ARGV: seq, event
 #   -> -1 if removed as the head or not stored; else the device's last seq (event cleared)
 ACK_HEAD = _script("""
-local seq, event = ARGV[4], ARGV[5]
-local dev, msg, evt = dev_keys(ARGV[2], ARGV[3])
+local dev, msg, evt = unpack(KEYS)
+local seq, event = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', msg, seq) == 0 then return -1 end
 local lo, hi = '[' .. event .. '\\0', '(' .. event .. '\\1'
 local head = redis.call('ZRANGEBYLEX', evt, lo, hi, 'LIMIT', 0, 1)[1]
-if head == event .. '\\0' .. string.format('%020d', tonumber(seq)) then
+if head == event_member(event, seq) then
   redis.call('HDEL', msg, seq)
   redis.call('ZREM', evt, head)
   return -1
@@ -180,43 +173,39 @@ redis.call('ZREMRANGEBYLEX', evt, lo, hi)
 return tonumber(redis.call('HGET', dev, 'seq') or seq)
 """)
 
-# ARGV: global prefix, this node, dead_after_ms, ttl_ms  -> ids of the dead nodes released
+# KEYS: the nodes' heartbeat set. ARGV: global prefix, this node, dead_after_ms, ttl_ms
+#   -> ids of the dead nodes released
 #   Records this node's heartbeat (Redis's clock, so nodes' clocks need not agree), then
 #   releases every connection of a node silent for dead_after_ms, as if each had disconnected.
-HEARTBEAT = """
+HEARTBEAT = _script("""
+local nodes = KEYS[1]
 local g, me, dead_after, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local function expire_all(...)
-  for _, k in ipairs({...}) do
-    if ttl > 0 then redis.call('PEXPIRE', k, ttl) else redis.call('PERSIST', k) end
-  end
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', g .. 'nodes', now, me)
+redis.call('ZADD', nodes, now, me)
 local cutoff = '(' .. string.format('%d', now - dead_after)
-local dead = redis.call('ZRANGEBYSCORE', g .. 'nodes', '-inf', cutoff)
+local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', cutoff)
 for _, node in ipairs(dead) do
-  local held = g .. 'node:' .. node .. ':devices'
+  local held = node_devices_key(g, node)
   for _, entry in ipairs(redis.call('SMEMBERS', held)) do
-    local p, user, device = string.match(entry, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)$')
-    local tail = user .. ':' .. device
-    local dev = p .. 'dev:' .. tail
-    local count = tonumber(redis.call('HGET', dev, 'n:' .. node) or '0')
+    local p, user, device = split_held(entry)
+    local dev, msg, evt = device_keys(p, user, device)
+    local count = tonumber(redis.call('HGET', dev, node_field(node)) or '0')
     if count > 0 then
-      redis.call('HDEL', dev, 'n:' .. node)
+      redis.call('HDEL', dev, node_field(node))
       if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
         redis.call('HSET', dev, 'conns', 0)
-        expire_all(dev, p .. 'msg:' .. tail, p .. 'evt:' .. tail)
+        expire_all(ttl, dev, msg, evt)
       end
-      local ukey = p .. 'user:' .. user
+      local ukey, devices, rooms = user_keys(p, user)
       if redis.call('EXISTS', ukey) == 1 and redis.call('HINCRBY', ukey, 'conns', -count) <= 0 then
         redis.call('HSET', ukey, 'conns', 0)
-        expire_all(ukey, p .. 'devices:' .. user, p .. 'rooms:' .. user)
+        expire_all(ttl, ukey, devices, rooms)
       end
     end
   end
   redis.call('DEL', held)
-  redis.call('ZREM', g .. 'nodes', node)
+  redis.call('ZREM', nodes, node)
 end
 return dead
-"""
+""")

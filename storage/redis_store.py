@@ -24,6 +24,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import redis_keys as keys
 from . import redis_scripts as scripts
 from .base import (
     DEFAULT_MAX_QUEUE,
@@ -39,16 +40,7 @@ from .base import (
     StoreUnavailable,
 )
 from .coalesce import WriteCoalescer
-from .redis_keys import (
-    DEFAULT_PREFIX,
-    escape,
-    event_member,
-    node_devices,
-    node_field,
-    nodes,
-    site_prefix,
-    unescape,
-)
+from .redis_keys import DEFAULT_PREFIX, escape, unescape
 from .stats import StoreStats
 
 T = TypeVar("T")
@@ -143,25 +135,32 @@ class RedisStore:
         self.stats.observe(name, started)
         return result
 
-    async def _run(self, name: str, script: Any, *args: Any) -> Any:
-        return await self._call(name, lambda: script(keys=[], args=list(args)))
+    async def _run(self, name: str, script: Any, keys: Sequence[str], *args: Any) -> Any:
+        return await self._call(name, lambda: script(keys=list(keys), args=list(args)))
 
     def _prefix(self, site: str) -> str:
-        return site_prefix(self.key_prefix, site)
+        return keys.site_prefix(self.key_prefix, site)
 
     async def ping(self) -> None:
         """A write, not a PING: Redis answers PING while it refuses writes (out of memory, a
         read-only replica), and then nothing can be stored."""
-        key = f"{self.key_prefix}health:{self.node_id}"
+        key = keys.health(self.key_prefix, self.node_id)
         await self._call("probe", lambda: self.redis.set(key, b"1", px=60_000))
 
-    def _node_args(self) -> tuple[str, str]:
-        return node_field(self.node_id), node_devices(self.key_prefix, self.node_id)
+    def _device_keys(self, site: str, user: str, device: str) -> list[str]:
+        """What CONNECT_DEVICE and DISCONNECT_DEVICE take as KEYS."""
+        p = self._prefix(site)
+        return [
+            *keys.device_keys(p, user, device),
+            *keys.user_keys(p, user),
+            keys.node_devices(self.key_prefix, self.node_id),
+        ]
 
     async def heartbeat(self) -> list[str]:
         dead = await self._run(
             "heartbeat",
             self._heartbeat,
+            [keys.nodes(self.key_prefix)],
             self.key_prefix,
             self.node_id,
             int(self.node_dead_after * 1000),
@@ -180,8 +179,9 @@ class RedisStore:
         async def queue(pipe: Any, item: ConnectItem) -> None:
             site, user, device, shared_rooms = item
             rooms = sorted({escape(room.lower()) for room in shared_rooms})
-            args = [self._prefix(site), *self._node_args(), escape(user), escape(device), *rooms]
-            await self._connect(keys=[], args=args, client=pipe)
+            node = keys.node_field(self.node_id)
+            args = [self._prefix(site), node, escape(user), escape(device), *rooms]
+            await self._connect(keys=self._device_keys(site, user, device), args=args, client=pipe)
 
         return [
             Connected(first=int(conns) == 1, overflowed=int(overflowed) == 1)
@@ -203,8 +203,9 @@ class RedisStore:
         left = await self._run(
             "disconnect_device",
             self._disconnect,
+            self._device_keys(site, user, device),
             self._prefix(site),
-            *self._node_args(),
+            keys.node_field(self.node_id),
             escape(user),
             escape(device),
             self.device_ttl * 1000,
@@ -225,7 +226,7 @@ class RedisStore:
             args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
             args += [escape(user) for user in users]
             args += rooms
-        flat = await self._run("enqueue", self._enqueue, *args)
+        flat = await self._run("enqueue", self._enqueue, [], *args)
         results: list[list[Delivery]] = []
         i = 0
         for site, *_ in items:
@@ -251,10 +252,8 @@ class RedisStore:
         return results
 
     async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
-        tail = f"{escape(user)}:{escape(device)}"
-        last, records = await self._reads.submit(
-            (f"{self._prefix(site)}dev:{tail}", f"{self._prefix(site)}msg:{tail}")
-        )
+        dev, msg, _ = keys.device_keys(self._prefix(site), user, device)
+        last, records = await self._reads.submit((dev, msg))
         ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
         messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
         # The seq is read first: a message stored between the two reads is in ``records``.
@@ -267,7 +266,7 @@ class RedisStore:
         return (await self.read_queue(site, user, device, after_seq)).messages
 
     async def _read_queues(
-        self, keys: Sequence[tuple[str, str]]
+        self, queues: Sequence[tuple[str, str]]
     ) -> list[tuple[Any, dict[Any, Any]]]:
         """Queues read together (devices reconnecting at once) share a round trip."""
 
@@ -276,7 +275,7 @@ class RedisStore:
             pipe.hget(dev, "seq")
             pipe.hgetall(msg)
 
-        flat = await self._pipeline("read_queue", keys, queue)
+        flat = await self._pipeline("read_queue", queues, queue)
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     def ack(
@@ -285,12 +284,15 @@ class RedisStore:
         return self._acks.submit((site, user, device, acked))
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
+        names: list[str] = []
         args: list[Any] = []
         for site, user, device, acked in items:
-            args += [self._prefix(site), escape(user), escape(device), len(acked)]
+            _, msg, evt = keys.device_keys(self._prefix(site), user, device)
+            names += [msg, evt]
+            args.append(len(acked))
             for seq, event in acked:
-                args += [seq, event_member(event, seq)]
-        removed = await self._run("ack", self._ack, *args)
+                args += [seq, keys.event_member(event, seq)]
+        removed = await self._run("ack", self._ack, names, *args)
         return [int(count) for count in removed]
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
@@ -298,9 +300,7 @@ class RedisStore:
             await self._run(
                 "ack_head",
                 self._ack_head,
-                self._prefix(site),
-                escape(user),
-                escape(device),
+                keys.device_keys(self._prefix(site), user, device),
                 seq,
                 event,
             )
@@ -311,7 +311,7 @@ class RedisStore:
 
     async def shared_room_members(self, site: str, room: str) -> set[str]:
         prefix = self._prefix(site)
-        key = f"{prefix}members:{escape(room.lower())}"
+        key = keys.members(prefix, room.lower())
         members = [
             _as_bytes(m).decode()
             for m in await self._call("room_members", lambda: self.redis.smembers(key))
@@ -320,7 +320,7 @@ class RedisStore:
         async def exists() -> list[int]:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in members:
-                    pipe.exists(f"{prefix}user:{name}")
+                    pipe.exists(keys.user_key(prefix, name))
                 return list(await pipe.execute())
 
         alive = await self._call("room_members", exists)
@@ -331,14 +331,14 @@ class RedisStore:
             seconds, micros = await self.redis.time()
             now = seconds * 1000 + micros // 1000
             since = now - int(self.node_dead_after * 1000)
-            return list(await self.redis.zrangebyscore(nodes(self.key_prefix), since, "+inf"))
+            return list(await self.redis.zrangebyscore(keys.nodes(self.key_prefix), since, "+inf"))
 
         return sorted(_as_bytes(node).decode() for node in await self._call("alive_nodes", read))
 
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
         depths = {}
         for site in sites:
-            pattern = f"{self._prefix(site)}msg:*"  # site names hold no glob characters
+            pattern = keys.messages_pattern(self._prefix(site))
 
             async def count(pattern: str = pattern) -> int:
                 total = 0

@@ -18,7 +18,7 @@ from loguru import logger
 
 from ..sites import SiteConfig
 from ..storage import StoreUnavailable, make_store
-from ..storage.redis_keys import DEFAULT_PREFIX
+from ..storage.redis_keys import DEFAULT_PREFIX, socketio_channel
 from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
 from ..transport.http_server import CappedSite, ConnectionCap, usable_connections
@@ -86,7 +86,7 @@ class Service:
         if config.redis_url:
             # Plain-site broadcasts reach the sockets of every node through Redis.
             options["client_manager"] = IndexedRedisManager(
-                config.redis_url, channel=f"{DEFAULT_PREFIX}socketio"
+                config.redis_url, channel=socketio_channel(DEFAULT_PREFIX)
             )
         else:
             options["client_manager"] = IndexedManager()
