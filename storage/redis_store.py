@@ -7,7 +7,6 @@ found from the sets that index it (``redis_keys``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,13 +34,11 @@ from .base import (
     Delivery,
     EnqueueItem,
     HeadAck,
-    Message,
     StoredMessage,
     StoreUnavailable,
 )
-from .coalesce import WriteCoalescer
 from .redis_keys import DEFAULT_PREFIX, escape, unescape
-from .stats import StoreStats
+from .store_base import ReadItem, StoreBase
 
 T = TypeVar("T")
 # Redis refusing writes, not a bug of ours: out of memory, a replica, a failed snapshot, loading.
@@ -56,7 +53,7 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-class RedisStore:
+class RedisStore(StoreBase):
     def __init__(
         self,
         url: str,
@@ -67,13 +64,10 @@ class RedisStore:
         node_dead_after: float = 30.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
+        super().__init__(device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)
         self.url = url
-        self.device_ttl = device_ttl
-        self.node_id = node_id
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
-        self.max_queue = max_queue
-        self.stats = StoreStats()
         # A burst (a thousand connects at once) waits for a free connection instead of
         # failing: the default pool refuses past 100 at once.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -89,27 +83,13 @@ class RedisStore:
         self._disconnect = self.redis.register_script(scripts.DISCONNECT_DEVICE)
         self._enqueue = self.redis.register_script(scripts.ENQUEUE)
         self._ack = self.redis.register_script(scripts.ACK)
-        self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
-        self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
-            self._write_enqueues
-        )
-        self._connects: WriteCoalescer[ConnectItem, Connected] = WriteCoalescer(
-            self._write_connects
-        )
-        self._reads: WriteCoalescer[tuple[str, str], tuple[Any, dict[Any, Any]]] = WriteCoalescer(
-            self._read_queues
-        )
         self._ack_head = self.redis.register_script(scripts.ACK_HEAD)
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
 
     async def open(self) -> None:
         await self.heartbeat()
 
-    async def close(self) -> None:
-        await self._connects.drain()
-        await self._reads.drain()
-        await self._enqueues.drain()
-        await self._acks.drain()
+    async def _close(self) -> None:
         await self.redis.aclose()
 
     async def _call(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
@@ -168,17 +148,12 @@ class RedisStore:
         )
         return [_as_bytes(node).decode() for node in dead or []]
 
-    async def connect_device(
-        self, site: str, user: str, device: str, shared_rooms: Sequence[str]
-    ) -> Connected:
-        return await self._connects.submit((site, user, device, shared_rooms))
-
     async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
         """Connections arriving together (a node restart, a network blip) share a round trip."""
 
         async def queue(pipe: Any, item: ConnectItem) -> None:
             site, user, device, shared_rooms = item
-            rooms = sorted({escape(room.lower()) for room in shared_rooms})
+            rooms = [escape(room) for room in shared_rooms]
             node = keys.node_field(self.node_id)
             args = [self._prefix(site), node, escape(user), escape(device), *rooms]
             await self._connect(keys=self._device_keys(site, user, device), args=args, client=pipe)
@@ -213,16 +188,11 @@ class RedisStore:
         )
         return int(left) <= 0
 
-    async def enqueue(
-        self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
-    ) -> list[Delivery]:
-        return await self._enqueues.submit((site, users, shared_rooms, message))
-
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
         """The messages of concurrent /sends, stored in one script call, in submit order."""
         args: list[Any] = [self.max_queue]
         for site, users, shared_rooms, message in items:
-            rooms = {escape(room.lower()) for room in shared_rooms}
+            rooms = [escape(room) for room in shared_rooms]
             args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
             args += [escape(user) for user in users]
             args += rooms
@@ -251,37 +221,24 @@ class RedisStore:
             i += 2 * full
         return results
 
-    async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
-        dev, msg, _ = keys.device_keys(self._prefix(site), user, device)
-        last, records = await self._reads.submit((dev, msg))
-        ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
-        messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
-        # The seq is read first: a message stored between the two reads is in ``records``.
-        last_seq = max(int(last or 0), ordered[-1][0] if ordered else 0)
-        return Backlog(messages, last_seq)
-
-    async def pending(
-        self, site: str, user: str, device: str, after_seq: int = 0
-    ) -> list[StoredMessage]:
-        return (await self.read_queue(site, user, device, after_seq)).messages
-
-    async def _read_queues(
-        self, queues: Sequence[tuple[str, str]]
-    ) -> list[tuple[Any, dict[Any, Any]]]:
+    async def _read_queues(self, items: Sequence[ReadItem]) -> list[Backlog]:
         """Queues read together (devices reconnecting at once) share a round trip."""
 
-        async def queue(pipe: Any, item: tuple[str, str]) -> None:
-            dev, msg = item
+        async def queue(pipe: Any, item: ReadItem) -> None:
+            site, user, device, _ = item
+            dev, msg, _ = keys.device_keys(self._prefix(site), user, device)
             pipe.hget(dev, "seq")
             pipe.hgetall(msg)
 
-        flat = await self._pipeline("read_queue", queues, queue)
-        return list(zip(flat[::2], flat[1::2], strict=True))
-
-    def ack(
-        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
-    ) -> asyncio.Future[int]:
-        return self._acks.submit((site, user, device, acked))
+        flat = await self._pipeline("read_queue", items, queue)
+        backlogs = []
+        for (*_, after_seq), last, records in zip(items, flat[::2], flat[1::2], strict=True):
+            ordered = sorted((int(seq), _as_bytes(record)) for seq, record in records.items())
+            messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
+            # The seq is read first: a message stored between the two reads is in ``records``.
+            last_seq = max(int(last or 0), ordered[-1][0] if ordered else 0)
+            backlogs.append(Backlog(messages, last_seq))
+        return backlogs
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
         names: list[str] = []
@@ -309,9 +266,9 @@ class RedisStore:
             return HeadAck(cleared=False)
         return HeadAck(cleared=True, cleared_through=through)
 
-    async def shared_room_members(self, site: str, room: str) -> set[str]:
+    async def _room_members(self, site: str, room: str) -> set[str]:
         prefix = self._prefix(site)
-        key = keys.members(prefix, room.lower())
+        key = keys.members(prefix, room)
         members = [
             _as_bytes(m).decode()
             for m in await self._call("room_members", lambda: self.redis.smembers(key))

@@ -27,15 +27,14 @@ from .base import (
     AckItem,
     Backlog,
     Connected,
+    ConnectItem,
     Delivery,
     EnqueueItem,
     HeadAck,
-    Message,
     StoredMessage,
     StoreUnavailable,
 )
-from .coalesce import WriteCoalescer
-from .stats import StoreStats
+from .store_base import ReadItem, StoreBase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -74,7 +73,7 @@ T = TypeVar("T")
 Db = sqlite3.Connection
 
 
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     def __init__(
         self,
         path: str | Path,
@@ -83,19 +82,12 @@ class SQLiteStore:
         node_id: str = "local",
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
+        super().__init__(device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)
         self.path = Path(path)
-        self.device_ttl = device_ttl
-        self.max_queue = max_queue
-        self.node_id = node_id
         self.synchronous = synchronous
-        self.stats = StoreStats()
         self._db: aiosqlite.Connection | None = None
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._sweeper: asyncio.Task[None] | None = None
-        self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
-        self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
-            self._write_enqueues
-        )
 
     async def open(self) -> None:
         try:
@@ -116,9 +108,7 @@ class SQLiteStore:
         await self._transaction("recover", self._recover_connections)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
 
-    async def close(self) -> None:
-        await self._enqueues.drain()
-        await self._acks.drain()
+    async def _close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -196,21 +186,21 @@ class SQLiteStore:
         """Delete what has expired; reads already ignore it, this only reclaims space."""
         self.stats.expired += await self._transaction("sweep", _sweep, time.time())
 
-    async def connect_device(
-        self, site: str, user: str, device: str, shared_rooms: Sequence[str]
-    ) -> Connected:
-        key = {"site": site, "user": user, "device": device, "now": time.time()}
-        rooms = [(site, room.lower(), user) for room in shared_rooms]
-        return await self._transaction("connect_device", _connect_device, key, rooms)
+    async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
+        """Connects of the same moment in one transaction (one fsync)."""
+        now = time.time()
+        connects = [
+            (
+                {"site": site, "user": user, "device": device, "now": now},
+                [(site, room, user) for room in rooms],
+            )
+            for site, user, device, rooms in items
+        ]
+        return await self._transaction("connect_device", _connect_devices, connects)
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
         key = {"site": site, "user": user, "device": device, "exp": self._expiry(time.time())}
         return await self._transaction("disconnect_device", _disconnect_device, key, forget)
-
-    async def enqueue(
-        self, site: str, users: Sequence[str], shared_rooms: Sequence[str], message: Message
-    ) -> list[Delivery]:
-        return await self._enqueues.submit((site, users, shared_rooms, message))
 
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
         """The messages of concurrent /sends in one transaction (one fsync), in submit order."""
@@ -221,7 +211,7 @@ class SQLiteStore:
                     "site": site,
                     "now": now,
                     "users": orjson.dumps(list(users)).decode(),
-                    "rooms": orjson.dumps([room.lower() for room in rooms]).decode(),
+                    "rooms": orjson.dumps(list(rooms)).decode(),
                     "max_queue": self.max_queue,
                 },
                 message.event,
@@ -243,20 +233,16 @@ class SQLiteStore:
             )
         return deliveries
 
-    async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
-        key = {"site": site, "user": user, "device": device, "after": after_seq, "now": time.time()}
-        rows, last_seq = await self._transaction("read_queue", _read_queue, key)
-        return Backlog([StoredMessage.decode(seq, record) for seq, record in rows], last_seq)
-
-    async def pending(
-        self, site: str, user: str, device: str, after_seq: int = 0
-    ) -> list[StoredMessage]:
-        return (await self.read_queue(site, user, device, after_seq)).messages
-
-    def ack(
-        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
-    ) -> asyncio.Future[int]:
-        return self._acks.submit((site, user, device, acked))
+    async def _read_queues(self, items: Sequence[ReadItem]) -> list[Backlog]:
+        now = time.time()
+        keys = [
+            {"site": site, "user": user, "device": device, "after": after, "now": now}
+            for site, user, device, after in items
+        ]
+        return [
+            Backlog([StoredMessage.decode(seq, record) for seq, record in rows], last_seq)
+            for rows, last_seq in await self._transaction("read_queue", _read_queues, keys)
+        ]
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
         """Every ack of this turn in one statement and one transaction (one fsync)."""
@@ -266,8 +252,8 @@ class SQLiteStore:
         key = {"site": site, "user": user, "device": device, "event": event, "seq": seq}
         return await self._transaction("ack_head", _ack_head, key)
 
-    async def shared_room_members(self, site: str, room: str) -> set[str]:
-        rows = await self._transaction("room_members", _members, site, room.lower(), time.time())
+    async def _room_members(self, site: str, room: str) -> set[str]:
+        rows = await self._transaction("room_members", _members, site, room, time.time())
         return {row[0] for row in rows}
 
     async def alive_nodes(self) -> list[str]:
@@ -317,6 +303,12 @@ def _migrate(db: Db) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
     if "overflow" not in columns:
         db.execute("ALTER TABLE devices ADD COLUMN overflow INTEGER NOT NULL DEFAULT 0")
+
+
+def _connect_devices(
+    db: Db, connects: Sequence[tuple[dict[str, Any], list[tuple[str, str, str]]]]
+) -> list[Connected]:
+    return [_connect_device(db, key, rooms) for key, rooms in connects]
 
 
 def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str]]) -> Connected:
@@ -405,6 +397,10 @@ def _enqueue(
         [(site, user, device, seq, event, record) for user, device, seq, _ in rows],
     )
     return rows, full
+
+
+def _read_queues(db: Db, keys: Sequence[dict[str, Any]]) -> list[tuple[list[Any], int]]:
+    return [_read_queue(db, key) for key in keys]
 
 
 def _read_queue(db: Db, key: dict[str, Any]) -> tuple[list[Any], int]:

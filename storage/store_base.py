@@ -1,0 +1,139 @@
+"""What both stores do the same way, so that each implements only its reads and writes.
+
+Shared room names are normalised here, once, as they enter the store (lower case, each once):
+they compare case-insensitively. Connects, queue reads, enqueues and acks that arrive in the
+same moment are coalesced (``coalesce``) into one round trip or one transaction; a store
+implements the batch methods below, each one atomic per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from .base import (
+    DEFAULT_MAX_QUEUE,
+    AckItem,
+    Backlog,
+    Connected,
+    ConnectItem,
+    Delivery,
+    EnqueueItem,
+    HeadAck,
+    Message,
+    StoredMessage,
+)
+from .coalesce import WriteCoalescer
+from .stats import StoreStats
+
+ReadItem = tuple[str, str, str, int]
+"""site, user, device, and the seq after which to read."""
+
+
+def shared_rooms(rooms: Sequence[str]) -> list[str]:
+    """Shared room names as the store keeps them: lower case, each once, in a stable order."""
+    return sorted({room.lower() for room in rooms})
+
+
+class StoreBase(ABC):
+    def __init__(
+        self, *, device_ttl: int, node_id: str, max_queue: int = DEFAULT_MAX_QUEUE
+    ) -> None:
+        self.device_ttl = device_ttl
+        self.node_id = node_id
+        self.max_queue = max_queue
+        self.stats = StoreStats()
+        self._connects: WriteCoalescer[ConnectItem, Connected] = WriteCoalescer(
+            self._write_connects
+        )
+        self._reads: WriteCoalescer[ReadItem, Backlog] = WriteCoalescer(self._read_queues)
+        self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
+            self._write_enqueues
+        )
+        self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
+
+    # --- the contract's methods that are the same for both stores -------------------------
+
+    async def connect_device(
+        self, site: str, user: str, device: str, shared_rooms_: Sequence[str]
+    ) -> Connected:
+        return await self._connects.submit((site, user, device, shared_rooms(shared_rooms_)))
+
+    async def enqueue(
+        self, site: str, users: Sequence[str], shared_rooms_: Sequence[str], message: Message
+    ) -> list[Delivery]:
+        return await self._enqueues.submit((site, users, shared_rooms(shared_rooms_), message))
+
+    async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
+        return await self._reads.submit((site, user, device, after_seq))
+
+    async def pending(
+        self, site: str, user: str, device: str, after_seq: int = 0
+    ) -> list[StoredMessage]:
+        return (await self.read_queue(site, user, device, after_seq)).messages
+
+    def ack(
+        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
+    ) -> asyncio.Future[int]:
+        return self._acks.submit((site, user, device, acked))
+
+    async def shared_room_members(self, site: str, room: str) -> set[str]:
+        return await self._room_members(site, room.lower())
+
+    async def close(self) -> None:
+        """Finish every coalesced write submitted so far, then let go of the store."""
+        for coalescer in (self._connects, self._reads, self._enqueues, self._acks):
+            await coalescer.drain()
+        await self._close()
+
+    # --- what each store implements --------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None: ...
+
+    @abstractmethod
+    async def heartbeat(self) -> list[str]: ...
+
+    @abstractmethod
+    async def disconnect_device(
+        self, site: str, user: str, device: str, *, forget: bool
+    ) -> bool: ...
+
+    @abstractmethod
+    async def ack_head(
+        self, site: str, user: str, device: str, seq: int, event: str
+    ) -> HeadAck: ...
+
+    @abstractmethod
+    async def alive_nodes(self) -> list[str]: ...
+
+    @abstractmethod
+    async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
+        """Connects arriving together (a node restart, a network blip), shared rooms
+        normalised, in one round trip or transaction."""
+
+    @abstractmethod
+    async def _read_queues(self, items: Sequence[ReadItem]) -> list[Backlog]:
+        """Queues read together (devices reconnecting at once)."""
+
+    @abstractmethod
+    async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
+        """The messages of concurrent sends, in submit order; overflows go to ``stats``."""
+
+    @abstractmethod
+    async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
+        """Every ack of this moment; for each, how many of its messages were still stored."""
+
+    @abstractmethod
+    async def _room_members(self, site: str, room: str) -> set[str]:
+        """``room`` is lower case already."""
