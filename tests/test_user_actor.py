@@ -1,0 +1,276 @@
+"""UserActor on its own: a fake outbox (what its sockets would get) and a real store.
+
+What a socket receives is the outbox's record: the payloads in the order the actor queued
+them, each with the ack callback a client would trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from socketio_webservice.actors import user_actor
+from socketio_webservice.actors.counts import DeliveryCounts
+from socketio_webservice.actors.mailbox import Mailbox
+from socketio_webservice.actors.messages import (
+    ActorMessage,
+    Attach,
+    Deliver,
+    Detach,
+    Register,
+)
+from socketio_webservice.actors.registry import ActorRegistry
+from socketio_webservice.actors.user_actor import UserActor
+from socketio_webservice.storage import Message, Store, StoreUnavailable
+
+SITE, USER, DEVICE = "shop", "user_1", "phone"
+WAIT = 5.0
+
+
+@dataclass
+class Sent:
+    sid: str
+    event: str
+    args: list[Any]
+    on_ack: Callable[..., Any] | None
+
+    def ack(self) -> None:
+        assert self.on_ack is not None, f"{self.event} asked for no ack"
+        self.on_ack()
+
+
+@dataclass
+class FakeOutbox:
+    sent: asyncio.Queue[Sent] = field(default_factory=asyncio.Queue)
+    connected: set[str] = field(default_factory=set)
+    presence: list[tuple[str, bool]] = field(default_factory=list)
+
+    def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
+        event, *args = orjson.loads(payload)
+        self.sent.put_nowait(Sent(sid, event, args, on_ack))
+
+    async def disconnect(self, sid: str) -> None:
+        self.connected.discard(sid)
+
+    def is_connected(self, sid: str) -> bool:
+        return sid in self.connected
+
+    def presence_changed(self, user: str, authorization: str, connected: bool) -> None:
+        self.presence.append((user, connected))
+
+    async def next(self) -> Sent:
+        return await asyncio.wait_for(self.sent.get(), WAIT)
+
+    def nothing_sent(self) -> bool:
+        return self.sent.empty()
+
+
+class BrokenMailbox(Mailbox[ActorMessage]):
+    """A bug in the actor's own loop, as far as the registry can tell."""
+
+    async def get(self) -> ActorMessage:
+        raise RuntimeError("a bug in the actor's loop")
+
+
+class Flaky:
+    """The real store, with its acks refused while ``down`` (as a Redis out of memory)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.down = False
+        self.ack_calls: asyncio.Queue[bool] = asyncio.Queue()  # True: it went through
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def ack(
+        self, site: str, user: str, device: str, acked: Sequence[tuple[int, str]]
+    ) -> asyncio.Future[int]:
+        self.ack_calls.put_nowait(not self.down)
+        if self.down:
+            failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            failed.set_exception(StoreUnavailable("refusing writes"))
+            return failed
+        future = self.store.ack(site, user, device, acked)
+        assert isinstance(future, asyncio.Future)
+        return future
+
+
+@pytest.fixture
+def outbox() -> FakeOutbox:
+    return FakeOutbox()
+
+
+@pytest.fixture(autouse=True)
+def quick_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(user_actor, "GAP_WAIT", 0.02)
+    monkeypatch.setattr(user_actor, "RETRY_FIRST", 0.02)
+
+
+@pytest.fixture
+async def actor(store: Store, outbox: FakeOutbox) -> AsyncIterator[UserActor]:
+    instance = UserActor(SITE, USER, store, outbox, DeliveryCounts(), on_idle=lambda _: None)
+    task = asyncio.create_task(instance.run())
+    yield instance
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def attach(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = DEVICE) -> Sent:
+    """Register and attach a socket as the transport does; returns its _settings."""
+    reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    outbox.connected.add(sid)
+    actor.tell(Register(sid, device, [], "Bearer t", forget_on_disconnect=False, reply=reply))
+    await asyncio.wait_for(reply, WAIT)
+    actor.tell(Attach(sid))
+    settings = await outbox.next()
+    assert settings.event == "_settings"
+    return settings
+
+
+async def store_message(store: Store, n: int, event: str = "n", resync: bool = False) -> Deliver:
+    """Store a message for the user, as /send does; the Deliver the dispatcher would post."""
+    message = Message(event=event, args=[n], resync=resync)
+    deliveries = await store.enqueue(SITE, [USER], [], message)
+    return Deliver(message, {d.device: d.seq for d in deliveries})
+
+
+async def test_batch_first_then_live_in_order(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
+    await attach(actor, outbox, "s1")
+    actor.tell(Detach("s1"))
+    await actor.drained()
+    stored = [await store_message(store, n) for n in (1, 2)]
+    assert stored[1].seqs == {DEVICE: 2, "laptop": 2}
+    for deliver in stored:
+        actor.tell(deliver)
+    assert [(await outbox.next()).sid for _ in range(2)] == ["laptop-socket"] * 2
+
+    await attach(actor, outbox, "s2")
+    batch = await outbox.next()
+    assert batch.event == "_batch" and batch.args == [[["n", 1], ["n", 2]]]
+    live = await store_message(store, 3)
+    actor.tell(live)
+    both = {sent.sid: sent for sent in [await outbox.next(), await outbox.next()]}
+    third = both["s2"]
+    assert (third.event, third.args) == ("n", [3])
+    assert both["laptop-socket"].args == [3]
+    actor.tell(live)  # a second copy of the same delivery (a re-sent signal): not sent again
+    await actor.drained()
+    assert outbox.nothing_sent()
+
+    batch.ack()
+    third.ack()
+    await actor.drained()
+    assert await asyncio.wait_for(_empty(store), WAIT) == []
+
+
+async def _empty(store: Store) -> list[object]:
+    """The queue once the acks in flight are written (they are written in the background)."""
+    while True:
+        pending = await store.pending(SITE, USER, DEVICE)
+        if not pending:
+            return list(pending)
+        await asyncio.sleep(0.01)
+
+
+async def test_an_early_delivery_is_held_until_the_gap_fills(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "s1")
+    first, second = await store_message(store, 1), await store_message(store, 2)
+    actor.tell(second)  # arrives before the first (another node's signal, say)
+    await actor.drained()
+    assert outbox.nothing_sent()
+    actor.tell(first)
+    assert [(await outbox.next()).args for _ in range(2)] == [[1], [2]]
+
+
+async def test_a_gap_that_does_not_fill_is_read_from_the_store(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "s1")
+    await store_message(store, 1)  # its signal is lost
+    actor.tell(await store_message(store, 2))
+    # after GAP_WAIT the actor re-reads the queue: 1 from the store, then 2, once each
+    assert [(await outbox.next()).args for _ in range(2)] == [[1], [2]]
+    assert actor.counts.rereads == 1
+    await actor.drained()
+    assert outbox.nothing_sent()
+
+
+async def test_a_resync_ack_of_a_newer_message_clears_the_event_and_sends_resync(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "s1")
+    actor.tell(await store_message(store, 1, event="count", resync=True))
+    older = await outbox.next()
+    actor.tell(await store_message(store, 2, event="count", resync=True))
+    newer = await outbox.next()
+    assert (older.args, newer.args) == ([1], [2])
+    newer.ack()  # the older one is still pending: the client missed it, it must resync
+    resync = await outbox.next()
+    assert resync.event == "_resync"
+    assert await store.pending(SITE, USER, DEVICE) == []
+    older.ack()  # cleared already: changes nothing, sends nothing
+    await actor.drained()
+    assert outbox.nothing_sent()
+
+
+async def test_an_ack_refused_by_the_store_is_retried_until_it_is_written(
+    store: Store, outbox: FakeOutbox
+) -> None:
+    flaky = Flaky(store)
+    actor = UserActor(SITE, USER, flaky, outbox, DeliveryCounts(), on_idle=lambda _: None)  # type: ignore[arg-type]
+    task = asyncio.create_task(actor.run())
+    try:
+        await attach(actor, outbox, "s1")
+        actor.tell(await store_message(store, 1))
+        sent = await outbox.next()
+        flaky.down = True
+        sent.ack()
+        assert await asyncio.wait_for(flaky.ack_calls.get(), WAIT) is False
+        assert await asyncio.wait_for(flaky.ack_calls.get(), WAIT) is False  # retried
+        flaky.down = False
+        while not await asyncio.wait_for(flaky.ack_calls.get(), WAIT):
+            pass  # retried until the store takes it
+        await actor.drained()
+        assert await asyncio.wait_for(_empty(store), WAIT) == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_crashed_actor_is_respawned_with_everything_it_held(
+    store: Store, outbox: FakeOutbox
+) -> None:
+    registry = ActorRegistry(SITE, store, outbox)
+    reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    outbox.connected.add("s1")
+    registry.tell(USER, Register("s1", DEVICE, [], "Bearer t", False, reply))
+    await asyncio.wait_for(reply, WAIT)
+    registry.tell(USER, Attach("s1"))
+    assert (await outbox.next()).event == "_settings"
+    crashed = registry.actors[USER]
+    await crashed.drained()
+
+    old_mailbox = crashed.mailbox
+    crashed.mailbox = BrokenMailbox()  # its next get() raises: the task ends, not retired
+    for n in (1, 2):
+        crashed.mailbox.put_nowait(await store_message(store, n))  # queued when it crashes
+    old_mailbox.put_nowait(await store_message(store, 3))  # wakes the loop, which then fails
+    # the successor has the socket and the device's position, and what was queued
+    assert [(await outbox.next()).args for _ in range(3)] == [[1], [2], [3]]
+    assert registry.actors[USER] is not crashed
+    registry.deliver(USER, await store_message(store, 4))
+    assert (await outbox.next()).args == [4]
+    crashed.tell(await store_message(store, 5))  # a late timer of the old one: forwarded
+    assert (await outbox.next()).args == [5]
+    await registry.drain(1.0)
