@@ -1,0 +1,20 @@
+"""One actor per connected user decides what that user's sockets get; the registry spawns,
+supervises and retires them. The transport posts messages; the actors answer through an
+outbox the transport implements."""
+
+from .counts import DeliveryCounts
+from .messages import ActorMessage, Attach, CatchUp, Deliver, Detach, Register
+from .outbox import Outbox
+from .registry import ActorRegistry
+
+__all__ = [
+    "ActorMessage",
+    "ActorRegistry",
+    "Attach",
+    "CatchUp",
+    "Deliver",
+    "DeliveryCounts",
+    "Detach",
+    "Outbox",
+    "Register",
+]
