@@ -17,11 +17,12 @@ from typing import Any
 
 import aiohttp
 
-from bench.environment import Environment, Target, raise_fd_limit
+from bench.environment import Environment, NodeReference, Target, raise_fd_limit
 from bench.report import markdown, save_chart, save_json, table
 from bench.scenarios import Bench, Result
 
-SCENARIOS = ["connect", "fanout", "direct", "reconnect", "churn"]
+SCENARIOS = ["connect", "fanout", "direct", "bulk", "reconnect", "churn"]
+PLAIN_SCENARIOS = ["connect", "fanout", "direct"]  # what a site without user rooms does
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,6 +53,12 @@ def parse_args() -> argparse.Namespace:
         help="SQLite durability: FULL survives a power loss, NORMAL a crash of the process",
     )
     parser.add_argument(
+        "--reference",
+        choices=["node"],
+        help="instead: a plain site (no store) on this service beside socket.io 4 on Node "
+        "with the same contract (bench/node_reference), scenarios connect, fanout, direct",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -61,11 +68,16 @@ def parse_args() -> argparse.Namespace:
 
 
 async def run_one(
-    target: Target, store: str, n: int, scenarios: list[str], protocol: int = 4
+    target: Target,
+    store: str,
+    n: int,
+    scenarios: list[str],
+    protocol: int = 4,
+    site: str = "shop",
 ) -> list[Result]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        bench = Bench(target, store, n, http, protocol)
+        bench = Bench(target, store, n, http, protocol, site)
         results = [await bench.connect()]
         for name in scenarios:
             if name != "connect":
@@ -77,6 +89,29 @@ async def run_one(
         for result in results:
             result.scenario += " eio3"
     return results
+
+
+async def run_reference(
+    n: int, scenarios: list[str], store: str, repeat: int, every_run: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A plain site of this service ("plain"), then socket.io 4 on Node ("node"), alike."""
+    rows = []
+    for kind in ("plain", "node"):
+        runs = []
+        for attempt in range(repeat):
+            print(f"{kind} site, N={n}, run {attempt + 1}/{repeat}")
+            environment: Environment | NodeReference = (
+                Environment(store) if kind == "plain" else NodeReference()
+            )
+            target = await environment.start()
+            try:
+                results = await run_one(target, kind, n, scenarios, site="news")
+            finally:
+                await environment.stop()
+            runs.append([result.figures() for result in results])
+            every_run.extend(runs[-1])
+        rows.extend(median_runs(runs))
+    return rows
 
 
 def median_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -109,6 +144,14 @@ async def main() -> None:
     stores = ["redis", "sqlite"] if args.store == "both" else [args.store]
     every_run: list[dict[str, Any]] = []
     protocols = {"eio4": [4], "eio3": [3], "both": [4, 3]}[args.client]
+    if args.reference:
+        why_not = NodeReference.unavailable()
+        if why_not is not None:
+            raise SystemExit(f"--reference node: skipped: {why_not}")
+        plain = [s for s in scenarios if s in PLAIN_SCENARIOS] or PLAIN_SCENARIOS
+        for n in sizes:
+            rows += await run_reference(n, plain, stores[-1], args.repeat, every_run)
+        stores = []
     for store, protocol in [(store, protocol) for store in stores for protocol in protocols]:
         for n in sizes:
             runs: list[list[dict[str, Any]]] = []

@@ -3,12 +3,16 @@ and the /proc readings (CPU-seconds, RSS) that make the figures."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from testkit.processes import RedisServer, ServiceProcess, free_port, write_sites
@@ -108,4 +112,66 @@ class Environment:
             await self.service.stop()
         if self.redis is not None:
             self.redis.stop()
+        await self.auth.stop()
+
+
+NODE_REFERENCE = Path(__file__).parent / "node_reference"
+
+
+class NodeReference:
+    """socket.io 4 on Node with the same contract and no store (``node_reference/``): what
+    a plain site would run instead. ``unavailable`` says why it cannot run here, if so."""
+
+    def __init__(self) -> None:
+        self.auth = AuthStub()
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if shutil.which("node") is None or shutil.which("npm") is None:
+            return "Node.js is not installed: no socket.io 4 reference"
+        if not (NODE_REFERENCE / "node_modules" / "socket.io").is_dir():
+            result = subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--silent"],
+                cwd=NODE_REFERENCE,
+                capture_output=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                return f"npm ci failed in {NODE_REFERENCE}: {result.stderr.decode()[-300:]}"
+        return None
+
+    async def start(self) -> Target:
+        await self.auth.start()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PORT": str(self.port),
+            "AUTH_URL": self.auth.url,
+            "API_KEY": "key",
+            "SITES": "news",
+        }
+        self.process = await asyncio.create_subprocess_exec(
+            "node",
+            str(NODE_REFERENCE / "server.cjs"),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{self.port}"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"{url}/healthcheck") as answer:
+                        if answer.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        return Target(url, self.process.pid, None)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
         await self.auth.stop()

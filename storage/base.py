@@ -167,6 +167,10 @@ class Store(Protocol):
         ``max_queue`` messages already (it is flagged as overflowed). Returns where it was
         stored."""
 
+    async def enqueue_all(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
+        """``enqueue`` for several messages at once (a bulk send), in one atomic call: every
+        message is stored, in this order, or none is."""
+
     async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
         """The device's stored messages with ``seq > after_seq``, oldest first, and its last
         assigned seq, read together (a message stored meanwhile is in the list or above it)."""

@@ -65,6 +65,14 @@ class StoreBase(ABC):
     ) -> list[Delivery]:
         return await self._enqueues.submit((site, users, shared_rooms(shared_rooms_), message))
 
+    async def enqueue_all(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
+        """Several messages (a bulk send) in one store call: all stored, in this order, or none
+        (the call raises). Not coalesced with other sends, so it stays one call."""
+        normalised = [
+            (site, users, shared_rooms(rooms), message) for site, users, rooms, message in items
+        ]
+        return await self._write_enqueues(normalised)
+
     async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
         return await self._reads.submit((site, user, device, after_seq))
 

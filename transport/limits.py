@@ -16,6 +16,8 @@ class Limits:
     max_send_body: int = 1_048_576
     """Bytes in one /send body (413 past it)."""
     max_rooms_per_send: int = 1_000
+    max_messages_per_send: int = 1_000
+    """Messages in one bulk /send (a JSON array of messages)."""
     max_room_length: int = 200
     """Characters in a room name, in /send and in an auth answer."""
     max_event_length: int = 100

@@ -155,6 +155,26 @@ def validate(body: Any, limits: Limits) -> SendRequest:
     return SendRequest(rooms=list(dict.fromkeys(rooms)), event=event, args=args)
 
 
+def validate_all(body: Any, limits: Limits) -> list[SendRequest]:
+    """One message (an object), or a bulk send (a JSON array of them): all valid, or a 400
+    naming the first that is not; nothing is sent then."""
+    if not isinstance(body, list):
+        return [validate(body, limits)]
+    if not body:
+        raise BadRequest("Body is an empty list: give at least one message.")
+    if len(body) > limits.max_messages_per_send:
+        raise BadRequest(
+            f"Body holds {len(body)} messages; at most {limits.max_messages_per_send}."
+        )
+    sends = []
+    for index, item in enumerate(body):
+        try:
+            sends.append(validate(item, limits))
+        except BadRequest as exc:
+            raise BadRequest(f"Message {index}: {exc}") from None
+    return sends
+
+
 class SendHandler:
     def __init__(
         self,
@@ -182,47 +202,68 @@ class SendHandler:
             return self._reject(401, "ApiKey invalid.", site_name)
         try:
             resync = parse_bool(request.query.get("resync"), "resync")
-            send = validate(await read_body(request, self.limits.http_read_timeout), self.limits)
+            body = await read_body(request, self.limits.http_read_timeout)
+            sends = validate_all(body, self.limits)
         except BadRequest as exc:
             return self._reject(400, str(exc), site_name)
-        stored = 0
+        stored: list[int] = []
         if not namespace.site.reliable:
-            await namespace.server.emit(
-                send.event, tuple(send.args), to=send.rooms, namespace=namespace.namespace
-            )
+            for send in sends:
+                await namespace.server.emit(
+                    send.event, tuple(send.args), to=send.rooms, namespace=namespace.namespace
+                )
         else:
             try:
-                stored = await self._store_and_deliver(namespace, send, resync)
+                stored = await self._store_and_deliver(namespace, sends, resync)
             except StoreUnavailable as exc:
                 logger.error("site={} send not stored: {}", site_name, exc)
                 self.stats.sends[site_name, 503] += 1
                 return web.Response(status=503, text=f"Message not stored, try again: {exc}")
-            self.stats.stored[site_name] += stored
+            self.stats.stored[site_name] += sum(stored)
             if resync:
                 self.stats.resync_sends[site_name] += 1
         self.stats.sends[site_name, 200] += 1
         logger.info(
-            "send site={site} event={event} rooms={rooms} stored={stored} ms={ms}",
+            "send site={site} event={event} messages={messages} rooms={rooms} stored={stored} "
+            "ms={ms}",
             site=site_name,
-            event=send.event,
-            rooms=len(send.rooms),
-            stored=stored,
+            event=sends[0].event,
+            messages=len(sends),
+            rooms=sum(len(send.rooms) for send in sends),
+            stored=sum(stored),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        if isinstance(body, list):  # a bulk send: what each message reached
+            results = [{"stored": count} for count in stored] or [{"sent": True} for _ in sends]
+            return web.json_response(
+                {"results": results}, dumps=lambda data: orjson.dumps(data).decode()
+            )
         return web.Response(text="OK")
 
     async def _store_and_deliver(
-        self, namespace: SiteNamespace, send: SendRequest, resync: bool
-    ) -> int:
-        """Returns how many device queues the message was stored in."""
+        self, namespace: SiteNamespace, sends: list[SendRequest], resync: bool
+    ) -> list[int]:
+        """Store every message in one store call, then hand each to its devices; returns how
+        many device queues each message was stored in."""
         site = namespace.site
-        users = [room for room in send.rooms if site.is_user_room(room)]
-        # The public channel is a user of its own and also a room that signed-in users hold.
-        shared = [room for room in send.rooms if not room.startswith(site.user_room_prefix)]
-        message = Message(event=send.event, args=send.args, resync=resync)
-        deliveries = await self.store.enqueue(site.name, users, shared, message)
-        await self.dispatcher.dispatch(site.name, message, deliveries)
-        return len(deliveries)
+        messages = [Message(event=send.event, args=send.args, resync=resync) for send in sends]
+        items = [
+            (
+                site.name,
+                [room for room in send.rooms if site.is_user_room(room)],
+                # The public channel is a user of its own and also a room signed-in users hold.
+                [room for room in send.rooms if not room.startswith(site.user_room_prefix)],
+                message,
+            )
+            for send, message in zip(sends, messages, strict=True)
+        ]
+        if len(items) == 1:  # coalesced with other sends of the same moment
+            stored = [await self.store.enqueue(*items[0])]
+        else:
+            stored = await self.store.enqueue_all(items)
+        for message, deliveries in zip(messages, stored, strict=True):
+            await self.dispatcher.dispatch(site.name, message, deliveries)
+        return [len(deliveries) for deliveries in stored]
 
     def _reject(self, status: int, text: str, site: str | None) -> web.Response:
         # Counted under the site only if it is one: a flood of made-up names adds no labels.

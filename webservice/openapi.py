@@ -107,12 +107,51 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": send_body},
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        send_body,
+                                        {
+                                            "type": "array",
+                                            "items": send_body,
+                                            "minItems": 1,
+                                            "maxItems": limits.max_messages_per_send,
+                                            "description": "A bulk send: stored in one store "
+                                            "call, all or none; the answer is JSON, one "
+                                            "result per message.",
+                                        },
+                                    ]
+                                }
+                            },
                             "application/x-www-form-urlencoded": {"schema": form_body},
                         },
                     },
                     "responses": {
-                        "200": _answer("Sent (and stored, on a site with user rooms): OK"),
+                        "200": {
+                            "description": "Sent (and stored, on a site with user rooms): OK; "
+                            "for a bulk send, what each message reached",
+                            "content": {
+                                **TEXT,
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["results"],
+                                        "properties": {
+                                            "results": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "stored": {"type": "integer"},
+                                                        "sent": {"type": "boolean"},
+                                                    },
+                                                },
+                                            }
+                                        },
+                                    }
+                                },
+                            },
+                        },
                         "400": _answer("The request is malformed; the text says how"),
                         "401": _answer("Unknown site or wrong apiKey: ApiKey invalid."),
                         "408": _answer(
