@@ -39,6 +39,23 @@ class Mailbox(Generic[T]):
                 self._waiter = None
         return self._items.popleft()
 
+    async def get_within(self, timeout: float) -> T:
+        """``get``, or :class:`TimeoutError` after ``timeout`` seconds: one timer, where
+        ``asyncio.wait_for`` would also wrap the wait in a task of its own."""
+        if self._items:
+            return self._items.popleft()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if not self._items:  # woken by a put that another get took
+            return await self.get_within(timeout)
+        return self._items.popleft()
+
     def empty(self) -> bool:
         return not self._items
 
@@ -64,3 +81,8 @@ class Mailbox(Generic[T]):
             if self._drained is None or self._drained.done():
                 self._drained = asyncio.get_running_loop().create_future()
             await self._drained
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

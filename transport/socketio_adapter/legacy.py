@@ -28,8 +28,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from engineio import async_socket, exceptions
+from engineio import exceptions
 from engineio import packet as eio_packet
+
+from .socket import Socket
 
 LEGACY: ContextVar[bool] = ContextVar("socketio_webservice_eio3", default=False)
 """Set while an ``EIO=3`` request is being handled."""
@@ -104,7 +106,7 @@ def decode_payload(body: str) -> list[eio_packet.Packet]:
     return packets
 
 
-class LegacySocket(async_socket.AsyncSocket):  # type: ignore[misc]
+class LegacySocket(Socket):
     """An Engine.IO session of protocol 3: the client keeps it alive with its pings."""
 
     def __init__(self, server: Any, sid: str) -> None:

@@ -47,6 +47,7 @@ from .legacy import (
     connect_with_auth,
     encode_payload,
 )
+from .socket import SocketTable
 
 ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack id, then args
 
@@ -142,6 +143,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
             "translate_request": _translate_request,
         }
         self.websockets: set[_WebSocket] = set()
+        self.sockets = SocketTable()
         self.read_timeout = 60.0
         self._closing: set[asyncio.Future[Any]] = set()
 
