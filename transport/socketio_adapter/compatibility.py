@@ -26,6 +26,7 @@ REQUIRED: dict[str, tuple[object, tuple[str, ...]]] = {
             "generate_id",
             "handle_request",
             "create_queue",
+            "reason",  # the close reasons our Socket's websocket handler gives
         ),
     ),
     "engineio AsyncSocket": (
@@ -66,7 +67,15 @@ REQUIRED: dict[str, tuple[object, tuple[str, ...]]] = {
         ),
     ),
 }
-INSTANCE_ATTRIBUTES = ("closing", "closed", "queue", "last_ping", "upgraded", "connected")
+INSTANCE_ATTRIBUTES = (
+    "closing",
+    "closed",
+    "queue",
+    "last_ping",
+    "upgraded",
+    "upgrading",
+    "connected",
+)
 
 
 class IncompatibleVersion(Exception):

@@ -237,6 +237,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         if socket.closed or socket.closing:
             return
         logger.warning("client {} dropped: {}", socket.sid, reason)
+        socket.dropped = True
         websocket = getattr(socket, "websocket", None)
         if websocket is not None:
             websocket.abort()

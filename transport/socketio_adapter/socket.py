@@ -1,10 +1,12 @@
-"""python-engineio's socket with a cheaper wait for outgoing packets.
+"""python-engineio's socket, with cheaper waits for packets in and out.
 
-Its writer (websocket) and every polling GET wait in ``poll`` for the next packet with
-``asyncio.wait_for``, which wraps each wait in a task of its own: one task per packet sent,
-on every socket. Profiled on plain-site direct sends, 9% of the service's CPU. This ``poll``
-does the same with one timer (``Mailbox.get_within``): the socket's queue is our Mailbox
-(``_EngineIOServer.create_queue``).
+Adapted from python-engineio's ``AsyncSocket`` (MIT): its writer (websocket) and every polling
+GET wait in ``poll`` for the next packet with ``asyncio.wait_for``, which wraps each wait in a
+task of its own, and its websocket reader starts a task and a ``wait_for`` for every packet a
+client sends (every ack): two tasks per packet, on every socket. Profiled on plain-site direct
+sends, ``poll``'s alone were 9% of the service's CPU; on fan-out the reader's were 5%. Here
+``poll`` waits with one timer (``Mailbox.get_within``; the socket's queue is our Mailbox, see
+``_EngineIOServer.create_queue``), and the reader with one deadline moved on per packet.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any
 
 from engineio import async_socket
 from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 
 
 class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
+    dropped = False  # set by the server's ``drop``: read nothing more from this client
+
     async def poll(self) -> list[Any]:
         """As python-engineio's: the packets waiting, or ``QueueEmpty`` if none comes within
         a ping interval and timeout; an empty list once the socket is closing (``None``)."""
@@ -37,6 +42,88 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
                 break
             packets.append(packet)
         return packets
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """As python-engineio's: the upgrade handshake if the session began on polling, then
+        a writer task for what the server sends, and this task reads what the client sends
+        until it closes or stays silent past a ping interval and timeout."""
+        max_size = self.server.max_http_buffer_size
+
+        async def read() -> Any:
+            data = await ws.wait()
+            if data and len(data) > max_size:
+                raise ValueError("packet is too large")
+            return data
+
+        if self.connected:  # type: ignore[has-type]  # an upgrade: the probe, then UPGRADE
+            self.upgrading = True
+            try:
+                probe = eio_packet.Packet(encoded_packet=await read())
+            except OSError:
+                return
+            if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                self.upgrading = False
+                return
+            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            try:
+                upgrade = eio_packet.Packet(encoded_packet=await read())
+            except OSError:
+                self.upgrading = False
+                return
+            if upgrade.packet_type != eio_packet.UPGRADE:
+                self.upgraded = self.upgrading = False
+                return
+            self.upgraded, self.upgrading = True, False
+        else:
+            self.connected = self.upgraded = True
+
+        async def writer() -> None:
+            while True:
+                try:
+                    packets = await self.poll()
+                except eio_exceptions.QueueEmpty:
+                    break
+                if not packets:  # the socket is closing
+                    break
+                try:
+                    for packet in packets:
+                        await ws.send(packet.encode())
+                except Exception:
+                    break
+            await ws.close()
+
+        writer_task = asyncio.ensure_future(writer())
+        silence = self.server.ping_interval + self.server.ping_timeout
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(loop.time() + silence)
+                    try:
+                        data = await read()
+                    except Exception:  # the connection failed, or a frame over the limit
+                        break
+                    if data is None:  # closed by the client
+                        break
+                    # A frame that cannot be decoded raises out of here: the websocket
+                    # wrapper drops the client with one log line (see server._WebSocket).
+                    packet = eio_packet.Packet(encoded_packet=data)
+                    try:
+                        await self.receive(packet)
+                    except eio_exceptions.UnknownPacketError:
+                        pass
+                    except eio_exceptions.SocketIsClosedError:
+                        break
+                    except Exception:
+                        self.server.logger.exception("Unknown receive error")
+                    if self.dropped:  # what the client sent after its offence is not read
+                        break
+        except (TimeoutError, asyncio.CancelledError):
+            pass  # silent past a ping interval and timeout, or cancelled: close as below
+        await self.queue.put(None)  # ends the writer
+        await writer_task
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
 
 class SocketTable(dict[str, Any]):
