@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from loguru import logger
 
@@ -61,7 +62,7 @@ class ActorRegistry:
         self.actors[user] = actor
         task = asyncio.create_task(actor.run(), name=f"actor:{self.site}:{user}")
         self._tasks[actor] = task
-        task.add_done_callback(lambda done, a=actor: self._on_exit(a, done))  # type: ignore[misc]
+        task.add_done_callback(partial(self._on_exit, actor))
         return actor
 
     def _retire(self, actor: UserActor) -> None:

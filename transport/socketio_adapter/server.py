@@ -27,6 +27,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import engineio
 import socketio
@@ -151,8 +152,11 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         """A polling POST's body is read here, within ``read_timeout`` and the packet limit:
         Engine.IO would wait for a trickling body for ever, and answers one over the limit by
         closing the session in a way that waits for a poll the client will never make."""
-        legacy = request.query.get("EIO") == "3"
-        if legacy and "j" in request.query:
+        # Not request.query: it would be cached on the request, which a websocket keeps alive.
+        query = dict(parse_qsl(request.query_string))
+        legacy, jsonp = query.get("EIO") == "3", "j" in query
+        del query
+        if legacy and jsonp:
             return web.Response(status=400, text="JSONP polling is not supported: use XHR")
         token = LEGACY.set(legacy)
         try:
