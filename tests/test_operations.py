@@ -101,7 +101,7 @@ async def test_text_logs_name_connects_and_sends_once_each(
     text = node.log.read_text()
     assert text.count(" - connect site=shop user=user_alice device=phone") == 1
     assert text.count(" - disconnect site=shop user=user_alice device=phone") == 1
-    assert text.count("send site=shop event=n rooms=1 stored=1") == 3
+    assert text.count("send site=shop event=n messages=1 rooms=1 stored=1") == 3
     assert "deliver" not in text.lower().replace("delivery", "")  # nothing per delivery
     assert TOKEN not in text
 
