@@ -64,8 +64,9 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self.auth = AuthGate(http, site, limits, auth_timeout, stats)
         self.presence = PresenceNotifier(http, site)
         self.registry = ActorRegistry(site.name, store, self)
-        self.users: dict[str, str] = {}  # sid -> user room, for sockets of reliable sites
-        self.clients: dict[str, tuple[str, str]] = {}  # sid -> (user, device), for the logs
+        # sid -> (user room, device): a reliable site's user is detached at the disconnect;
+        # every site's client is named in the disconnect's log line.
+        self.clients: dict[str, tuple[str, str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closing = False  # the site is being removed (sites.yml reloaded)
 
@@ -132,7 +133,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def _log_connect(self, sid: str, environ: dict[str, Any], user: str, device: str) -> None:
         query = parse_qs(environ.get("QUERY_STRING", ""))
-        self.clients[sid] = (user or "-", device or "-")
+        self.clients[sid] = (user, device)
         logger.info(
             CONNECTED,
             site=self.site.name,
@@ -177,27 +178,27 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(
                 f"Service unavailable: {exc or type(exc).__name__}"
             ) from None
-        self.users[sid] = user
         # Posted with no await after it: the CONNECT packet is queued before the actor runs,
         # so _settings and _batch reach the client after its connect.
         self.registry.tell(user, Attach(sid))
         return user
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        user = self.users.pop(sid, None)
-        if user is not None:
-            self.registry.tell(user, Detach(sid))
         client = self.clients.pop(sid, None)
-        if client is not None:
-            logger.info(
-                DISCONNECTED,
-                site=self.site.name,
-                user=client[0],
-                device=client[1],
-                node=self.node_id,
-                sid=sid,
-                reason=str(reason or "-"),
-            )
+        if client is None:
+            return
+        user, device = client
+        if user:
+            self.registry.tell(user, Detach(sid))
+        logger.info(
+            DISCONNECTED,
+            site=self.site.name,
+            user=user or "-",
+            device=device or "-",
+            node=self.node_id,
+            sid=sid,
+            reason=str(reason or "-"),
+        )
 
     async def close(self, timeout: float) -> None:
         await self.registry.drain(timeout)

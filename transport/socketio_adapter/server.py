@@ -386,7 +386,11 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
 
 class _IndexedRooms:
-    """Keeps which rooms each (namespace, sid) is in, next to python-socketio's room map."""
+    """Keeps which rooms each (namespace, sid) is in, next to python-socketio's room map.
+
+    Every socket is in two rooms of its own, ``None`` (the namespace) and its sid; only the
+    others are kept here, so a socket of a reliable site (which joins none) costs no set.
+    """
 
     rooms: dict[str, dict[Any, Any]]
     callbacks: dict[str, Any]
@@ -401,7 +405,8 @@ class _IndexedRooms:
         self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
     ) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
-        self._rooms_of.setdefault((namespace, sid), set()).add(room)
+        if room is not None and room != sid:
+            self._rooms_of.setdefault((namespace, sid), set()).add(room)
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
@@ -413,7 +418,7 @@ class _IndexedRooms:
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         # As python-socketio's own, but leaving only the rooms this socket is in.
-        for room in self._rooms_of.pop((namespace, sid), set()):
+        for room in (*self._rooms_of.pop((namespace, sid), ()), sid, None):
             super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
         self.callbacks.pop(sid, None)
         for name in ("pending_connect", "pending_disconnect"):  # the first only from 5.18
@@ -425,7 +430,9 @@ class _IndexedRooms:
                     del pending[namespace]
 
     def get_rooms(self, sid: str, namespace: str) -> list[Any]:
-        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
+        if sid not in self.rooms.get(namespace, {}).get(sid, ()):
+            return []
+        return [sid, *self._rooms_of.get((namespace, sid), ())]
 
 
 class IndexedManager(_IndexedRooms, socketio.AsyncManager):  # type: ignore[misc]
