@@ -13,6 +13,7 @@ from socketio_webservice.storage import Store
 from testkit.processes import RedisServer
 
 if TYPE_CHECKING:
+    from tests.browser import Browser
     from tests.harness import Harness, SiteStub
 
 STORE_KINDS = ["sqlite", "redis"]
@@ -110,5 +111,16 @@ async def harness(
         "news": SiteConfig(name="news", auth_url=f"{stub.url}/auth", api_key="key"),
     }
     instance = Harness(store_kind, tmp_path, store_redis_url, stub, sites=sites)
+    yield instance
+    await instance.stop()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium with a profile of its own."""
+    from tests.browser import Browser
+
+    instance = Browser(tmp_path / "profile")
+    await instance.start()
     yield instance
     await instance.stop()

@@ -3,24 +3,14 @@ the service's /socket.io/socket.io.js, the page from the site's own origin."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from tests.browser import Browser
 from tests.harness import Harness
 
 PAGE = Path(__file__).parent / "e2e" / "original_page.html"
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    instance = Browser(tmp_path / "profile")
-    await instance.start()
-    yield instance
-    await instance.stop()
 
 
 async def test_the_originals_page_connects_receives_and_gets_its_batch(

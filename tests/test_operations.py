@@ -25,6 +25,18 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def start_node(tmp_path: Path, stub: SiteStub, **env: str) -> ServiceProcess:
+    """The service as a process on SQLite, with the stub's shop and news sites."""
+    node = ServiceProcess(
+        tmp_path,
+        write_sites(tmp_path, f"{stub.url}/auth"),
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        **env,
+    )
+    await node.start()
+    return node
+
+
 def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "webservice", *args],
@@ -40,13 +52,7 @@ async def test_json_logs_one_object_per_line_with_fields_and_no_secret(
     tmp_path: Path, stub: SiteStub, http: aiohttp.ClientSession
 ) -> None:
     stub.answers[TOKEN] = ["user_alice", "staff"]
-    node = ServiceProcess(
-        tmp_path,
-        write_sites(tmp_path, f"{stub.url}/auth"),
-        LOG_FORMAT="json",
-        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
-    )
-    await node.start()
+    node = await start_node(tmp_path, stub, LOG_FORMAT="json")
     try:
         client = await connect(node.url, "shop", TOKEN, "phone")
         assert await post_send(http, node.url, "shop", "user_alice", "n", 1) == (200, "OK")
@@ -83,12 +89,7 @@ async def test_text_logs_name_connects_and_sends_once_each(
     tmp_path: Path, stub: SiteStub, http: aiohttp.ClientSession
 ) -> None:
     stub.answers[TOKEN] = ["user_alice"]
-    node = ServiceProcess(
-        tmp_path,
-        write_sites(tmp_path, f"{stub.url}/auth"),
-        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
-    )
-    await node.start()
+    node = await start_node(tmp_path, stub)
     try:
         client = await connect(node.url, "shop", TOKEN, "phone")
         for i in range(3):
@@ -229,12 +230,7 @@ async def test_sighup_with_a_broken_sites_file_keeps_the_running_sites(
 async def test_malformed_http_requests_are_one_line_a_minute_without_a_traceback(
     tmp_path: Path, stub: SiteStub
 ) -> None:
-    node = ServiceProcess(
-        tmp_path,
-        write_sites(tmp_path, f"{stub.url}/auth"),
-        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
-    )
-    await node.start()
+    node = await start_node(tmp_path, stub)
     try:
         for _ in range(20):
             reader, writer = await asyncio.open_connection("127.0.0.1", node.port)

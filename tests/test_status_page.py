@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from tests.browser import Browser
 from tests.harness import Harness
 from tests.test_metrics import scrape, value
 
 ADMIN_KEY = "admin-key-for-tests"
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
-    instance = Browser(tmp_path / "profile")
-    await instance.start()
-    yield instance
-    await instance.stop()
 
 
 async def cell(browser: Browser, site: str, field: str) -> str:

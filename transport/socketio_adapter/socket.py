@@ -37,9 +37,14 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
         except (TimeoutError, asyncio.CancelledError):
             raise eio_exceptions.QueueEmpty() from None
         queue.task_done()
+        return self._with_the_rest(first)
+
+    def _with_the_rest(self, first: Any) -> list[Any]:
+        """``first`` and every packet queued behind it, up to a ``None`` (closing), which stays
+        queued for the next wait; ``[]`` if ``first`` is that ``None``."""
         if first is None:
             return []
-        packets = [first]
+        queue, packets = self.queue, [first]
         while not queue.empty():
             packet = queue.get_nowait()
             queue.task_done()
@@ -111,14 +116,7 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
             while True:
                 first = await queue.get()
                 queue.task_done()
-                packets = [first] if first is not None else []
-                while packets and not queue.empty():
-                    packet = queue.get_nowait()
-                    queue.task_done()
-                    if packet is None:
-                        queue.put_nowait(None)
-                        break
-                    packets.append(packet)
+                packets = self._with_the_rest(first)
                 if not packets:  # the socket is closing
                     break
                 try:
