@@ -367,3 +367,15 @@ async def test_first_live_message_after_a_reconnect_with_nothing_pending_comes_a
     await harness.send("shop", ["user_1"], "n", 3)
     assert (await again.next()).numbers() == [3]
     assert loop.time() - started < GAP_WAIT / 2, "the message waited for a gap that is not there"
+
+
+async def test_messages_of_every_frame_size_arrive_whole(harness: Harness) -> None:
+    """Frames written straight to an idle websocket: 7-bit, 16-bit and 64-bit lengths."""
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1"]
+    client = await harness.connect("shop", "t1", "phone")
+    for size in (10, 200, 70_000, 300_000):
+        text = "é" * (size // 2) + "x" * (size % 2)
+        assert (await harness.send("shop", ["user_1"], "big", text))[0] == 200
+        received = await client.next()
+        assert (received.event, received.args) == ("big", [text])
