@@ -57,25 +57,32 @@ class ActorRegistry:
             actor.tell(CatchUp())
 
     def _spawn(self, user: str) -> UserActor:
-        actor = UserActor(self.site, user, self.store, self.outbox, self.counts, self._retire)
+        actor = UserActor(
+            self.site, user, self.store, self.outbox, self.counts, self._retire, self._start
+        )
         self.actors[user] = actor
-        self._tasks[actor] = asyncio.create_task(self._supervise(actor))
         return actor
 
+    def _start(self, actor: UserActor) -> None:
+        """The actor has a message and no task: give it one, for as long as it has messages."""
+        self._tasks[actor] = asyncio.create_task(self._supervise(actor))
+
     async def _supervise(self, actor: UserActor) -> None:
-        """Run the actor; if it stops without retiring (a bug), a fresh one takes over all it
-        held. (A wrapper, not a done callback: that costs a context copy per actor.)"""
+        """Run the actor until its mailbox is empty; if it fails (a bug in its own loop), a
+        fresh actor takes over all it held. (A wrapper, not a done callback: that costs a
+        context copy per run.)"""
         try:
             await actor.run()
         except asyncio.CancelledError:
-            self._tasks.pop(actor, None)
             raise
         except Exception as exc:
             logger.opt(exception=exc).error("actor {} crashed; respawning", actor.user)
-        self._tasks.pop(actor, None)
-        if self.actors.get(actor.user) is actor:
-            del self.actors[actor.user]
-            actor.hand_over(self._spawn(actor.user))
+            if self.actors.get(actor.user) is actor:
+                del self.actors[actor.user]
+                actor.hand_over(self._spawn(actor.user))
+        finally:
+            if self._tasks.get(actor) is asyncio.current_task():
+                del self._tasks[actor]
 
     def _retire(self, actor: UserActor) -> None:
         """Called by the actor itself when it has no sockets and an empty mailbox; nothing can

@@ -93,7 +93,9 @@ class UserActor:
         "_busy",
         "_catch_up_queued",
         "_on_idle",
+        "_on_work",
         "_retries_waiting",
+        "_running",
         "_successor",
         "counts",
         "devices",
@@ -113,6 +115,7 @@ class UserActor:
         outbox: Outbox,
         counts: DeliveryCounts,
         on_idle: Callable[[UserActor], None],
+        on_work: Callable[[UserActor], None],
     ) -> None:
         self.site = site
         self.user = user
@@ -120,6 +123,8 @@ class UserActor:
         self.outbox = outbox
         self.counts = counts
         self._on_idle = on_idle
+        self._on_work = on_work
+        self._running = False  # a task is handling the mailbox
         self._successor: UserActor | None = None
         self.mailbox: Mailbox[ActorMessage] = Mailbox()
         self.sockets: dict[str, SocketInfo] = {}
@@ -146,9 +151,17 @@ class UserActor:
                 logger.warning(
                     "site={} user={} mailbox full; will re-read queues", self.site, self.user
                 )
-                self.mailbox.put_nowait(CatchUp())
+                self._post(CatchUp())
             return
+        self._post(message)
+
+    def _post(self, message: ActorMessage) -> None:
+        """The one way into the mailbox: the actor runs only while it has messages, so the
+        first one starts it (``on_work``: the registry gives it a task)."""
         self.mailbox.put_nowait(message)
+        if not self._running:
+            self._running = True
+            self._on_work(self)
 
     @property
     def idle(self) -> bool:
@@ -160,34 +173,41 @@ class UserActor:
         )
 
     async def run(self) -> None:
-        while True:
-            message = await self.mailbox.get()
-            self._busy = True
-            try:
-                await self.handle(message)
-            except StoreUnavailable as exc:
-                self._retry_later(message, exc)
-            except Exception as exc:  # one bad event must not stop the user's other events
-                logger.opt(exception=exc).error(
-                    "site={} user={} failed to handle {}: {}",
-                    self.site,
-                    self.user,
-                    type(message).__name__,
-                    exc,
-                )
-            finally:
-                self._busy = False
-                self.mailbox.task_done()
-            if self.idle:
-                self._on_idle(self)
-                return
+        """Handle every message in the mailbox, then end: an actor with nothing to do holds no
+        task (about 1 KB per connected user); its next message starts it again."""
+        try:
+            while not self.mailbox.empty():
+                await self._handle_next()
+        finally:
+            self._running = False
+        if self.idle:
+            self._on_idle(self)
+
+    async def _handle_next(self) -> None:
+        message = self.mailbox.get_nowait()
+        self._busy = True
+        try:
+            await self.handle(message)
+        except StoreUnavailable as exc:
+            self._retry_later(message, exc)
+        except Exception as exc:  # one bad event must not stop the user's other events
+            logger.opt(exception=exc).error(
+                "site={} user={} failed to handle {}: {}",
+                self.site,
+                self.user,
+                type(message).__name__,
+                exc,
+            )
+        finally:
+            self._busy = False
+            self.mailbox.task_done()
 
     async def drained(self) -> None:
         """Returns once every message posted so far has been handled."""
         await self.mailbox.join()
 
     def hand_over(self, successor: UserActor) -> None:
-        """This actor's task stopped without retiring (a bug): give ``successor`` everything it
+        """This actor's task failed (a bug): give ``successor`` everything it
         held, so that the user's sockets, devices, queued messages, acks in flight and retries
         go on there. Timers and callbacks still bound to this actor forward to it."""
         successor.sockets, successor.devices = self.sockets, self.devices
@@ -199,7 +219,7 @@ class UserActor:
         successor._catch_up_queued = self._catch_up_queued
         self._successor = successor
         while not self.mailbox.empty():
-            successor.mailbox.put_nowait(self.mailbox.get_nowait())
+            successor._post(self.mailbox.get_nowait())
             self.mailbox.task_done()
         for device, link in successor.devices.items():
             if link.gap_timer is not None:  # re-armed on the successor
@@ -466,4 +486,4 @@ class UserActor:
     def _retry_due(self, retry: Retry) -> None:
         target = self._successor or self  # counted there since the hand-over
         target._retries_waiting -= 1
-        target.mailbox.put_nowait(retry)
+        target._post(retry)

@@ -71,10 +71,35 @@ class FakeOutbox:
 
 
 class BrokenMailbox(Mailbox[ActorMessage]):
-    """A bug in the actor's own loop, as far as the registry can tell."""
+    """A bug in the actor's own loop, as far as the registry can tell: its first read fails."""
 
-    async def get(self) -> ActorMessage:
-        raise RuntimeError("a bug in the actor's loop")
+    broken = True
+
+    def get_nowait(self) -> ActorMessage:
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("a bug in the actor's loop")
+        return super().get_nowait()
+
+
+class Runner:
+    """What the registry does for an actor: a task for as long as it has messages."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self, actor: UserActor) -> None:
+        self.tasks.append(asyncio.create_task(actor.run()))
+
+    def spawn(self, store: Any, outbox: FakeOutbox) -> UserActor:
+        return UserActor(
+            SITE, USER, store, outbox, DeliveryCounts(), on_idle=lambda _: None, on_work=self.start
+        )
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class Flaky:
@@ -114,11 +139,9 @@ def quick_timers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def actor(store: Store, outbox: FakeOutbox) -> AsyncIterator[UserActor]:
-    instance = UserActor(SITE, USER, store, outbox, DeliveryCounts(), on_idle=lambda _: None)
-    task = asyncio.create_task(instance.run())
-    yield instance
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    runner = Runner()
+    yield runner.spawn(store, outbox)
+    await runner.stop()
 
 
 async def attach(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = DEVICE) -> Sent:
@@ -228,8 +251,8 @@ async def test_an_ack_refused_by_the_store_is_retried_until_it_is_written(
     store: Store, outbox: FakeOutbox
 ) -> None:
     flaky = Flaky(store)
-    actor = UserActor(SITE, USER, flaky, outbox, DeliveryCounts(), on_idle=lambda _: None)  # type: ignore[arg-type]
-    task = asyncio.create_task(actor.run())
+    runner = Runner()
+    actor = runner.spawn(flaky, outbox)
     try:
         await attach(actor, outbox, "s1")
         actor.tell(await store_message(store, 1))
@@ -244,8 +267,7 @@ async def test_an_ack_refused_by_the_store_is_retried_until_it_is_written(
         await actor.drained()
         assert await asyncio.wait_for(_empty(store), WAIT) == []
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await runner.stop()
 
 
 async def test_a_crashed_actor_is_respawned_with_everything_it_held(
@@ -261,11 +283,9 @@ async def test_a_crashed_actor_is_respawned_with_everything_it_held(
     crashed = registry.actors[USER]
     await crashed.drained()
 
-    old_mailbox = crashed.mailbox
-    crashed.mailbox = BrokenMailbox()  # its next get() raises: the task ends, not retired
-    for n in (1, 2):
-        crashed.mailbox.put_nowait(await store_message(store, n))  # queued when it crashes
-    old_mailbox.put_nowait(await store_message(store, 3))  # wakes the loop, which then fails
+    crashed.mailbox = BrokenMailbox()  # its next read raises: the task fails
+    for n in (1, 2, 3):
+        crashed.tell(await store_message(store, n))  # queued when it crashes
     # the successor has the socket and the device's position, and what was queued
     assert [(await outbox.next()).args for _ in range(3)] == [[1], [2], [3]]
     assert registry.actors[USER] is not crashed
