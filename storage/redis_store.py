@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import (
     BusyLoadingError,
@@ -48,6 +49,29 @@ POOL_SIZE = 32
 POOL_WAIT = 60.0
 
 
+class _HiredisPacking:
+    """redis-py's asyncio connections pack a command in Python, joining the growing buffer once
+    per argument; an ack or enqueue script of a fan-out has thousands of arguments, and py-spy
+    put that packing at 8% of the service's fan-out CPU. hiredis (a dependency already, for
+    parsing replies) packs the same bytes in C."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str) and " " in first:  # "CLIENT SETINFO": separate arguments
+            args = (*first.split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+def with_hiredis_packing(connection_class: type[Any]) -> type[Any]:
+    """The pool's connection class (plain, TLS or Unix socket, from the URL), packing with
+    hiredis where it can."""
+    if not hasattr(hiredis, "pack_command"):
+        return connection_class
+    return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
+
+
 def _as_bytes(value: bytes | str) -> bytes:
     """The client returns bytes (no decode_responses); its types also allow str."""
     return value if isinstance(value, bytes) else value.encode()
@@ -78,6 +102,7 @@ class RedisStore(StoreBase):
             socket_connect_timeout=timeout,
             health_check_interval=1,  # a PING first on a connection idle for over a second
         )
+        pool.connection_class = with_hiredis_packing(pool.connection_class)
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._connect = self.redis.register_script(scripts.CONNECT_DEVICE)
         self._disconnect = self.redis.register_script(scripts.DISCONNECT_DEVICE)
