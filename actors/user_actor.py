@@ -83,14 +83,14 @@ class UserActor:
     """The user's sockets on this node and what each of its devices has been sent.
 
     It is given what it needs and no more: its site's name, the store, the outbox, the site's
-    counters, and ``on_idle``, called once it has no socket and nothing left to do (the
-    registry then forgets it). Only the registry spawns one, and respawns it with
-    :meth:`hand_over` if its task ever stops otherwise.
+    counters, ``on_work``, called when a message arrives and no task is handling the mailbox
+    (the registry starts one), and ``on_idle``, called once it has no socket and nothing left
+    to do (the registry then forgets it). Only the registry spawns one, and replaces it with
+    :meth:`hand_over` if its task ever fails.
     """
 
     __slots__ = (
         "_acks_in_flight",
-        "_busy",
         "_catch_up_queued",
         "_on_idle",
         "_on_work",
@@ -132,13 +132,12 @@ class UserActor:
         self._acks_in_flight: set[asyncio.Future[int]] = set()
         self._catch_up_queued = False
         self._retries_waiting = 0
-        self._busy = False
 
     @property
     def ready_for_inline(self) -> bool:
-        """Nothing queued and nothing running: a delivery may be decided by the caller right
-        now, in order, without waking this actor's task."""
-        return not self._busy and self.mailbox.empty()
+        """No task is handling the mailbox (so it is empty): a delivery may be decided by the
+        caller right now, in order, without starting one."""
+        return not self._running
 
     def tell(self, message: ActorMessage) -> None:
         if self._successor is not None:  # a timer or callback of before the hand-over
@@ -185,7 +184,6 @@ class UserActor:
 
     async def _handle_next(self) -> None:
         message = self.mailbox.get_nowait()
-        self._busy = True
         try:
             await self.handle(message)
         except StoreUnavailable as exc:
@@ -199,7 +197,6 @@ class UserActor:
                 exc,
             )
         finally:
-            self._busy = False
             self.mailbox.task_done()
 
     async def drained(self) -> None:
@@ -310,8 +307,7 @@ class UserActor:
             self.counts.batched += len(batch)
         if info.resync_due:  # the batch is not all it missed: it must resync
             info.resync_due = False
-            self.outbox.send(sid, RESYNC)
-            self.counts.resyncs += 1
+            self._send_resync(sid)
 
     async def _detach(self, sid: str) -> None:
         info = self.sockets.pop(sid, None)
@@ -450,8 +446,11 @@ class UserActor:
             message.event,
         )
         if message.sid in self.sockets:
-            self.outbox.send(message.sid, RESYNC)
-            self.counts.resyncs += 1
+            self._send_resync(message.sid)
+
+    def _send_resync(self, sid: str) -> None:
+        self.outbox.send(sid, RESYNC)
+        self.counts.resyncs += 1
 
     # --- failures ----------------------------------------------------------------------------
 
