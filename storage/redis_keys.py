@@ -31,6 +31,7 @@ SEP = ":"
 HELD_SEP = "\t"
 DEVICE, MESSAGES, EVENTS = "dev", "msg", "evt"
 USER, DEVICES, ROOMS, MEMBERS = "user", "devices", "rooms", "members"
+NODE = "node"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
 
 
@@ -87,7 +88,7 @@ def nodes(prefix: str) -> str:
 
 
 def node_devices(prefix: str, node: str) -> str:
-    return f"{prefix}node{SEP}{node}{SEP}devices"
+    return f"{prefix}{NODE}{SEP}{node}{SEP}{DEVICES}"
 
 
 def node_field(node: str) -> str:
@@ -110,6 +111,10 @@ def _lua(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0") + "'"
 
 
+_HELD_PATTERN = (
+    f"^([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*)$"  # a Lua pattern
+)
+
 # The same grammar for the scripts; every script starts with it (see ``redis_scripts``).
 LUA_PRELUDE = f"""
 local SEQ_DIGITS = {SEQ_DIGITS}
@@ -124,15 +129,15 @@ local function user_keys(p, user)
 end
 local function members_key(p, room) return p .. {_lua(MEMBERS + SEP)} .. room end
 local function user_key(p, user) return p .. {_lua(USER + SEP)} .. user end
-local function node_devices_key(g, node) return g .. {_lua("node" + SEP)} .. node ..
-  {_lua(SEP + "devices")} end
+local function node_devices_key(g, node) return g .. {_lua(NODE + SEP)} .. node ..
+  {_lua(SEP + DEVICES)} end
 local function node_field(node) return {_lua(NODE_FIELD)} .. node end
 local NODE_FIELD = {_lua(NODE_FIELD)}
 local function held_entry(p, user, device)
   return p .. {_lua(HELD_SEP)} .. user .. {_lua(HELD_SEP)} .. device
 end
 local function split_held(entry)
-  return string.match(entry, '^([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)$')
+  return string.match(entry, {_lua(_HELD_PATTERN)})
 end
 local function event_member(event, seq)
   return event .. '\\0' .. string.format('%0' .. SEQ_DIGITS .. 'd', tonumber(seq))

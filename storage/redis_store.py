@@ -324,10 +324,10 @@ class RedisStore(StoreBase):
 
             async def count(pattern: str = pattern) -> int:
                 total = 0
-                keys = [key async for key in self.redis.scan_iter(match=pattern, count=1000)]
-                for start in range(0, len(keys), 1000):
+                found = [key async for key in self.redis.scan_iter(match=pattern, count=1000)]
+                for start in range(0, len(found), 1000):
                     async with self.redis.pipeline(transaction=False) as pipe:
-                        for key in keys[start : start + 1000]:
+                        for key in found[start : start + 1000]:
                             pipe.hlen(key)
                         total += sum(await pipe.execute())
                 return total

@@ -22,6 +22,13 @@ class OperationStats:
     seconds: float = 0.0
     errors: int = 0
 
+    def add(self, started: float, failed: bool = False) -> None:
+        """One call, begun at ``started`` (a ``time.perf_counter()`` reading), ended now."""
+        self.calls += 1
+        self.seconds += time.perf_counter() - started
+        if failed:
+            self.errors += 1
+
 
 class StoreStats:
     def __init__(self) -> None:
@@ -30,12 +37,7 @@ class StoreStats:
         self.expired = 0  # messages removed because their device expired (SQLite's sweep)
 
     def observe(self, operation: str, started: float, failed: bool = False) -> None:
-        """``started``: the ``time.perf_counter()`` reading taken before the call."""
-        stats = self.operations[operation]
-        stats.calls += 1
-        stats.seconds += time.perf_counter() - started
-        if failed:
-            stats.errors += 1
+        self.operations[operation].add(started, failed)
 
     def overflowed(self, site: str, user: str, device: str, limit: int) -> None:
         """A device's queue is full: from now on it misses messages, and gets ``_resync`` when

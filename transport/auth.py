@@ -133,8 +133,7 @@ class AuthGate:
             raise
         finally:
             self._calls.release()
-            timing.calls += 1
-            timing.seconds += time.perf_counter() - started
+            timing.add(started)
         longest = self.limits.max_room_length
         if any(len(room) > longest for room in rooms):
             raise AuthRejected(f"Auth error: the site's answer holds a room name over {longest}")

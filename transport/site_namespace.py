@@ -103,10 +103,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     # --- Socket.IO events --------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
-        if self.closing:
-            raise socketio.exceptions.ConnectionRefusedError(
-                "Unable to connect"
-            )  # as for any unknown one
+        if self.closing:  # refused as python-socketio refuses any unknown namespace
+            raise socketio.exceptions.ConnectionRefusedError("Unable to connect")
         params = connect_params(environ, auth)
         token, meta = params.get("token", ""), params.get("meta", "")
         device = params.get("deviceId", "")
@@ -128,11 +126,13 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             user = ""
         else:
             user = await self._register(sid, params, rooms, f"{self.site.auth_scheme} {token}")
-        self._log_connect(sid, environ, user, device)
+        self._log_connect(sid, environ, params, user)
         return True
 
-    def _log_connect(self, sid: str, environ: dict[str, Any], user: str, device: str) -> None:
-        query = parse_qs(environ.get("QUERY_STRING", ""))
+    def _log_connect(
+        self, sid: str, environ: dict[str, Any], params: dict[str, str], user: str
+    ) -> None:
+        device = params.get("deviceId", "")
         self.clients[sid] = (user, device)
         logger.info(
             CONNECTED,
@@ -140,7 +140,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             user=user or "-",
             device=device or "-",
             node=self.node_id,
-            transport=query.get("transport", ["polling"])[-1][:16],
+            transport=(params.get("transport") or "polling")[:16],
             client=client_protocol(environ),
             sid=sid,
         )

@@ -4,13 +4,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 
-
-@dataclass(slots=True)
-class Timing:
-    calls: int = 0
-    seconds: float = 0.0
+from ..storage.stats import OperationStats
 
 
 class TransportStats:
@@ -19,7 +14,8 @@ class TransportStats:
         self.stored: defaultdict[str, int] = defaultdict(int)  # copies stored, per site
         self.resync_sends: defaultdict[str, int] = defaultdict(int)  # sends with resync=true
         self.auth_answers: defaultdict[tuple[str, str], int] = defaultdict(int)  # (site, answer)
-        self.auth_time: defaultdict[str, Timing] = defaultdict(Timing)  # calls to authUrl
+        # calls to each site's authUrl: how many, how long in all
+        self.auth_time: defaultdict[str, OperationStats] = defaultdict(OperationStats)
         self.signals_sent = 0  # cross-node signals published
         self.signals_failed = 0  # ... that Redis did not take (the devices get them later)
         self.signals_received = 0

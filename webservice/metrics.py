@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,13 +51,13 @@ class ServiceMetrics:
         namespaces: Mapping[str, SiteNamespace],
         store: Store,
         stats: TransportStats,
-        connection_count: Any,
+        connection_count: Callable[[str], int],
     ) -> None:
         self.node_id = node_id
         self.namespaces = namespaces
         self.store = store
         self.stats = stats
-        self.connection_count = connection_count  # (namespace) -> sockets connected here
+        self.connection_count = connection_count  # namespace -> sockets connected here
         self.overview = StoreOverview()
         self.loop_lag = 0.0
         self.started = time.time()
@@ -107,8 +107,7 @@ class ServiceMetrics:
     # --- figures per site, shared by /metrics and /status -------------------------------------
 
     def connections(self, site: str) -> int:
-        count: int = self.connection_count(self.namespaces[site].namespace)
-        return count
+        return self.connection_count(self.namespaces[site].namespace)
 
     def users(self, site: str) -> int:
         return len(self.namespaces[site].registry.actors)

@@ -307,11 +307,15 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def connection_count(self, namespace: str) -> int:
         """Sockets connected to ``namespace`` on this node."""
-        return len(self.manager.rooms.get(namespace, {}).get(None, ()))
+        return len(self._connected(namespace))
 
     def namespace_sids(self, namespace: str) -> list[str]:
         """The sockets connected to ``namespace`` on this node."""
-        return list(self.manager.rooms.get(namespace, {}).get(None, ()))
+        return list(self._connected(namespace))
+
+    def _connected(self, namespace: str) -> Any:
+        """python-socketio's room of every socket of ``namespace`` (sid -> Engine.IO sid)."""
+        return self.manager.rooms.get(namespace, {}).get(None, {})
 
     def unregister_namespace(self, namespace: str) -> None:
         """Connects to ``namespace`` are refused from now on, as to any unknown namespace."""

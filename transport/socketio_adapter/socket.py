@@ -7,9 +7,9 @@ client sends (every ack): two tasks per packet, on every socket. Profiled on pla
 sends, ``poll``'s alone were 9% of the service's CPU; on fan-out the reader's were 5%. Here
 ``poll`` waits with one timer (``Mailbox.get_within``; the socket's queue is our Mailbox, see
 ``_EngineIOServer.create_queue``), the websocket's reader and writer wait without timers
-(Engine.IO's service task already closes a socket whose pings stop), and the server's pings
-come from a timer, not from a task per connection: with the empty mailboxes holding no deque,
-3 KB less per connection.
+(Engine.IO's service task already closes a socket whose pings stop, see ``close``), and the
+server's pings come from one clock for all sockets, not from a task per connection: with the
+empty mailboxes holding no deque, 3 KB less per connection.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
         """As python-engineio's, and then the writer is told to stop: python-engineio's own
         writer and reader ended by their timeouts, which ours do not have, so a socket closed
         for a missed ping (Engine.IO's service task) must end its websocket here."""
+        closing_now = not (self.closed or self.closing)
         await super().close(wait=wait, abort=abort, reason=reason)
-        if self.closed:
+        if closing_now and self.closed:
             self.queue.put_nowait(None)
 
     def schedule_ping(self) -> None:
@@ -77,7 +78,8 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
     async def _websocket_handler(self, ws: Any) -> None:
         """As python-engineio's: the upgrade handshake if the session began on polling, then
         a writer task for what the server sends, and this task reads what the client sends
-        until it closes or stays silent past a ping interval and timeout."""
+        until it closes, is dropped, or is closed for silence (``close`` ends the writer, and
+        the writer the websocket)."""
         max_size = self.server.max_http_buffer_size
 
         async def read() -> Any:
