@@ -93,6 +93,8 @@ def check_compatible() -> None:
     server = engineio.AsyncServer(async_mode="aiohttp", logger=logging.getLogger("engineio.server"))
     probe = async_socket.AsyncSocket(server, "probe")
     missing += [f"AsyncSocket().{n}" for n in INSTANCE_ATTRIBUTES if not hasattr(probe, n)]
+    if not isinstance(getattr(server, "handlers", None), dict):  # Socket reads "message" there
+        missing.append("engineio.AsyncServer().handlers")
     if missing:
         raise IncompatibleVersion(
             f"python-socketio {version('python-socketio')} / python-engineio "

@@ -113,8 +113,11 @@ class LegacySocket(Socket):
         super().__init__(server, sid)
         self.last_seen = time.time()
 
-    async def receive(self, pkt: eio_packet.Packet) -> None:
+    def heard_from(self) -> None:
         self.last_seen = time.time()
+
+    async def receive(self, pkt: eio_packet.Packet) -> None:
+        self.heard_from()
         if pkt.packet_type == eio_packet.PING:
             await self.send(eio_packet.Packet(eio_packet.PONG, data=pkt.data))
             return

@@ -23,6 +23,8 @@ from engineio import async_socket
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
+MESSAGE = str(eio_packet.MESSAGE)
+
 
 class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
     dropped = False  # set by the server's ``drop``: read nothing more from this client
@@ -62,6 +64,9 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
         await super().close(wait=wait, abort=abort, reason=reason)
         if closing_now and self.closed:
             self.queue.put_nowait(None)
+
+    def heard_from(self) -> None:
+        """The client sent a packet (protocol 3 sockets keep the time: it is their liveness)."""
 
     def schedule_ping(self) -> None:
         """As python-engineio's, but the server's one :class:`PingClock` sends it, where
@@ -128,6 +133,7 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
                     break
             await ws.close()
 
+        on_message = self.server.handlers.get("message")
         writer_task = asyncio.ensure_future(writer())
         try:
             while True:
@@ -137,17 +143,27 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
                     break
                 if data is None:  # closed by the client
                     break
-                # A frame that cannot be decoded raises out of here: the websocket wrapper
-                # drops the client with one log line (see server._WebSocket).
-                packet = eio_packet.Packet(encoded_packet=data)
-                try:
-                    await self.receive(packet)
-                except eio_exceptions.UnknownPacketError:
-                    pass
-                except eio_exceptions.SocketIsClosedError:
-                    break
-                except Exception:
-                    self.server.logger.exception("Unknown receive error")
+                if type(data) is str and data[:1] == MESSAGE and on_message is not None:
+                    # A message (every ack is one) goes straight to the handler, as
+                    # ``receive`` would hand it on after building a Packet, logging it and
+                    # wrapping the call.
+                    self.heard_from()
+                    try:
+                        await on_message(self.sid, data[1:])
+                    except Exception:
+                        self.server.logger.exception("message handler error")
+                else:
+                    # A frame that cannot be decoded raises out of here: the websocket
+                    # wrapper drops the client with one log line (see server._WebSocket).
+                    packet = eio_packet.Packet(encoded_packet=data)
+                    try:
+                        await self.receive(packet)
+                    except eio_exceptions.UnknownPacketError:
+                        pass
+                    except eio_exceptions.SocketIsClosedError:
+                        break
+                    except Exception:
+                        self.server.logger.exception("Unknown receive error")
                 if self.dropped:  # what the client sent after its offence is not read
                     break
         except asyncio.CancelledError:
