@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.environment import Environment, NodeReference, Target, raise_fd_limit
+from bench.environment import AuthStub, Environment, NodeReference, Target, raise_fd_limit
 from bench.report import markdown, save_chart, save_json, table
 from bench.scenarios import Bench, Result
 
@@ -37,6 +37,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
     parser.add_argument("--service-pid", type=int, help="with --url: for the CPU figures")
     parser.add_argument("--redis-pid", type=int, help="with --url: for the Redis CPU figures")
+    parser.add_argument(
+        "--auth-port",
+        type=int,
+        help="with --url: serve the stub site's authUrl, http://127.0.0.1:PORT/auth, for a "
+        "service started by hand (the original, say: README, Benchmarks)",
+    )
     parser.add_argument("--out", default="bench/results", help="folder for the JSON file")
     parser.add_argument("--chart", help="write the PNG chart here (needs matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
@@ -162,7 +168,14 @@ async def main() -> None:
                 )
                 if args.url:
                     target = Target(args.url, args.service_pid, args.redis_pid)
-                    results = await run_one(target, store, n, scenarios, protocol)
+                    auth = AuthStub(args.auth_port) if args.auth_port else None
+                    if auth is not None:
+                        await auth.start()
+                    try:
+                        results = await run_one(target, store, n, scenarios, protocol)
+                    finally:
+                        if auth is not None:
+                            await auth.stop()
                 else:
                     environment = Environment(store, sqlite_synchronous=args.sqlite_synchronous)
                     target = await environment.start()

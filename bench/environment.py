@@ -43,8 +43,8 @@ def raise_fd_limit() -> int:
 class AuthStub:
     """The site: token ``u7`` is user ``user_u7``, and every user is in ``staff``."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.runner: web.AppRunner | None = None
 
     @property

@@ -105,6 +105,8 @@ class SimClient:
         if self._leaving:
             return
         kind, body = packet[0], packet[1:]
+        if kind == "0" and not body.startswith(prefix[:-1]):
+            return  # the root namespace's CONNECT, which Socket.IO 1.x/2.x servers also send
         if body.startswith(prefix):
             body = body[len(prefix) :]
         if kind == "0":
