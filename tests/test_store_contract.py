@@ -282,14 +282,14 @@ async def test_a_full_queue_stores_no_more_and_says_so_once(
 
 
 def test_redis_commands_are_packed_the_same_by_hiredis() -> None:
-    """The store packs commands with hiredis (redis_store.with_hiredis_packing): the bytes
+    """The store packs commands with hiredis (redis_store.lean_connection): the bytes
     must be redis-py's own, for every kind of argument a script call carries."""
     from redis.asyncio.connection import Connection
 
-    from socketio_webservice.storage.redis_store import with_hiredis_packing
+    from socketio_webservice.storage.redis_store import lean_connection
 
     args = ["EVALSHA", "f" * 40, 2, "sws:shop:msg:user_%3A1:d", b"\x00\xffraw", 17, "Zoë 🚀", 2.5]
     for first in ("EVALSHA", "CLIENT SETINFO"):
         python = Connection().pack_command(first, *args[1:])
-        hiredis = with_hiredis_packing(Connection)().pack_command(first, *args[1:])
+        hiredis = lean_connection(Connection)().pack_command(first, *args[1:])
         assert b"".join(hiredis) == b"".join(python)
