@@ -293,3 +293,11 @@ def test_redis_commands_are_packed_the_same_by_hiredis() -> None:
         python = Connection().pack_command(first, *args[1:])
         hiredis = lean_connection(Connection)().pack_command(first, *args[1:])
         assert b"".join(hiredis) == b"".join(python)
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(store: Store) -> None:
+    """More uncoalesced calls at once than Redis's pool has connections (32): each waits for
+    a free one, as a thousand clients connecting at once would."""
+    await store.connect_device(SITE, "user_1", "d", ["staff"])
+    answers = await asyncio.gather(*(store.shared_room_members(SITE, "staff") for _ in range(300)))
+    assert answers == [{"user_1"}] * 300
