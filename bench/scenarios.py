@@ -313,17 +313,9 @@ class Bench:
             await asyncio.wait_for(done.wait(), 60)
 
         await gather_limited([partial(send, r, t) for r, t in sends], in_flight)
-        await wait_until(lambda: sum(len(c.receipts) for c in self.clients) >= total, 60)
-        seconds = time.perf_counter() - started
-        for client in self.clients:
-            client.on_receipt = None
-        await meter.settle()
-        progress.finish()
-        service, redis = meter.read()
+        seconds, cpu = await self._all_received(total, started, meter, progress)
         checked = ledger.check(self.clients, expected, ordered_by_id)
-        return self._result(
-            label.split()[0], seconds, total, "deliveries", (service, redis), checked
-        )
+        return self._result(label.split()[0], seconds, total, "deliveries", cpu, checked)
 
     async def fanout(self, messages: int = 20, in_flight: int = 4) -> Result:
         everyone = set(range(self.n))
@@ -372,15 +364,9 @@ class Bench:
         await gather_limited(
             [partial(request, first) for first in range(0, messages, per_request)], in_flight
         )
-        await wait_until(lambda: sum(len(c.receipts) for c in self.clients) >= messages, 60)
-        seconds = time.perf_counter() - started
-        for client in self.clients:
-            client.on_receipt = None
-        await meter.settle()
-        progress.finish()
-        service, redis = meter.read()
+        seconds, cpu = await self._all_received(messages, started, meter, progress)
         checked = ledger.check(self.clients, expected, self.n >= per_request * in_flight)
-        return self._result("bulk", seconds, messages, "deliveries", (service, redis), checked)
+        return self._result("bulk", seconds, messages, "deliveries", cpu, checked)
 
     async def reconnect(self, missed: int = 5) -> Result:
         away = self.clients[: self.n // 2]
@@ -458,6 +444,19 @@ class Bench:
         checked = ledger.check(self.clients, expected, True)
         deliveries = sum(len(c.receipts) for c in self.clients)
         return self._result("churn", seconds, deliveries, "deliveries", (service, redis), checked)
+
+    async def _all_received(
+        self, total: int, started: float, meter: Meter, progress: Progress
+    ) -> tuple[float, tuple[float | None, float | None]]:
+        """Wait until the clients hold ``total`` receipts; the seconds since ``started`` and
+        the CPU the meter read, once the service has settled."""
+        await wait_until(lambda: sum(len(c.receipts) for c in self.clients) >= total, 60)
+        seconds = time.perf_counter() - started
+        for client in self.clients:
+            client.on_receipt = None
+        await meter.settle()
+        progress.finish()
+        return seconds, meter.read()
 
     def _result(
         self,

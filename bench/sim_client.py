@@ -105,7 +105,7 @@ class SimClient:
         if self._leaving:
             return
         kind, body = packet[0], packet[1:]
-        if kind == "0" and not body.startswith(prefix[:-1]):
+        if kind == "0" and body != prefix[:-1] and not body.startswith(prefix):
             return  # the root namespace's CONNECT, which Socket.IO 1.x/2.x servers also send
         if body.startswith(prefix):
             body = body[len(prefix) :]
