@@ -1,0 +1,104 @@
+"""The Redis store's own connection (storage/redis_wire.py): what it must do that redis-py's
+pool did for it, against a private redis-server each (one test stops its process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from socketio_webservice.storage import Message, StoreUnavailable
+from socketio_webservice.storage.redis_store import RedisStore
+from testkit.processes import RedisServer
+
+SITE = "shop"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    instance = RedisServer(tmp_path / "redis")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+async def store(server: RedisServer) -> AsyncIterator[RedisStore]:
+    instance = RedisStore(server.url, device_ttl=3600, node_id="node-a", timeout=0.5)
+    await instance.open()
+    yield instance
+    await instance.close()
+
+
+async def test_a_stalled_redis_fails_waiting_calls_within_the_timeout_and_the_store_recovers(
+    server: RedisServer, store: RedisStore
+) -> None:
+    assert server.process is not None
+    pid = server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=r"No reply from Redis within 0\.5 s"):
+            await store.ping()
+        waited = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert 0.5 <= waited < 2.0
+    await store.ping()  # a new connection
+    await store.connect_device(SITE, "user_1", "phone", [])
+    deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
+    assert [d.device for d in deliveries] == ["phone"]
+
+
+async def test_scripts_flushed_from_redis_run_again_by_their_body(
+    server: RedisServer, store: RedisStore
+) -> None:
+    await store.connect_device(SITE, "user_1", "phone", [])
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+    first = await store.connect_device(SITE, "user_2", "phone", ["staff"])
+    assert first.first
+    deliveries = await store.enqueue(SITE, ["user_1"], ["staff"], Message(event="n", args=[2]))
+    assert sorted((d.user, d.seq) for d in deliveries) == [("user_1", 1), ("user_2", 1)]
+
+
+async def test_a_cancelled_call_leaves_every_other_caller_its_own_reply(store: RedisStore) -> None:
+    """A caller cancelled while its command is on the wire (a client gone mid-request) must
+    not shift the replies: Redis answers in order, and the cancelled call's answer is dropped."""
+    calls = [asyncio.create_task(store.wire.command(b"ECHO", str(i))) for i in range(200)]
+    await asyncio.sleep(0)  # every call has written its command; no reply is read yet
+    for call in calls[::2]:
+        call.cancel()
+    answers = await asyncio.gather(*calls[1::2])
+    assert answers == [str(i).encode() for i in range(1, 200, 2)]
+    assert await store.wire.command(b"ECHO", "after") == b"after"
+
+
+async def test_redis_going_away_fails_the_call_and_the_next_call_after_it_is_back_succeeds(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis", persistent=True)
+    server.start()
+    store = RedisStore(server.url, device_ttl=3600, node_id="node-a", timeout=0.5)
+    try:
+        await store.open()
+        await store.connect_device(SITE, "user_1", "phone", [])
+        server.stop()
+        with pytest.raises(StoreUnavailable, match="Redis unavailable"):
+            await store.ping()
+        server.start()
+        await store.ping()
+        deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
+        assert [(d.user, d.device) for d in deliveries] == [("user_1", "phone")]
+    finally:
+        await store.close()
+        server.stop()
