@@ -35,6 +35,7 @@ class SiteStub:
         self.port = free_port()
         self.runner: web.AppRunner | None = None
         self.release_slow = asyncio.Event()
+        self.sets_cookies = False  # answer each auth call with a session cookie of its token
 
     @property
     def url(self) -> str:
@@ -67,7 +68,10 @@ class SiteStub:
             return web.json_response(["user_1"])
         if isinstance(answer, bytes):
             return web.Response(body=answer, content_type="application/json")
-        return web.json_response(answer)
+        response = web.json_response(answer)
+        if self.sets_cookies:
+            response.set_cookie("session", token)
+        return response
 
     async def _update(self, request: web.Request) -> web.Response:
         await self.updates.put(

@@ -143,6 +143,28 @@ async def test_auth_request_carries_scheme_token_and_meta(harness: Harness) -> N
     assert headers["Authorization"] == "Bearer secret" and headers["X-META"] == "app=ios"
 
 
+async def test_a_cookie_the_site_sets_for_one_user_is_never_sent_for_another(
+    harness: Harness,
+) -> None:
+    """Every auth call stands alone, as the original's fetch: a session cookie the site sets
+    in its answer for one token must not ride along with the next user's call."""
+    from dataclasses import replace
+
+    site = harness.sites["shop"]
+    auth_url = f"http://localhost:{harness.stub.port}/auth"  # a host name: cookies stick to it
+    harness.sites["shop"] = replace(site, auth_url=auth_url)
+    harness.stub.sets_cookies = True
+    await harness.start()
+    harness.stub.answers.update({"alice": ["user_1"], "bob": ["user_2"]})
+    await harness.connect("shop", "alice", "d1")
+    await harness.connect("shop", "bob", "d2")
+    assert [h["Authorization"] for h in harness.stub.auth_requests] == [
+        "Bearer alice",
+        "Bearer bob",
+    ]
+    assert all("Cookie" not in headers for headers in harness.stub.auth_requests)
+
+
 async def test_v4_auth_object_works_like_the_query(harness: Harness) -> None:
     await harness.start()
     harness.stub.answers["t1"] = ["user_1"]

@@ -135,7 +135,9 @@ class Service:
             await self.bus.start(self.dispatcher.deliver_here, self.dispatcher.catch_up_everyone)
         except TimeoutError:
             raise StartupError("Redis: the cross-node channel did not subscribe in time") from None
-        self.http = aiohttp.ClientSession()
+        # No cookie jar: every call to a site stands alone, as the original's fetch. A shared
+        # jar would send the session cookie a site set for one user with the next user's call.
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         for site in self.config.sites.values():
             self._open_site(site)
         self._send_handler = SendHandler(
