@@ -18,6 +18,7 @@ def make_store(
     max_queue: int = DEFAULT_MAX_QUEUE,
     sqlite_synchronous: str = "NORMAL",
     node_dead_after: float = 30.0,
+    redis_timeout: float = 5.0,
 ) -> Store:
     """``redis_url`` for several nodes sharing a Redis; else one node's ``sqlite_path``."""
     if redis_url:
@@ -27,6 +28,7 @@ def make_store(
             node_id=node_id,
             node_dead_after=node_dead_after,
             max_queue=max_queue,
+            timeout=redis_timeout,
         )
     if not sqlite_path:
         raise ValueError("a store needs a Redis URL or an SQLite path")

@@ -62,9 +62,10 @@ def _missing_script(reply: Any) -> bool:
 class _Connection(asyncio.Protocol):
     """One socket's replies, matched to the futures of the commands written on it in order.
 
-    A watchdog instead of a timer per command: every ``timeout / 2`` seconds it looks whether
-    a reply came since its last look while commands wait; two looks with none (Redis stalled,
-    or a network that swallows packets) end the connection, failing what waits on it.
+    A watchdog instead of a timer per command: every ``timeout / 2`` seconds it looks how long
+    commands have waited with no reply at all; from ``timeout`` on (Redis stalled, or a network
+    that swallows packets) it ends the connection, failing what waits on it. So a stall is
+    noticed ``timeout`` to 1.5 x ``timeout`` after the last sign of life.
     """
 
     def __init__(self, owner: Any, transport: asyncio.WriteTransport, timeout: float) -> None:
@@ -73,24 +74,24 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._waiting: deque[asyncio.Future[Any]] = deque()
-        self._replies = 0
-        self._replies_seen = 0
-        self._silent_looks = 0
+        self._loop = asyncio.get_running_loop()
+        self._last_progress = self._loop.time()  # a reply, or a command sent to an idle socket
         self._timeout = timeout
-        self._watchdog = asyncio.get_running_loop().call_later(timeout / 2, self._look)
+        self._watchdog = self._loop.call_later(timeout / 2, self._look)
 
     def send(self, packed: bytes, count: int) -> list[asyncio.Future[Any]]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in range(count)]
+        futures = [self._loop.create_future() for _ in range(count)]
+        if not self._waiting:
+            self._last_progress = self._loop.time()
         self._waiting.extend(futures)
         self.transport.write(packed)
         return futures
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        self._last_progress = self._loop.time()
         try:
             while (reply := self._reader.gets()) is not False:
-                self._replies += 1
                 future = self._waiting.popleft()
                 if not future.done():  # its caller may have been cancelled
                     future.set_result(reply)
@@ -113,15 +114,10 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(error)
 
     def _look(self) -> None:
-        if self._waiting and self._replies == self._replies_seen:
-            self._silent_looks += 1
-            if self._silent_looks >= 2:
-                self.fail(RedisTimeoutError(f"No reply from Redis within {self._timeout:g} s"))
-                return
-        else:
-            self._silent_looks = 0
-        self._replies_seen = self._replies
-        self._watchdog = asyncio.get_running_loop().call_later(self._timeout / 2, self._look)
+        if self._waiting and self._loop.time() - self._last_progress >= self._timeout:
+            self.fail(RedisTimeoutError(f"No reply from Redis within {self._timeout:g} s"))
+            return
+        self._watchdog = self._loop.call_later(self._timeout / 2, self._look)
 
 
 class RedisWire:

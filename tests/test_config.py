@@ -91,12 +91,21 @@ def test_defaults_use_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert config.sqlite_path == "data/webservice.sqlite3"
 
 
+def test_redis_timeout_comes_from_config_then_environment(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path, "production: {}\n")
+    assert load_config({}, config_file, sites_file).redis_timeout == 5
+    config_file, sites_file = write(tmp_path, "production:\n  redis_timeout: 2\n")
+    assert load_config({}, config_file, sites_file).redis_timeout == 2
+    assert load_config({"REDIS_TIMEOUT": "9"}, config_file, sites_file).redis_timeout == 9
+
+
 @pytest.mark.parametrize(
     ("config", "sites", "env", "key"),
     [
         ("production:\n  port: abc\n", SITES, {}, "port"),
         ("production:\n  device_ttl: -1\n", SITES, {}, "device_ttl"),
         ("production:\n  max_queue: 0\n", SITES, {}, "max_queue"),
+        ("production:\n  redis_timeout: 0\n", SITES, {}, "redis_timeout"),
         ("production:\n  io:\n    pingTimout: 5\n", SITES, {}, "io.pingTimout"),
         ("production: {}\n", "s:\n  apiKey: k\n", {}, "s.authUrl"),
         ("production: {}\n", "s:\n  authUrl: http://a/b\n", {}, "s.apiKey"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import redis
 
 from socketio_webservice.storage import Message, StoreUnavailable
 from socketio_webservice.storage.redis_store import RedisStore
-from testkit.processes import RedisServer
+from testkit.processes import RedisServer, free_port
 
 SITE = "shop"
 
@@ -102,3 +104,54 @@ async def test_redis_going_away_fails_the_call_and_the_next_call_after_it_is_bac
     finally:
         await store.close()
         server.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server that speaks TLS only, with a certificate made for the test: its port
+    and the certificate, which is its own authority."""
+    openssl, redis_server = shutil.which("openssl"), shutil.which("redis-server")
+    assert openssl and redis_server, "the test needs openssl and redis-server"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject,
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    process = subprocess.Popen(
+        [redis_server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", *tls,
+         "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    yield port, cert
+    process.terminate()
+    process.wait(timeout=10)
+
+
+async def test_a_rediss_url_is_served_over_tls(tls_redis: tuple[int, Path]) -> None:
+    """``rediss://``: redis-py opens the TLS connection, the store's own protocol reads it."""
+    port, cert = tls_redis
+    url = f"rediss://localhost:{port}/0?ssl_ca_certs={cert}"
+    store = RedisStore(url, device_ttl=3600, node_id="node-a", timeout=2)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until redis-server listens
+            try:
+                await store.open()
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "redis-server with TLS did not start"
+                await asyncio.sleep(0.05)
+        await store.connect_device(SITE, "user_1", "phone", ["staff"])
+        deliveries = await store.enqueue(SITE, [], ["staff"], Message(event="n", args=[1]))
+        assert [(d.user, d.seq) for d in deliveries] == [("user_1", 1)]
+        backlog = await store.read_queue(SITE, "user_1", "phone")
+        assert [m.args for m in backlog.messages] == [[1]]
+    finally:
+        await store.close()

@@ -28,7 +28,7 @@ environment variables (they override config.yml; see README.md, Configuration):
   PORT, HOST               where to listen (default 0.0.0.0:1337)
   REDIS_URL                use Redis (several nodes) instead of SQLite
   SQLITE_PATH, SQLITE_SYNCHRONOUS
-  DEVICE_TTL, MAX_QUEUE, AUTH_TIMEOUT, NODE_TIMEOUT
+  DEVICE_TTL, MAX_QUEUE, AUTH_TIMEOUT, NODE_TIMEOUT, REDIS_TIMEOUT
   ADMIN_KEY                key of the /status page (no key: no page)
   LOG_FORMAT               text (default) or json: one JSON object per line
   MAX_SEND_BODY, ...       every limit, by its name in upper case (README, Limits)

@@ -26,6 +26,7 @@ DEFAULT_DEVICE_TTL = 3600
 DEFAULT_SQLITE_PATH = "data/webservice.sqlite3"
 DEFAULT_AUTH_TIMEOUT = 10.0
 DEFAULT_NODE_TIMEOUT = 30.0  # Redis: a node silent this long is taken as dead
+DEFAULT_REDIS_TIMEOUT = 5.0  # Redis: commands this long without any reply are an outage
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.~-]+$")
 
 # Socket.IO server options of the original (``io:``) and how python-socketio names them.
@@ -70,6 +71,7 @@ class Config:
     sqlite_synchronous: str = "NORMAL"
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     node_timeout: float = DEFAULT_NODE_TIMEOUT
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT
     max_queue: int = DEFAULT_MAX_QUEUE
     socketio_options: dict[str, Any] = field(default_factory=dict)
     logging: LogConfig = field(default_factory=LogConfig)
@@ -205,6 +207,7 @@ TOP_LEVEL_KEYS = frozenset(
         "limits",
         "auth_timeout",
         "node_timeout",
+        "redis_timeout",
         "max_queue",
         "admin_key",
         "log_format",
@@ -342,6 +345,14 @@ def load_config(
                 minimum=1,
             )
         ),
+        redis_timeout=float(
+            _int(
+                env.get("REDIS_TIMEOUT")
+                or section.get("redis_timeout", int(DEFAULT_REDIS_TIMEOUT)),
+                "redis_timeout",
+                minimum=1,
+            )
+        ),
         socketio_options=_socketio_options(io),
         serve_client=io.get("serveClient", True) is not False,
         logging=_logging(section, env),
@@ -373,6 +384,7 @@ def describe(config: Config) -> str:
         "max_queue": config.max_queue,
         "auth_timeout": config.auth_timeout,
         "node_timeout": config.node_timeout,
+        "redis_timeout": config.redis_timeout,
         "admin_key": masked if config.admin_key else "(none: no /status page)",
         "log": {
             "format": config.logging.format,

@@ -71,6 +71,7 @@ class Service:
             max_queue=config.max_queue,
             sqlite_synchronous=config.sqlite_synchronous,
             node_dead_after=config.node_timeout,
+            redis_timeout=config.redis_timeout,
         )
         options: dict[str, Any] = {
             # Given as loggers, the libraries add no handler of their own: their lines go
