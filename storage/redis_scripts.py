@@ -73,14 +73,20 @@ end
 return left
 """)
 
-# ARGV: max_queue, then groups of (site prefix, event, record, n_users, n_rooms, users...,
-#   shared rooms...), one per message, stored in this order (the devices are found in sets)
+# ARGV: deadline (ms on Redis's clock, set by the wire: past it, the caller was told the send
+#   failed, so nothing is stored and the reply is a LATE error), max_queue, then groups of
+#   (site prefix, event, record, n_users, n_rooms, users..., shared rooms...), one per
+#   message, stored in this order (the devices are found in sets)
 #   -> for each message: n, then user, device, seq, nodes (comma-separated ids of the nodes
 #      where the device is connected) for each of the n devices that stored it; then m, then
 #      user, device for each of the m devices whose queue is full and overflowed just now
 ENQUEUE = _script("""
-local max_queue = tonumber(ARGV[1])
-local out, i = {}, 2
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+  return redis.error_reply('LATE Redis ran this send after its caller gave up: nothing stored')
+end
+local max_queue = tonumber(ARGV[2])
+local out, i = {}, 3
 while i <= #ARGV do
   local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local n_users, n_rooms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])

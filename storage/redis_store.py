@@ -31,7 +31,7 @@ from .base import (
     StoreUnavailable,
 )
 from .redis_keys import DEFAULT_PREFIX, escape, unescape
-from .redis_wire import RedisWire, Script
+from .redis_wire import RedisWire, Script, late
 from .store_base import ReadItem, StoreBase
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class RedisStore(StoreBase):
         self.wire = RedisWire(pool, timeout)
         self._connect = Script(scripts.CONNECT_DEVICE)
         self._disconnect = Script(scripts.DISCONNECT_DEVICE)
-        self._enqueue = Script(scripts.ENQUEUE)
+        self._enqueue = Script(scripts.ENQUEUE, with_deadline=True)
         self._ack = Script(scripts.ACK)
         self._ack_head = Script(scripts.ACK_HEAD)
         self._heartbeat = Script(scripts.HEARTBEAT)
@@ -82,6 +82,9 @@ class RedisStore(StoreBase):
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
         except ResponseError as exc:
             self.stats.observe(name, started, failed=True)
+            if late(exc):
+                self.wire.clock_doubtful()
+                raise StoreUnavailable(f"Redis answered too late: {exc}") from exc
             if not any(word in str(exc) for word in REFUSALS):
                 raise  # a script error, say: a bug, not an outage
             reason = str(exc).split(". script:")[0]

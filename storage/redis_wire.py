@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -26,19 +27,34 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+CLOCK_READ_EVERY = 30.0  # seconds: Redis's clock against ours, for scripts' deadlines
+
 
 class Script:
-    """A Lua script, run by its SHA1 once Redis has it (EVALSHA), by its body when not."""
+    """A Lua script, run by its SHA1 once Redis has it (EVALSHA), by its body when not.
 
-    def __init__(self, body: str) -> None:
+    A script made ``with_deadline`` gets, as ARGV[1], the time on Redis's clock (ms) after
+    which it must not run: by then the wire has given up on it (see ``_Connection``), its
+    caller was told it failed, and what it would write must not appear later.
+    """
+
+    def __init__(self, body: str, with_deadline: bool = False) -> None:
         self.body = body.encode()
         self.sha = hashlib.sha1(self.body).hexdigest().encode()
+        self.with_deadline = with_deadline
 
-    def call(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
-        return (b"EVALSHA", self.sha, len(keys), *keys, *args)
+    def call(self, keys: Sequence[Any], args: Sequence[Any], deadline: int) -> tuple[Any, ...]:
+        return (b"EVALSHA", self.sha, *self._rest(keys, args, deadline))
 
-    def call_by_body(self, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
-        return (b"EVAL", self.body, len(keys), *keys, *args)
+    def call_by_body(
+        self, keys: Sequence[Any], args: Sequence[Any], deadline: int
+    ) -> tuple[Any, ...]:
+        return (b"EVAL", self.body, *self._rest(keys, args, deadline))
+
+    def _rest(self, keys: Sequence[Any], args: Sequence[Any], deadline: int) -> tuple[Any, ...]:
+        if self.with_deadline:
+            return (len(keys), *keys, deadline, *args)
+        return (len(keys), *keys, *args)
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -55,6 +71,11 @@ def _raise_first_error(replies: list[Any]) -> list[Any]:
     return replies
 
 
+def late(error: Exception) -> bool:
+    """Redis ran a script after its deadline, so it wrote nothing."""
+    return str(error).startswith("LATE")
+
+
 def _missing_script(reply: Any) -> bool:
     return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
@@ -66,6 +87,12 @@ class _Connection(asyncio.Protocol):
     commands have waited with no reply at all; from ``timeout`` on (Redis stalled, or a network
     that swallows packets) it ends the connection, failing what waits on it. So a stall is
     noticed ``timeout`` to 1.5 x ``timeout`` after the last sign of life.
+
+    So a command sent now is failed no sooner than ``deadline()``: a script run by Redis
+    after that moment (a Redis that was frozen, then thaws and reads what waited in its
+    socket) would write for a caller already told it failed, and refuses to. The deadline is
+    on Redis's clock: the offset to this loop's clock is read (TIME) when the connection
+    opens and every CLOCK_READ_EVERY seconds after.
     """
 
     def __init__(self, owner: Any, transport: asyncio.WriteTransport, timeout: float) -> None:
@@ -78,6 +105,37 @@ class _Connection(asyncio.Protocol):
         self._last_progress = self._loop.time()  # a reply, or a command sent to an idle socket
         self._timeout = timeout
         self._watchdog = self._loop.call_later(timeout / 2, self._look)
+        self._clock_offset = 0.0  # Redis's clock (ms since the epoch) less this loop's (ms)
+        self._clock_read_at = -math.inf
+
+    def deadline(self) -> int:
+        """When, on Redis's clock (ms), the watchdog may fail a command sent now, at the
+        soonest."""
+        since = self._last_progress if self._waiting else self._loop.time()
+        return int((since + self._timeout) * 1000 + self._clock_offset)
+
+    def read_clock(self, every: float = 0.0) -> asyncio.Future[Any] | None:
+        """Ask Redis the time, unless it was read in the last ``every`` seconds."""
+        if self._loop.time() - self._clock_read_at < every:
+            return None
+        self._clock_read_at = self._loop.time()
+        asked_at = self._loop.time()
+        (reply,) = self.send(hiredis.pack_command((b"TIME",)), 1)
+
+        def answered(reply: asyncio.Future[Any]) -> None:
+            if reply.cancelled() or reply.exception() is not None:
+                self._clock_read_at = -math.inf
+                return
+            seconds, micros = reply.result()
+            redis_ms = int(seconds) * 1000 + int(micros) / 1000
+            self._clock_offset = redis_ms - (asked_at + self._loop.time()) / 2 * 1000
+
+        reply.add_done_callback(answered)
+        return reply
+
+    def clock_doubtful(self) -> None:
+        """Read Redis's clock again before the next command (it refused one as late)."""
+        self._clock_read_at = -math.inf
 
     def send(self, packed: bytes, count: int) -> list[asyncio.Future[Any]]:
         futures = [self._loop.create_future() for _ in range(count)]
@@ -130,6 +188,11 @@ class RedisWire:
         self._connection: _Connection | None = None
         self._opening: asyncio.Task[_Connection] | None = None
 
+    def clock_doubtful(self) -> None:
+        """A script was refused as late: Redis's clock may have moved; read it again."""
+        if self._connection is not None:
+            self._connection.clock_doubtful()
+
     async def command(self, *args: Any) -> Any:
         """One command's reply; an error reply is raised as redis-py's ResponseError."""
         (reply,) = await self.pipeline([args])
@@ -139,7 +202,7 @@ class RedisWire:
         """The replies of commands written at once, in order. The first error reply is raised
         once all have replied. A lost connection fails them all: whether Redis ran them is not
         known."""
-        return _raise_first_error(await self._exchange(commands))
+        return _raise_first_error(await self._exchange(lambda _: commands))
 
     async def run_scripts(
         self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
@@ -147,20 +210,34 @@ class RedisWire:
         """Scripts run in order, each by SHA1; the ones Redis does not know yet (a new
         connection, a restarted Redis, ``SCRIPT FLUSH``) were not run, and run again by body,
         which also loads them."""
-        replies = await self._exchange([script.call(keys, args) for script, keys, args in calls])
-        missing = [i for i, reply in enumerate(replies) if _missing_script(reply)]
+        replies = await self._exchange(
+            lambda connection: [
+                script.call(keys, args, connection.deadline()) for script, keys, args in calls
+            ]
+        )
+        missing = [calls[i] for i, reply in enumerate(replies) if _missing_script(reply)]
         if missing:
-            again = [calls[i][0].call_by_body(calls[i][1], calls[i][2]) for i in missing]
-            for i, reply in zip(missing, await self._exchange(again), strict=True):
-                replies[i] = reply
+            again = iter(
+                await self._exchange(
+                    lambda connection: [
+                        script.call_by_body(keys, args, connection.deadline())
+                        for script, keys, args in missing
+                    ]
+                )
+            )
+            replies = [next(again) if _missing_script(reply) else reply for reply in replies]
         return _raise_first_error(replies)
 
     async def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         (reply,) = await self.run_scripts([(script, keys, args)])
         return reply
 
-    async def _exchange(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _exchange(self, build: Callable[[_Connection], Sequence[Sequence[Any]]]) -> list[Any]:
+        """Replies to the commands ``build`` makes for the connection they go out on (a
+        script's deadline is that connection's)."""
         connection = await self._connected()
+        connection.read_clock(every=CLOCK_READ_EVERY)
+        commands = build(connection)
         packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
         futures = connection.send(packed, len(commands))
         try:
@@ -199,6 +276,13 @@ class RedisWire:
         transport = writer.transport
         connection = _Connection(owner, transport, self._timeout)
         transport.set_protocol(connection)
+        clock = connection.read_clock()
+        assert clock is not None
+        try:
+            await clock
+        except BaseException:
+            await self._release(connection)
+            raise
         self._connection = connection
         return connection
 

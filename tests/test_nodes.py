@@ -4,7 +4,9 @@ a node killed or stopped, Redis going away, a SQLite node killed with SIGKILL.""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -279,6 +281,39 @@ async def test_redis_outage_answers_503_keeps_sockets_and_recovers(
         assert all(statuses[i] == 503 for i in range(20, 30))
         delivered = await numbers_from(client, {i for i, s in statuses.items() if s == 200})
         assert client.connected and not set(delivered) & set(range(20, 30))
+        await client.disconnect()
+    finally:
+        redis.stop()
+
+
+async def test_a_stalled_redis_answers_503_within_redis_timeout_and_recovers(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Redis that stops answering (a frozen process, a network that swallows packets) is an
+    outage after REDIS_TIMEOUT: the send in flight answers 503, not a hang."""
+    redis = RedisServer(tmp_path / "redis-stall", port=free_port())
+    redis.start()
+    assert redis.process is not None
+    pid = redis.process.pid
+    try:
+        (node,) = await start_nodes(1, REDIS_URL=redis.url, REDIS_TIMEOUT="1")
+        stub.answers["t1"] = ["user_1"]
+        client = await connect(node.url, "shop", "t1", "phone")
+        assert (await post_send(http, node.url, "shop", "user_1", "n", 1))[0] == 200
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status, answer = await post_send(http, node.url, "shop", "user_1", "n", 2)
+            waited = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert status == 503 and answer.startswith("Message not stored, try again")
+        assert 1 <= waited < 3
+        assert (await post_send(http, node.url, "shop", "user_1", "n", 3))[0] == 200
+        assert 2 not in await numbers_from(client, {1, 3})
         await client.disconnect()
     finally:
         redis.stop()

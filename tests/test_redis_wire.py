@@ -38,24 +38,28 @@ async def store(server: RedisServer) -> AsyncIterator[RedisStore]:
     await instance.close()
 
 
-async def test_a_stalled_redis_fails_waiting_calls_within_the_timeout_and_the_store_recovers(
+async def test_a_send_redis_stalls_on_fails_within_the_timeout_and_is_never_stored_later(
     server: RedisServer, store: RedisStore
 ) -> None:
+    """A frozen Redis thaws and reads the send that waited in its socket: the caller was told
+    it failed, so the store must not hold it now (a retry would deliver it twice)."""
+    await store.connect_device(SITE, "user_1", "phone", [])
+    await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[0]))  # Redis has the script
     assert server.process is not None
     pid = server.process.pid
     os.kill(pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=r"No reply from Redis within 0\.5 s"):
-            await store.ping()
+            await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
         waited = time.monotonic() - started
     finally:
         os.kill(pid, signal.SIGCONT)
     assert 0.5 <= waited < 2.0
-    await store.ping()  # a new connection
-    await store.connect_device(SITE, "user_1", "phone", [])
-    deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
+    deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[2]))
     assert [d.device for d in deliveries] == ["phone"]
+    backlog = await store.read_queue(SITE, "user_1", "phone")
+    assert [m.args for m in backlog.messages] == [[0], [2]]
 
 
 async def test_scripts_flushed_from_redis_run_again_by_their_body(
