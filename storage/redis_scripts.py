@@ -15,13 +15,26 @@ def _script(body: str) -> str:
     return LUA_PRELUDE + body
 
 
+# The first lines of a script whose caller may give up on it (``Script(with_deadline=True)``):
+# ARGV[1] is the caller's deadline on Redis's clock (ms); run past it, the script changes
+# nothing and answers a LATE error, since its caller was already told it failed.
+_DEADLINE = """
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+  return redis.error_reply('LATE Redis ran this after its caller gave up: nothing changed')
+end
+"""
+
+
 # KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
-#   held-devices set. ARGV: site prefix, node field, user, device, shared rooms...
+#   held-devices set. ARGV: deadline, site prefix, node field, user, device, shared rooms...
 #   -> {the user's connection count, this one included; 1 if the device's queue overflowed
 #      since it last connected (the flag is cleared), else 0}
-CONNECT_DEVICE = _script("""
+CONNECT_DEVICE = _script(
+    _DEADLINE
+    + """
 local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
-local p, field, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
 redis.call('HINCRBY', dev, 'conns', 1)
@@ -34,21 +47,24 @@ for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
   redis.call('SREM', members_key(p, room), user)
 end
 redis.call('DEL', rooms)
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   redis.call('SADD', rooms, ARGV[i])
   redis.call('SADD', members_key(p, ARGV[i]), user)
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
 return {conns, overflowed}
-""")
+"""
+)
 
-# KEYS: as CONNECT_DEVICE. ARGV: site prefix, node field, user, device, ttl_ms, forget (0/1)
-#   -> the user's connection count left
-DISCONNECT_DEVICE = _script("""
+# KEYS: as CONNECT_DEVICE. ARGV: deadline, site prefix, node field, user, device, ttl_ms,
+#   forget (0/1) -> the user's connection count left
+DISCONNECT_DEVICE = _script(
+    _DEADLINE
+    + """
 local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
-local p, field, user, device = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, forget = tonumber(ARGV[5]), ARGV[6] == '1'
+local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 if redis.call('EXISTS', dev) == 1 then
   if redis.call('HINCRBY', dev, field, -1) <= 0 then
     redis.call('HDEL', dev, field)
@@ -71,20 +87,18 @@ if left <= 0 then
   expire_all(ttl, ukey, devices, rooms)
 end
 return left
-""")
+"""
+)
 
-# ARGV: deadline (ms on Redis's clock, set by the wire: past it, the caller was told the send
-#   failed, so nothing is stored and the reply is a LATE error), max_queue, then groups of
-#   (site prefix, event, record, n_users, n_rooms, users..., shared rooms...), one per
-#   message, stored in this order (the devices are found in sets)
+# ARGV: deadline, max_queue, then groups of (site prefix, event, record, n_users, n_rooms,
+#   users..., shared rooms...), one per message, stored in this order (the devices are found
+#   in sets)
 #   -> for each message: n, then user, device, seq, nodes (comma-separated ids of the nodes
 #      where the device is connected) for each of the n devices that stored it; then m, then
 #      user, device for each of the m devices whose queue is full and overflowed just now
-ENQUEUE = _script("""
-local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
-  return redis.error_reply('LATE Redis ran this send after its caller gave up: nothing stored')
-end
+ENQUEUE = _script(
+    _DEADLINE
+    + """
 local max_queue = tonumber(ARGV[2])
 local out, i = {}, 3
 while i <= #ARGV do
@@ -139,7 +153,8 @@ while i <= #ARGV do
   for _, name in ipairs(full) do out[#out + 1] = name end
 end
 return out
-""")
+"""
+)
 
 # KEYS: (messages, event index) of each acking device, in pairs.
 # ARGV: for each device in turn, n, then (seq, event member) * n

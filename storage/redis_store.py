@@ -58,8 +58,10 @@ class RedisStore(StoreBase):
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self.wire = RedisWire(pool, timeout)
-        self._connect = Script(scripts.CONNECT_DEVICE)
-        self._disconnect = Script(scripts.DISCONNECT_DEVICE)
+        # Scripts whose late run would leave a change behind that a retry repeats (a second
+        # copy of a send, a connection counted twice or released twice) carry a deadline.
+        self._connect = Script(scripts.CONNECT_DEVICE, with_deadline=True)
+        self._disconnect = Script(scripts.DISCONNECT_DEVICE, with_deadline=True)
         self._enqueue = Script(scripts.ENQUEUE, with_deadline=True)
         self._ack = Script(scripts.ACK)
         self._ack_head = Script(scripts.ACK_HEAD)

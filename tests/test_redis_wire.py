@@ -62,6 +62,28 @@ async def test_a_send_redis_stalls_on_fails_within_the_timeout_and_is_never_stor
     assert [m.args for m in backlog.messages] == [[0], [2]]
 
 
+async def test_a_disconnect_redis_stalls_on_is_counted_once_when_it_is_retried(
+    server: RedisServer, store: RedisStore
+) -> None:
+    """The actor retries a disconnect the store failed; the one that waited in the frozen
+    Redis's socket must not count too, or a device still connected would look gone."""
+    for _ in range(2):  # one device, two connections (two tabs)
+        await store.connect_device(SITE, "user_1", "phone", [])
+    assert not await store.disconnect_device(SITE, "user_1", "phone", forget=False)
+    await store.connect_device(SITE, "user_1", "phone", [])
+    assert server.process is not None
+    pid = server.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.disconnect_device(SITE, "user_1", "phone", forget=False)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    last_gone = await store.disconnect_device(SITE, "user_1", "phone", forget=False)
+    assert not last_gone  # the other tab is still connected
+    assert await store.disconnect_device(SITE, "user_1", "phone", forget=False)
+
+
 async def test_scripts_flushed_from_redis_run_again_by_their_body(
     server: RedisServer, store: RedisStore
 ) -> None:
