@@ -9,21 +9,31 @@ milliseconds; a ttl of 0 means never expire.
 """
 
 from .redis_keys import LUA_PRELUDE
+from .redis_wire import Script
 
+# Redis's clock, in milliseconds (HEARTBEAT's "now", and the deadline check).
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
 
-def _script(body: str) -> str:
-    return LUA_PRELUDE + body
-
-
-# The first lines of a script whose caller may give up on it (``Script(with_deadline=True)``):
-# ARGV[1] is the caller's deadline on Redis's clock (ms); run past it, the script changes
-# nothing and answers a LATE error, since its caller was already told it failed.
+# The first lines of a script whose caller may give up on it: ARGV[1] is the caller's deadline
+# on Redis's clock (ms), put there by the wire; run past it, the script changes nothing and
+# answers a LATE error, since its caller was already told it failed.
 _DEADLINE = """
-local t = redis.call('TIME')
-if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+if now_ms() > tonumber(ARGV[1]) then
   return redis.error_reply('LATE Redis ran this after its caller gave up: nothing changed')
 end
 """
+
+
+def _script(body: str, with_deadline: bool = False) -> Script:
+    """``with_deadline``: for the scripts whose late run would leave a change behind that a
+    retry repeats (a second copy of a send, a connection counted or released twice)."""
+    head = LUA_PRELUDE + _NOW + (_DEADLINE if with_deadline else "")
+    return Script(head + body, with_deadline=with_deadline)
 
 
 # KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
@@ -31,8 +41,7 @@ end
 #   -> {the user's connection count, this one included; 1 if the device's queue overflowed
 #      since it last connected (the flag is cleared), else 0}
 CONNECT_DEVICE = _script(
-    _DEADLINE
-    + """
+    """
 local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
@@ -54,14 +63,14 @@ end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
 return {conns, overflowed}
-"""
+""",
+    with_deadline=True,
 )
 
 # KEYS: as CONNECT_DEVICE. ARGV: deadline, site prefix, node field, user, device, ttl_ms,
 #   forget (0/1) -> the user's connection count left
 DISCONNECT_DEVICE = _script(
-    _DEADLINE
-    + """
+    """
 local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
@@ -87,7 +96,8 @@ if left <= 0 then
   expire_all(ttl, ukey, devices, rooms)
 end
 return left
-"""
+""",
+    with_deadline=True,
 )
 
 # ARGV: deadline, max_queue, then groups of (site prefix, event, record, n_users, n_rooms,
@@ -97,8 +107,7 @@ return left
 #      where the device is connected) for each of the n devices that stored it; then m, then
 #      user, device for each of the m devices whose queue is full and overflowed just now
 ENQUEUE = _script(
-    _DEADLINE
-    + """
+    """
 local max_queue = tonumber(ARGV[2])
 local out, i = {}, 3
 while i <= #ARGV do
@@ -153,7 +162,8 @@ while i <= #ARGV do
   for _, name in ipairs(full) do out[#out + 1] = name end
 end
 return out
-"""
+""",
+    with_deadline=True,
 )
 
 # KEYS: (messages, event index) of each acking device, in pairs.
@@ -201,8 +211,7 @@ return tonumber(redis.call('HGET', dev, 'seq') or seq)
 HEARTBEAT = _script("""
 local nodes = KEYS[1]
 local g, me, dead_after, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZADD', nodes, now, me)
 local cutoff = '(' .. string.format('%d', now - dead_after)
 local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', cutoff)

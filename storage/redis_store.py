@@ -58,14 +58,6 @@ class RedisStore(StoreBase):
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self.wire = RedisWire(pool, timeout)
-        # Scripts whose late run would leave a change behind that a retry repeats (a second
-        # copy of a send, a connection counted twice or released twice) carry a deadline.
-        self._connect = Script(scripts.CONNECT_DEVICE, with_deadline=True)
-        self._disconnect = Script(scripts.DISCONNECT_DEVICE, with_deadline=True)
-        self._enqueue = Script(scripts.ENQUEUE, with_deadline=True)
-        self._ack = Script(scripts.ACK)
-        self._ack_head = Script(scripts.ACK_HEAD)
-        self._heartbeat = Script(scripts.HEARTBEAT)
 
     async def open(self) -> None:
         await self.heartbeat()
@@ -118,7 +110,7 @@ class RedisStore(StoreBase):
     async def heartbeat(self) -> list[str]:
         dead = await self._run(
             "heartbeat",
-            self._heartbeat,
+            scripts.HEARTBEAT,
             [keys.nodes(self.key_prefix)],
             self.key_prefix,
             self.node_id,
@@ -133,7 +125,7 @@ class RedisStore(StoreBase):
         node = keys.node_field(self.node_id)
         calls = [
             (
-                self._connect,
+                scripts.CONNECT_DEVICE,
                 self._device_keys(site, user, device),
                 [self._prefix(site), node, escape(user), escape(device)]
                 + [escape(room) for room in shared_rooms],
@@ -150,7 +142,7 @@ class RedisStore(StoreBase):
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
         left = await self._run(
             "disconnect_device",
-            self._disconnect,
+            scripts.DISCONNECT_DEVICE,
             self._device_keys(site, user, device),
             self._prefix(site),
             keys.node_field(self.node_id),
@@ -169,7 +161,7 @@ class RedisStore(StoreBase):
             args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
             args += [escape(user) for user in users]
             args += rooms
-        flat = await self._run("enqueue", self._enqueue, [], *args)
+        flat = await self._run("enqueue", scripts.ENQUEUE, [], *args)
         results: list[list[Delivery]] = []
         i = 0
         for site, *_ in items:
@@ -220,14 +212,14 @@ class RedisStore(StoreBase):
             args.append(len(acked))
             for seq, event in acked:
                 args += [seq, keys.event_member(event, seq)]
-        removed = await self._run("ack", self._ack, names, *args)
+        removed = await self._run("ack", scripts.ACK, names, *args)
         return [int(count) for count in removed]
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         through = int(
             await self._run(
                 "ack_head",
-                self._ack_head,
+                scripts.ACK_HEAD,
                 keys.device_keys(self._prefix(site), user, device),
                 seq,
                 event,
