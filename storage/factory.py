@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import DEFAULT_MAX_QUEUE, Store
-from .redis_store import RedisStore
+from .redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT, RedisStore
 from .sqlite_store import SQLiteStore
 
 
@@ -17,8 +17,8 @@ def make_store(
     node_id: str,
     max_queue: int = DEFAULT_MAX_QUEUE,
     sqlite_synchronous: str = "NORMAL",
-    node_dead_after: float = 30.0,
-    redis_timeout: float = 5.0,
+    node_dead_after: float = DEFAULT_NODE_DEAD_AFTER,
+    redis_timeout: float = DEFAULT_TIMEOUT,
 ) -> Store:
     """``redis_url`` for several nodes sharing a Redis; else one node's ``sqlite_path``."""
     if redis_url:

@@ -37,6 +37,8 @@ from .store_base import ReadItem, StoreBase
 T = TypeVar("T")
 # Redis refusing writes, not a bug of ours: out of memory, a replica, a failed snapshot, loading.
 REFUSALS = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "NOREPLICAS", "MASTERDOWN")
+DEFAULT_TIMEOUT = 5.0  # seconds: commands this long without any reply mean Redis is down
+DEFAULT_NODE_DEAD_AFTER = 30.0  # seconds: a node without a heartbeat this long is dead
 
 
 class RedisStore(StoreBase):
@@ -46,8 +48,8 @@ class RedisStore(StoreBase):
         device_ttl: int,
         node_id: str,
         key_prefix: str = DEFAULT_PREFIX,
-        timeout: float = 5.0,
-        node_dead_after: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        node_dead_after: float = DEFAULT_NODE_DEAD_AFTER,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
         super().__init__(device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)

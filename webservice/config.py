@@ -19,14 +19,15 @@ import yaml
 
 from ..sites import SiteConfig
 from ..storage.base import DEFAULT_MAX_QUEUE
+from ..storage.redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT
 from ..transport.limits import LIMIT_NAMES, Limits
 
 DEFAULT_PORT = 1337
 DEFAULT_DEVICE_TTL = 3600
 DEFAULT_SQLITE_PATH = "data/webservice.sqlite3"
 DEFAULT_AUTH_TIMEOUT = 10.0
-DEFAULT_NODE_TIMEOUT = 30.0  # Redis: a node silent this long is taken as dead
-DEFAULT_REDIS_TIMEOUT = 5.0  # Redis: commands this long without any reply are an outage
+DEFAULT_NODE_TIMEOUT = DEFAULT_NODE_DEAD_AFTER  # Redis: a node silent this long is dead
+DEFAULT_REDIS_TIMEOUT = DEFAULT_TIMEOUT  # Redis: commands this long without a reply: down
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.~-]+$")
 
 # Socket.IO server options of the original (``io:``) and how python-socketio names them.
