@@ -116,12 +116,12 @@ class _Connection(asyncio.Protocol):
         since = self._last_progress if self._waiting else self._loop.time()
         return int((since + self._timeout) * 1000 + self._clock_offset)
 
-    def read_clock(self, every: float = 0.0) -> asyncio.Future[Any] | None:
-        """Ask Redis the time, unless it was read in the last ``every`` seconds."""
-        if self._loop.time() - self._clock_read_at < every:
-            return None
-        self._clock_read_at = self._loop.time()
-        asked_at = self._loop.time()
+    def clock_due(self) -> bool:
+        return self._loop.time() - self._clock_read_at >= CLOCK_READ_EVERY
+
+    def read_clock(self) -> asyncio.Future[Any]:
+        """Ask Redis the time; its reply sets the offset between the clocks."""
+        asked_at = self._clock_read_at = self._loop.time()
         (reply,) = self.send(hiredis.pack_command((b"TIME",)), 1)
 
         def answered(reply: asyncio.Future[Any]) -> None:
@@ -238,7 +238,8 @@ class RedisWire:
         """Replies to the commands ``build`` makes for the connection they go out on (a
         script's deadline is that connection's)."""
         connection = await self._connected()
-        connection.read_clock(every=CLOCK_READ_EVERY)
+        if connection.clock_due():
+            connection.read_clock()
         commands = build(connection)
         packed = b"".join(hiredis.pack_command(tuple(command)) for command in commands)
         futures = connection.send(packed, len(commands))
@@ -278,10 +279,8 @@ class RedisWire:
         transport = writer.transport
         connection = _Connection(owner, transport, self._timeout)
         transport.set_protocol(connection)
-        clock = connection.read_clock()
-        assert clock is not None
         try:
-            await clock
+            await connection.read_clock()
         except BaseException:
             await self._release(connection)
             raise
