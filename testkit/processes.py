@@ -4,6 +4,7 @@ free port (never the machine's own), and the service as a real process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -80,6 +82,17 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server stops (SIGSTOP) for the block, and goes on (SIGCONT) after it: a Redis
+        that keeps its connections open and answers nothing, as a hung host would."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None:

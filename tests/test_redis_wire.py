@@ -4,9 +4,7 @@ pool did for it, against a private redis-server each (one test stops its process
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -45,16 +43,11 @@ async def test_a_send_redis_stalls_on_fails_within_the_timeout_and_is_never_stor
     it failed, so the store must not hold it now (a retry would deliver it twice)."""
     await store.connect_device(SITE, "user_1", "phone", [])
     await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[0]))  # Redis has the script
-    assert server.process is not None
-    pid = server.process.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with server.frozen():
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=r"No reply from Redis within 0\.5 s"):
             await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
         waited = time.monotonic() - started
-    finally:
-        os.kill(pid, signal.SIGCONT)
     assert 0.5 <= waited < 2.0
     deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[2]))
     assert [d.device for d in deliveries] == ["phone"]
@@ -71,14 +64,8 @@ async def test_a_disconnect_redis_stalls_on_is_counted_once_when_it_is_retried(
         await store.connect_device(SITE, "user_1", "phone", [])
     assert not await store.disconnect_device(SITE, "user_1", "phone", forget=False)
     await store.connect_device(SITE, "user_1", "phone", [])
-    assert server.process is not None
-    pid = server.process.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(StoreUnavailable):
-            await store.disconnect_device(SITE, "user_1", "phone", forget=False)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    with server.frozen(), pytest.raises(StoreUnavailable):
+        await store.disconnect_device(SITE, "user_1", "phone", forget=False)
     last_gone = await store.disconnect_device(SITE, "user_1", "phone", forget=False)
     assert not last_gone  # the other tab is still connected
     assert await store.disconnect_device(SITE, "user_1", "phone", forget=False)
