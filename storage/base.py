@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -91,8 +91,7 @@ class Backlog:
     last_seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):  # one per stored copy: a tuple is the cheapest to build
     """One stored copy of a message: for ``device`` of ``user``, at position ``seq``.
 
     ``nodes`` are the service nodes where the device has a connection now (none if offline):

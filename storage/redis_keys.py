@@ -47,6 +47,7 @@ def unescape(name: str) -> str:
     return name.replace("%09", "\t").replace("%3A", ":").replace("%25", "%")
 
 
+@lru_cache(maxsize=256)  # one per configured site
 def site_prefix(prefix: str, site: str) -> str:
     """The part every key of ``site`` starts with: a script's ``p``."""
     return f"{prefix}{escape(site)}{SEP}"

@@ -159,31 +159,35 @@ class RedisStore(StoreBase):
         """The messages of concurrent /sends, stored in one script call, in submit order."""
         args: list[Any] = [self.max_queue]
         for site, users, shared_rooms, message in items:
-            rooms = [escape(room) for room in shared_rooms]
-            args += [self._prefix(site), message.event, message.encode(), len(users), len(rooms)]
-            args += [escape(user) for user in users]
-            args += rooms
+            args += (self._prefix(site), message.event, message.encode())
+            args += (len(users), len(shared_rooms))
+            args += map(escape, users)
+            args += map(escape, shared_rooms)
         flat = await self._run("enqueue", scripts.ENQUEUE, [], *args)
         results: list[list[Delivery]] = []
         i = 0
-        for site, *_ in items:
+        for item in items:
             count, i = int(flat[i]), i + 1
-            results.append(
-                [
+            deliveries = []
+            for j in range(i, i + 4 * count, 4):
+                nodes = flat[j + 3]
+                deliveries.append(
                     Delivery(
-                        user=unescape(flat[j].decode()),
-                        device=unescape(flat[j + 1].decode()),
-                        seq=int(flat[j + 2]),
-                        nodes=tuple(flat[j + 3].decode().split(",")) if flat[j + 3] else (),
+                        unescape(flat[j].decode()),
+                        unescape(flat[j + 1].decode()),
+                        int(flat[j + 2]),
+                        tuple(nodes.decode().split(",")) if nodes else (),
                     )
-                    for j in range(i, i + 4 * count, 4)
-                ]
-            )
+                )
+            results.append(deliveries)
             i += 4 * count
             full, i = int(flat[i]), i + 1
             for j in range(i, i + 2 * full, 2):
                 self.stats.overflowed(
-                    site, unescape(flat[j].decode()), unescape(flat[j + 1].decode()), self.max_queue
+                    item[0],
+                    unescape(flat[j].decode()),
+                    unescape(flat[j + 1].decode()),
+                    self.max_queue,
                 )
             i += 2 * full
         return results

@@ -33,6 +33,8 @@ ReadItem = tuple[str, str, str, int]
 
 def shared_rooms(rooms: Sequence[str]) -> list[str]:
     """Shared room names as the store keeps them: lower case, each once, in a stable order."""
+    if not rooms:  # a message to users only
+        return []
     return sorted({room.lower() for room in rooms})
 
 

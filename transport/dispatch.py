@@ -25,18 +25,22 @@ class Dispatcher:
         self.stats = stats
         self.namespaces = namespaces
 
-    async def dispatch(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
-        """Deliver here what is connected here; signal each other node once."""
-        here: list[Delivery] = []
-        elsewhere: dict[str, list[Delivery]] = defaultdict(list)
-        for delivery in deliveries:
-            for node in delivery.nodes:
-                if node == self.node_id:
-                    here.append(delivery)
-                else:
-                    elsewhere[node].append(delivery)
-        self.deliver_here(site, message, here)
-        if elsewhere:
+    async def dispatch(
+        self, site: str, stored: Sequence[tuple[Message, Sequence[Delivery]]]
+    ) -> None:
+        """Deliver here what is connected here; signal each other node once per message.
+        ``stored``: the messages of one /send (several for a bulk send), in order, each with
+        the devices it was stored for."""
+        for message, deliveries in stored:
+            here: list[Delivery] = []
+            elsewhere: dict[str, list[Delivery]] = defaultdict(list)
+            for delivery in deliveries:
+                for node in delivery.nodes:
+                    if node == self.node_id:
+                        here.append(delivery)
+                    else:
+                        elsewhere[node].append(delivery)
+            self.deliver_here(site, message, here)
             for node, batch in elsewhere.items():
                 await self.bus.publish(node, site, message, batch)
 

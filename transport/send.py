@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -57,8 +56,7 @@ class BadRequest(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class SendRequest:
+class SendRequest(NamedTuple):
     rooms: list[str]
     event: str
     args: list[Any]
@@ -123,18 +121,14 @@ def validate(body: Any, limits: Limits) -> SendRequest:
     rooms = body.get("rooms")
     if rooms is None:
         raise BadRequest("Field 'rooms' is missing.")
-    if isinstance(rooms, str):
+    if type(rooms) is str and rooms:  # one room, the common case: nothing to count or dedupe
+        if len(rooms) > limits.max_room_length:
+            raise BadRequest(
+                f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
+            )
         rooms = [rooms]
-    if not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms):
-        raise BadRequest("Field 'rooms' must be a room name or a list of room names.")
-    if len(rooms) > limits.max_rooms_per_send:
-        raise BadRequest(
-            f"Field 'rooms' holds {len(rooms)} rooms; at most {limits.max_rooms_per_send}."
-        )
-    if any(len(room) > limits.max_room_length for room in rooms):
-        raise BadRequest(
-            f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
-        )
+    else:
+        rooms = _room_list(rooms, limits)
     event = body.get("event")
     if event is None:
         raise BadRequest("Field 'event' is missing.")
@@ -150,9 +144,32 @@ def validate(body: Any, limits: Limits) -> SendRequest:
     args = body.get("args", [])
     if not isinstance(args, list):
         raise BadRequest("Field 'args' must be a list.")
-    if nesting_depth_exceeds(args, limits.max_args_depth):
+    if _has_containers(args) and nesting_depth_exceeds(args, limits.max_args_depth):
         raise BadRequest(f"Field 'args' nests deeper than {limits.max_args_depth} levels.")
-    return SendRequest(rooms=list(dict.fromkeys(rooms)), event=event, args=args)
+    return SendRequest(rooms, event, args)
+
+
+def _room_list(rooms: Any, limits: Limits) -> list[str]:
+    if isinstance(rooms, str):
+        rooms = [rooms]
+    if not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms):
+        raise BadRequest("Field 'rooms' must be a room name or a list of room names.")
+    if len(rooms) > limits.max_rooms_per_send:
+        raise BadRequest(
+            f"Field 'rooms' holds {len(rooms)} rooms; at most {limits.max_rooms_per_send}."
+        )
+    if any(len(room) > limits.max_room_length for room in rooms):
+        raise BadRequest(
+            f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
+        )
+    return list(dict.fromkeys(rooms))
+
+
+def _has_containers(args: list[Any]) -> bool:
+    for arg in args:
+        if isinstance(arg, (list, dict)):
+            return True
+    return False
 
 
 def validate_all(body: Any, limits: Limits) -> list[SendRequest]:
@@ -261,8 +278,7 @@ class SendHandler:
             stored = [await self.store.enqueue(*items[0])]
         else:
             stored = await self.store.enqueue_all(items)
-        for message, deliveries in zip(messages, stored, strict=True):
-            await self.dispatcher.dispatch(site.name, message, deliveries)
+        await self.dispatcher.dispatch(site.name, list(zip(messages, stored, strict=True)))
         return [len(deliveries) for deliveries in stored]
 
     def _reject(self, status: int, text: str, site: str | None) -> web.Response:
