@@ -59,8 +59,10 @@ async def test_send_refuses_reserved_event_names(harness: Harness, event: str) -
     [
         ({"rooms": [f"r{i}" for i in range(6)], "event": "e"}, "at most 5"),
         ({"rooms": ["x" * 21], "event": "e"}, "longer than 20"),
+        ({"rooms": "x" * 21, "event": "e"}, "longer than 20"),  # one room, as a string
         ({"rooms": ["user_1"], "event": "e" * 11}, "longer than 10"),
         ({"rooms": ["user_1"], "event": "e", "args": [[[[["deep"]]]]]}, "deeper than 4"),
+        ({"rooms": "user_1", "event": "e", "args": [1, "a", [[[["deep"]]]]]}, "deeper than 4"),
     ],
 )
 async def test_send_limits_answer_400_naming_the_limit(
