@@ -74,11 +74,14 @@ def parse_bool(value: str | None, name: str) -> bool:
 
 
 async def read_body(request: web.Request, timeout: float) -> Any:
-    try:
-        async with asyncio.timeout(timeout):  # a timer, not a task as wait_for would make
-            raw = await request.read()
-    except TimeoutError:
-        raise web.HTTPRequestTimeout(text=f"Body not received within {timeout:g}s.") from None
+    if request.content.is_eof():  # the body came with the headers, as a small one does
+        raw = await request.read()
+    else:
+        try:
+            async with asyncio.timeout(timeout):  # a timer, not a task as wait_for would make
+                raw = await request.read()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text=f"Body not received within {timeout:g}s.") from None
     content_type = request.content_type
     if content_type == "application/json" or content_type.endswith("+json"):
         if not raw.strip():
