@@ -166,7 +166,7 @@ class RedisStore(StoreBase):
         flat = await self._run("enqueue", scripts.ENQUEUE, [], *args)
         results: list[list[Delivery]] = []
         i = 0
-        for item in items:
+        for site, _users, _rooms, _message in items:
             count, i = int(flat[i]), i + 1
             deliveries = []
             for j in range(i, i + 4 * count, 4):
@@ -184,10 +184,7 @@ class RedisStore(StoreBase):
             full, i = int(flat[i]), i + 1
             for j in range(i, i + 2 * full, 2):
                 self.stats.overflowed(
-                    item[0],
-                    unescape(flat[j].decode()),
-                    unescape(flat[j + 1].decode()),
-                    self.max_queue,
+                    site, unescape(flat[j].decode()), unescape(flat[j + 1].decode()), self.max_queue
                 )
             i += 2 * full
         return results

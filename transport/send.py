@@ -125,13 +125,13 @@ def validate(body: Any, limits: Limits) -> SendRequest:
     if rooms is None:
         raise BadRequest("Field 'rooms' is missing.")
     if type(rooms) is str and rooms:  # one room, the common case: nothing to count or dedupe
-        if len(rooms) > limits.max_room_length:
-            raise BadRequest(
-                f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
-            )
         rooms = [rooms]
     else:
         rooms = _room_list(rooms, limits)
+    if any(len(room) > limits.max_room_length for room in rooms):
+        raise BadRequest(
+            f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
+        )
     event = body.get("event")
     if event is None:
         raise BadRequest("Field 'event' is missing.")
@@ -153,6 +153,7 @@ def validate(body: Any, limits: Limits) -> SendRequest:
 
 
 def _room_list(rooms: Any, limits: Limits) -> list[str]:
+    """Rooms not given as one name: each a non-empty name, at most so many, each once."""
     if isinstance(rooms, str):
         rooms = [rooms]
     if not isinstance(rooms, list) or not all(isinstance(r, str) and r for r in rooms):
@@ -160,10 +161,6 @@ def _room_list(rooms: Any, limits: Limits) -> list[str]:
     if len(rooms) > limits.max_rooms_per_send:
         raise BadRequest(
             f"Field 'rooms' holds {len(rooms)} rooms; at most {limits.max_rooms_per_send}."
-        )
-    if any(len(room) > limits.max_room_length for room in rooms):
-        raise BadRequest(
-            f"Field 'rooms': a room name is longer than {limits.max_room_length} characters."
         )
     return list(dict.fromkeys(rooms))
 
