@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
+from loguru import logger
 
 from socketio_webservice import storage
 from socketio_webservice.storage import Store
@@ -124,3 +126,14 @@ async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
     await instance.start()
     yield instance
     await instance.stop()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Every line the service logs, ours (loguru) and the libraries' (logging), unredacted."""
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{level} {message}", diagnose=False)
+    caplog.set_level(logging.DEBUG)
+    yield lines
+    logger.remove(sink)
+    lines.extend(f"{r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)

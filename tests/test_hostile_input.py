@@ -4,15 +4,13 @@ else, logs once, and never leaks a secret (issue 7). Real sockets, both stores."
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
 import pytest
 import socketio
-from loguru import logger
 
 from bench.sim_client import SimClient
 from socketio_webservice.transport.form_body import parse_form
@@ -21,17 +19,6 @@ from socketio_webservice.webservice.logging import redact
 from tests.harness import Client, Harness
 
 WAIT = 5.0
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
-    """Every line the service logs, ours (loguru) and the libraries' (logging), unredacted."""
-    lines: list[str] = []
-    sink = logger.add(lines.append, level="DEBUG", format="{level} {message}", diagnose=False)
-    caplog.set_level(logging.DEBUG)
-    yield lines
-    logger.remove(sink)
-    lines.extend(f"{r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
 
 
 async def next_update(harness: Harness) -> tuple[str, Any, str]:

@@ -33,6 +33,7 @@ REQUIRED: dict[str, tuple[object, tuple[str, ...]]] = {
         async_socket.AsyncSocket,
         (
             "receive",
+            "send",
             "schedule_ping",
             "check_ping_timeout",
             "handle_post_request",
@@ -50,6 +51,7 @@ REQUIRED: dict[str, tuple[object, tuple[str, ...]]] = {
             "_handle_eio_disconnect",
             "_handle_connect",
             "_handle_event",
+            "_handle_ack",
             "_send_packet",
             "_engineio_server_class",
         ),

@@ -109,6 +109,8 @@ def decode_payload(body: str) -> list[eio_packet.Packet]:
 class LegacySocket(Socket):
     """An Engine.IO session of protocol 3: the client keeps it alive with its pings."""
 
+    ACCEPTED = frozenset({eio_packet.CLOSE, eio_packet.PING, eio_packet.MESSAGE})
+
     def __init__(self, server: Any, sid: str) -> None:
         super().__init__(server, sid)
         self.last_seen = time.time()
@@ -135,16 +137,8 @@ class LegacySocket(Socket):
             return False
         return True
 
-    async def handle_post_request(self, environ: dict[str, Any]) -> None:
-        length = int(environ.get("CONTENT_LENGTH") or "0")
-        body = await environ["wsgi.input"].read(length)
-        try:
-            packets = decode_payload(body.decode("utf-8"))
-        except ValueError as exc:  # UnicodeDecodeError included
-            self.server.drop(self, f"bad payload ({str(exc)[:100]})")
-            return
-        for pkt in packets:
-            await self.receive(pkt)
+    def decode_payload(self, body: str) -> list[eio_packet.Packet]:
+        return decode_payload(body)
 
 
 def connect_with_auth(data: str) -> str:

@@ -171,9 +171,16 @@ _BODY: Any = (
 
 
 class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
-    def __init__(self, *args: Any, websocket_compression: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        websocket_compression: bool = False,
+        upgrade_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.websocket_compression = websocket_compression
+        self.upgrade_timeout = upgrade_timeout  # io.upgradeTimeout: the probe and UPGRADE
         drivers: dict[str, Any] = self._async  # type: ignore[has-type]
         self._async = {
             **drivers,
@@ -184,6 +191,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self.sockets = SocketTable()
         self.ping_clock = PingClock(self.ping_interval)
         self.read_timeout = 60.0
+        self.max_outgoing_queue = 1_000
         self._closing: set[asyncio.Future[Any]] = set()
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
@@ -194,7 +202,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         query = dict(parse_qsl(request.query_string))
         legacy, jsonp = query.get("EIO") == "3", "j" in query
         del query
-        if legacy and jsonp:
+        if jsonp:
             return web.Response(status=400, text="JSONP polling is not supported: use XHR")
         token = LEGACY.set(legacy)
         try:
@@ -215,7 +223,15 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                     self.drop(socket, "a POST over the packet limit")
                 return web.Response(status=413, text="payload over the packet limit")
             request[_BODY] = body
-        response: web.StreamResponse = await super().handle_request(request)
+            socket = self.sockets.get(request.query.get("sid", ""))
+            if socket is not None:
+                if socket.closed or socket.closing:  # python-engineio: a KeyError, a 500
+                    return web.Response(status=400, text="session closed")
+                response: web.StreamResponse = await super().handle_request(request)
+                if socket.dropped:  # by what this POST held (one line was logged)
+                    return web.Response(status=400, text="bad packet: session closed")
+                return response
+        response = await super().handle_request(request)
         return response
 
     async def _handle_connect(
@@ -298,6 +314,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.limits = limits or Limits()
         self.eio.read_timeout = float(self.limits.http_read_timeout)
+        self.eio.max_outgoing_queue = self.limits.max_outgoing_queue
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
@@ -375,7 +392,9 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
                 callback = callbacks.pop(int(match[2]), None) if callbacks else None
                 if callback is not None:
                     callback()
-                    return
+                else:
+                    self._unknown_ack(eio_sid)
+                return
         if isinstance(data, str) and data[:1] == "0" and self._is_legacy(eio_sid):
             data = connect_with_auth(data)
         if eio_sid not in self._joined:
@@ -388,6 +407,23 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             self._drop_sid(eio_sid, f"bad packet ({str(exc)[:100]})")
+
+    async def _handle_ack(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        """An ack not taken by the short cut above (binary, or an odd spelling)."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        callbacks = self.manager.callbacks.get(sid)
+        callback = callbacks.pop(id, None) if callbacks else None
+        if callback is not None:
+            callback()
+        else:
+            self._unknown_ack(eio_sid)
+
+    def _unknown_ack(self, eio_sid: str) -> None:
+        """An ack of nothing we sent (a stale id after a reconnect, or made up): ignored, and
+        said once per connection, where python-socketio logs a line for every one."""
+        if eio_sid not in self._told_ignored:
+            self._told_ignored.add(eio_sid)
+            logger.debug("client {} acked an id it was not sent: ignored", eio_sid)
 
     def _is_legacy(self, eio_sid: str) -> bool:
         return isinstance(self.eio.sockets.get(eio_sid), LegacySocket)

@@ -26,11 +26,55 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
 MESSAGE = str(eio_packet.MESSAGE)
+PAYLOAD_SEPARATOR = "\x1e"
 
 
 class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
     dropped = False  # set by the server's ``drop``: read nothing more from this client
     last_ping: float | None
+    upgrading: bool
+    upgraded: bool
+    # What a protocol 4 client sends once its session is open (the upgrade's probe and
+    # UPGRADE are read by the websocket handler itself). Anything else, as Node's engine.io
+    # does, ends the session: python-engineio would log a traceback for a type it has no name
+    # for, and answer a polling UPGRADE or a second probe with a packet queued for every one.
+    ACCEPTED = frozenset({eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE})
+
+    async def receive(self, pkt: eio_packet.Packet) -> None:
+        if pkt.packet_type not in self.ACCEPTED:
+            self.server.drop(self, f"Engine.IO packet type {pkt.packet_type} from a client")
+            return
+        await super().receive(pkt)
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        """As python-engineio's, with the queue's bound: Engine.IO's own answers (a protocol 3
+        client's pongs) count too, so a client that posts pings and never polls is dropped."""
+        if self.queue.qsize() >= self.server.max_outgoing_queue:
+            self.server.drop(self, f"{self.server.max_outgoing_queue} packets waiting: not reading")
+            return
+        await super().send(pkt)
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        """A polling POST's packets (its body was read and bounded by the server). A payload
+        that cannot be decoded drops the client with one line; the server answers 400."""
+        body = await environ["wsgi.input"].read()
+        try:
+            packets = self.decode_payload(body.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError included
+            self.server.drop(self, f"bad payload ({str(exc)[:100]})")
+            return
+        for pkt in packets:
+            await self.receive(pkt)
+            if self.dropped:
+                return
+
+    def decode_payload(self, body: str) -> list[eio_packet.Packet]:
+        """Protocol 4: packets separated by a record separator. Not python-engineio's decode,
+        which refuses more than 16 packets in one POST (a polling client's acks after a
+        burst of messages can be more) and reads ``d=`` as JSONP, which is refused here."""
+        if not body:
+            return []
+        return [eio_packet.Packet(encoded_packet=part) for part in body.split(PAYLOAD_SEPARATOR)]
 
     async def poll(self) -> list[Any]:
         """As python-engineio's: the packets waiting, or ``QueueEmpty`` if none comes within
@@ -66,6 +110,11 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
         await super().close(wait=wait, abort=abort, reason=reason)
         if closing_now and self.closed:
             self.queue.put_nowait(None)
+            websocket = getattr(self, "websocket", None)
+            if websocket is not None and websocket.writing_since:
+                # A client that neither pongs nor reads: its writer is stuck on a full
+                # connection, and would hold the socket until ``write_timeout``.
+                websocket.abort()
 
     def heard_from(self) -> None:
         """The client sent a packet (protocol 3 sockets keep the time: it is their liveness)."""
@@ -96,19 +145,19 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
             return data
 
         if self.connected:  # type: ignore[has-type]  # an upgrade: the probe, then UPGRADE
+            if self.upgrading or self.upgraded:
+                return  # a second websocket for the session
             self.upgrading = True
             try:
-                probe = eio_packet.Packet(encoded_packet=await read())
-            except OSError:
-                return
-            if probe.packet_type != eio_packet.PING or probe.data != "probe":
-                self.upgrading = False
-                return
-            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-            await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
-            try:
-                upgrade = eio_packet.Packet(encoded_packet=await read())
-            except OSError:
+                async with asyncio.timeout(self.server.upgrade_timeout):
+                    probe = eio_packet.Packet(encoded_packet=await read())
+                    if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                        self.upgrading = False
+                        return
+                    await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+                    await self.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the poll
+                    upgrade = eio_packet.Packet(encoded_packet=await read())
+            except (OSError, TimeoutError):  # gone, or no probe or UPGRADE in time
                 self.upgrading = False
                 return
             if upgrade.packet_type != eio_packet.UPGRADE:
@@ -152,20 +201,16 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
                     self.heard_from()
                     try:
                         await on_message(self.sid, data[1:])
-                    except Exception:
+                    except Exception:  # bad input is dropped by the handler: this is a bug
                         self.server.logger.exception("message handler error")
+                        self.server.drop(self, "message handler error")
                 else:
-                    # A frame that cannot be decoded raises out of here: the websocket
-                    # wrapper drops the client with one log line (see server._WebSocket).
-                    packet = eio_packet.Packet(encoded_packet=data)
                     try:
-                        await self.receive(packet)
-                    except eio_exceptions.UnknownPacketError:
-                        pass
+                        await self.receive(eio_packet.Packet(encoded_packet=data))
                     except eio_exceptions.SocketIsClosedError:
                         break
-                    except Exception:
-                        self.server.logger.exception("Unknown receive error")
+                    except Exception as exc:  # a frame that cannot be decoded, or its effect
+                        self.server.drop(self, f"undecodable frame ({str(exc)[:100]})")
                 if self.dropped:  # what the client sent after its offence is not read
                     break
         except asyncio.CancelledError:
