@@ -107,6 +107,27 @@ async def test_text_logs_name_connects_and_sends_once_each(
     assert TOKEN not in text
 
 
+async def test_a_device_id_with_a_newline_cannot_write_a_line_of_its_own(
+    tmp_path: Path, stub: SiteStub, http: aiohttp.ClientSession
+) -> None:
+    stub.answers[TOKEN] = ["user_alice"]
+    node = await start_node(tmp_path, stub)
+    forged = "2026-01-01 00:00:00.000 | INFO     | forged - admin logged in"
+    try:
+        client = await connect(node.url, "shop", TOKEN, f"phone\n{forged}\r\x1b[2K", use_auth=True)
+        await client.disconnect()
+        query = "EIO=4&transport=polling&transport=x%0Aforged"  # a second transport value
+        async with http.get(f"{node.url}/socket.io/?{query}") as answer:
+            assert answer.status == 200
+    finally:
+        await node.stop()
+    lines = node.log.read_text().splitlines()
+    assert not [line for line in lines if line.startswith(forged[:10]) or "\x1b" in line]
+    connect_line = next(line for line in lines if " - connect site=shop" in line)
+    assert "device=phone\\n2026-01-01" in connect_line and "\\x1b[2K" in connect_line
+    assert "transport=websocket" in connect_line
+
+
 def test_version_and_help_are_plain_text(tmp_path: Path) -> None:
     version = run_cli("--version", cwd=tmp_path)
     assert version.returncode == 0

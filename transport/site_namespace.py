@@ -140,7 +140,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             user=user or "-",
             device=device or "-",
             node=self.node_id,
-            transport=(params.get("transport") or "polling")[:16],
+            transport="websocket" if params.get("transport") == "websocket" else "polling",
             client=client_protocol(environ),
             sid=sid,
         )

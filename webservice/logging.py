@@ -146,7 +146,7 @@ def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
         )
 
     logger.remove()
-    logger.configure(patcher=_name_the_logger)
+    logger.configure(patcher=_name_the_logger if json_lines else _one_line)
     add(sys.stderr, config.console_level)
     if config.file_path:
         path = Path(config.file_path)
@@ -158,3 +158,20 @@ def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
 def _name_the_logger(record: Any) -> None:
     """Our own lines name their module; the libraries' name their logger (see above)."""
     record["extra"].setdefault("logger", record["name"])
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
+
+
+def _one_line(record: Any) -> None:
+    """Text lines: a message is one line whatever a client put in it (a deviceId with a
+    newline would otherwise write a line of its choosing); control characters are written
+    as their escapes. A traceback, which is not part of the message, keeps its lines."""
+    _name_the_logger(record)
+    message = record["message"]
+    if not message.isprintable():
+        record["message"] = _CONTROL.sub(_escape, message)
