@@ -160,3 +160,58 @@ def test_limits_come_from_config_and_environment(tmp_path: Path) -> None:
     assert config.limits.max_rooms_per_send == 5
     assert config.limits.write_timeout == 3  # the environment wins
     assert config.limits.max_room_length == 200  # the default
+
+
+def yaml_bomb(levels: int, key: str = "port") -> str:
+    """Nine-fold aliases, ``levels`` deep: under 500 bytes that stand for 9**levels values."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for n in range(1, levels + 1):
+        refs = ",".join([f"*a{n - 1}"] * 9)
+        lines.append(f"a{n}: &a{n} [{refs}]")
+    body = "\n".join(f"  {line}" for line in lines)
+    return f"production:\n{body}\n  {key}: *a{levels}\n"
+
+
+@pytest.mark.parametrize("levels", [8, 9])
+def test_a_yaml_bomb_is_refused_at_once_in_one_short_line(tmp_path: Path, levels: int) -> None:
+    write(tmp_path, yaml_bomb(levels))
+    assert (tmp_path / "config.yml").stat().st_size < 1_000
+    result = subprocess.run(
+        [sys.executable, "-m", "webservice", "--check-config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 300, lines
+    assert "aliases expand to more than" in lines[0]
+
+
+def test_a_value_shown_in_an_error_is_cut_short(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path, f"production:\n  port: {'9' * 5000}x\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config({}, config_file, sites_file)
+    assert len(str(raised.value)) < 200 and "..." in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "sites",
+    [SITES + SITES.replace("54321", "other"), "1:\n  authUrl: http://a/\n  apiKey: k\n" * 2],
+    ids=["same-name", "same-number"],
+)
+def test_a_site_defined_twice_is_refused(tmp_path: Path, sites: str) -> None:
+    config_file, sites_file = write(tmp_path, sites=sites)
+    with pytest.raises(ConfigError, match="given twice"):
+        load_config({}, config_file, sites_file)
+
+
+def test_aliases_within_the_bound_are_read(tmp_path: Path) -> None:
+    config_file, sites_file = write(
+        tmp_path,
+        "defaults: &defaults\n  port: 8081\n  device_ttl: 60\nproduction:\n  <<: *defaults\n",
+    )
+    config = load_config({}, config_file, sites_file)
+    assert (config.port, config.device_ttl) == (8081, 60)

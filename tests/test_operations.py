@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -223,11 +224,22 @@ async def test_sighup_reloads_sites_and_keeps_the_other_connections(
         assert node.process is not None and node.process.returncode is None
     finally:
         await node.stop()
-    assert "reloaded: sites shop, blog, forum" in node.logs()
+    assert "reloaded: 3 sites" in node.logs()
 
 
+def yaml_bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{n}: &a{n} [{','.join([f'*a{n - 1}'] * 9)}]" for n in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["shop: [not, a, mapping", yaml_bomb(9), "shop: {}\n" * 2],
+    ids=["not-yaml", "yaml-bomb", "site-twice"],
+)
 async def test_sighup_with_a_broken_sites_file_keeps_the_running_sites(
-    tmp_path: Path, stub: SiteStub, http: aiohttp.ClientSession
+    tmp_path: Path, stub: SiteStub, http: aiohttp.ClientSession, broken: str
 ) -> None:
     stub.answers["alice"] = ["user_alice"]
     sites = write_sites(tmp_path, f"{stub.url}/auth")
@@ -235,7 +247,7 @@ async def test_sighup_with_a_broken_sites_file_keeps_the_running_sites(
     await node.start()
     try:
         alice = await connect(node.url, "shop", "alice", "phone")
-        sites.write_text("shop: [not, a, mapping")
+        sites.write_text(broken)
         node.signal(signal.SIGHUP)
         deadline = asyncio.get_running_loop().time() + 10
         while "configuration not reloaded" not in node.logs():
@@ -246,6 +258,8 @@ async def test_sighup_with_a_broken_sites_file_keeps_the_running_sites(
         await alice.disconnect()
     finally:
         await node.stop()
+    refusals = [line for line in node.logs().splitlines() if "not reloaded" in line]
+    assert len(refusals) == 1 and len(refusals[0]) < 700, refusals
 
 
 async def test_malformed_http_requests_are_one_line_a_minute_without_a_traceback(
@@ -265,3 +279,42 @@ async def test_malformed_http_requests_are_one_line_a_minute_without_a_traceback
     logs = node.logs()
     assert logs.count("malformed HTTP request refused (400)") == 1
     assert "Traceback" not in logs
+
+
+async def test_a_failure_while_serving_ends_serve_with_status_1(
+    tmp_path: Path, stub: SiteStub, http: aiohttp.ClientSession
+) -> None:
+    """The serve loop never dies leaving a process that holds its port and ignores SIGTERM."""
+    from socketio_webservice.sites import SiteConfig
+    from socketio_webservice.webservice.cli import serve
+    from socketio_webservice.webservice.config import Config
+    from socketio_webservice.webservice.service import Service
+    from testkit.processes import free_port
+
+    site = SiteConfig(name="shop", auth_url=f"{stub.url}/auth", api_key="key")
+    config = Config(
+        sites={"shop": site},
+        port=free_port(),
+        host="127.0.0.1",
+        sqlite_path=str(tmp_path / "db.sqlite3"),
+    )
+
+    def reload() -> Config | None:
+        raise RuntimeError("a bug in reloading")
+
+    serving = asyncio.create_task(serve(Service(config), reload))
+    url = f"http://127.0.0.1:{config.port}/healthcheck"
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # until it listens
+        try:
+            async with http.get(url) as answer:
+                if answer.status == 200:
+                    break
+        except aiohttp.ClientConnectionError:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert await asyncio.wait_for(serving, 30) == 1
+    with pytest.raises(aiohttp.ClientConnectionError):  # and the port is let go
+        async with http.get(url):
+            pass

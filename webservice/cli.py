@@ -37,6 +37,9 @@ signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the sites and reopens the
 """
 
 
+MAX_ERROR_LINE = 500  # characters of a configuration error shown
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="socketio-webservice",
@@ -70,12 +73,17 @@ def read_config(args: argparse.Namespace) -> Config:
     return config
 
 
-async def serve(service: Service, reload: Callable[[], Config | None]) -> int:
-    """Run until SIGTERM or SIGINT; the exit status: 1 if the service could not start.
+RELOAD_TIMEOUT = 30.0  # seconds a SIGHUP may spend reading the configuration
 
-    SIGHUP (logrotate, or a new sites.yml): ``reload`` reads the configuration again; its
-    sites replace the running ones (see ``Service.reload_sites``) and the log file is
-    reopened. A configuration with a mistake is refused with one line, and nothing changes.
+
+async def serve(service: Service, reload: Callable[[], Config | None]) -> int:
+    """Run until SIGTERM or SIGINT; the exit status: 1 if the service could not start, or if
+    it failed while running (never a process left alive that no longer serves).
+
+    SIGHUP (logrotate, or a new sites.yml): ``reload`` reads the configuration again, in a
+    thread (the event loop keeps serving) and within ``RELOAD_TIMEOUT``; its sites replace
+    the running ones (see ``Service.reload_sites``) and the log file is reopened. A
+    configuration with a mistake is refused with one line, and nothing changes.
     """
     stop = asyncio.Event()
     hangups: asyncio.Queue[None] = asyncio.Queue()
@@ -90,21 +98,40 @@ async def serve(service: Service, reload: Callable[[], Config | None]) -> int:
         await service.stop()
         return 1
     tune_gc()
+    status = 0
     stopping = asyncio.create_task(stop.wait())
-    while not stop.is_set():
-        hangup = asyncio.create_task(hangups.get())
-        await asyncio.wait({stopping, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        if hangup.done():
-            config = reload()
-            if config is not None:
-                await service.reload_sites(config.sites)
-                logger.info("reloaded: sites {}", ", ".join(config.sites))
-        else:
-            hangup.cancel()
+    try:
+        while not stop.is_set():
+            hangup = asyncio.create_task(hangups.get())
+            await asyncio.wait({stopping, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if hangup.done():
+                await _reload(service, reload)
+            else:
+                hangup.cancel()
+    except Exception:
+        logger.exception("the service failed; stopping")
+        status = 1
     logger.info("stopping: draining sends and closing sockets")
     await service.stop()
     logger.info("stopped")
-    return 0
+    return status
+
+
+async def _reload(service: Service, reload: Callable[[], Config | None]) -> None:
+    try:
+        config = await asyncio.wait_for(asyncio.to_thread(reload), RELOAD_TIMEOUT)
+    except TimeoutError:
+        logger.error(
+            "SIGHUP: the configuration was not read within {}s; the running one stays",
+            RELOAD_TIMEOUT,
+        )
+        return
+    except (MemoryError, RecursionError) as exc:
+        logger.error("SIGHUP: configuration not reloaded ({}); the running one stays", exc)
+        return
+    if config is not None:
+        await service.reload_sites(config.sites)
+        logger.info("reloaded: {} sites", len(config.sites))
 
 
 # The cyclic garbage collector's defaults (700, 10, 10) make it walk the whole heap, thousands
@@ -124,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = read_config(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"config error: {str(exc)[:MAX_ERROR_LINE]}", file=sys.stderr)
         sys.exit(2)
     if args.check_config:
         for warning in config.warnings:
@@ -147,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             new = read_config(args)
         except ConfigError as exc:
-            logger.error("SIGHUP: configuration not reloaded, the running one stays: {}", exc)
+            logger.error(
+                "SIGHUP: configuration not reloaded, the running one stays: {}",
+                str(exc)[:MAX_ERROR_LINE],
+            )
             return None
         secrets.update(site.api_key for site in new.sites.values())
         setup_logging(config.logging, secrets)  # reopens the log file logrotate moved

@@ -21,6 +21,7 @@ from ..sites import SiteConfig
 from ..storage.base import DEFAULT_MAX_QUEUE
 from ..storage.redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT
 from ..transport.limits import LIMIT_NAMES, Limits
+from .yaml_file import YamlRefused, cut, load_yaml, shown
 
 DEFAULT_PORT = 1337
 DEFAULT_DEVICE_TTL = 3600
@@ -84,8 +85,9 @@ class Config:
 
 def _read_yaml(path: Path, what: str) -> Any:
     try:
-        with path.open(encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
+        return load_yaml(path)
+    except YamlRefused as exc:
+        raise ConfigError(f"{what} {path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path}: not valid YAML: {exc}".splitlines()[0]) from exc
     except OSError as exc:
@@ -94,11 +96,11 @@ def _read_yaml(path: Path, what: str) -> Any:
 
 def _int(value: Any, key: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"{key} must be a whole number, not {value!r}")
+        raise ConfigError(f"{key} must be a whole number, not {shown(value)}")
     try:
         number = int(str(value).strip())
     except ValueError:
-        raise ConfigError(f"{key} must be a whole number, not {value!r}") from None
+        raise ConfigError(f"{key} must be a whole number, not {shown(value)}") from None
     if number < minimum:
         raise ConfigError(f"{key} must be at least {minimum}, not {number}")
     if maximum is not None and number > maximum:
@@ -124,24 +126,25 @@ def _mapping(value: Any, key: str) -> Mapping[str, Any]:
 
 def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
     if not SITE_NAME.match(name):
-        raise ConfigError(f"{where}{name}: a site name may hold only letters, digits and _.~-")
+        raise ConfigError(f"{where}{cut(name)}: a site name may hold only letters, digits and _.~-")
     values = _mapping(raw, f"{where}{name}")
     known = {"authUrl", "authScheme", "apiKey", "userRoomPrefix", "updateUserUrl", "publicChannel"}
     for key in values:
         if key not in known:
             raise ConfigError(
-                f"{where}{name}.{key}: unknown site key (known: {', '.join(sorted(known))})"
+                f"{where}{name}.{cut(str(key))}: unknown site key "
+                f"(known: {', '.join(sorted(known))})"
             )
     auth_url = _text(values.get("authUrl"), f"{where}{name}.authUrl")
     api_key = _text(values.get("apiKey"), f"{where}{name}.apiKey")
     if not auth_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}{name}.authUrl: must be an http(s) URL, not {auth_url!r}")
+        raise ConfigError(f"{where}{name}.authUrl: must be an http(s) URL, not {shown(auth_url)}")
     if not api_key:
         raise ConfigError(f"{where}{name}.apiKey: is required")
     update_url = _text(values.get("updateUserUrl"), f"{where}{name}.updateUserUrl")
     if update_url and not update_url.startswith(("http://", "https://")):
         raise ConfigError(
-            f"{where}{name}.updateUserUrl: must be an http(s) URL, not {update_url!r}"
+            f"{where}{name}.updateUserUrl: must be an http(s) URL, not {shown(update_url)}"
         )
     return SiteConfig(
         name=name,
@@ -188,11 +191,11 @@ def _logging(section: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
         ).lower(),
     )
     if log.format not in ("text", "json"):
-        raise ConfigError(f"log_format: must be text or json, not {log.format!r}")
+        raise ConfigError(f"log_format: must be text or json, not {shown(log.format)}")
     levels = {"TRACE", "DEBUG", "VERBOSE", "INFO", "WARN", "WARNING", "ERROR", "SILLY"}
     for key, level in (("console", log.console_level), ("file", log.file_level)):
         if level not in levels:
-            raise ConfigError(f"winston.{key}.level: unknown level {level!r}")
+            raise ConfigError(f"winston.{key}.level: unknown level {shown(level)}")
     return log
 
 
@@ -223,7 +226,8 @@ def _unknown_keys(section: Mapping[str, Any], where: str) -> tuple[str, ...]:
     """A misspelt key would silently keep its default: say so (a warning, as the original
     ignored unknown keys and a config written for it must still start)."""
     return tuple(
-        f"{where}.{key}: unknown key, ignored (known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
+        f"{where}.{cut(str(key))}: unknown key, ignored "
+        f"(known: {', '.join(sorted(TOP_LEVEL_KEYS))})"
         for key in section
         if key not in TOP_LEVEL_KEYS
     )
@@ -273,13 +277,15 @@ def load_config(
     if config_path.exists() or explicit_config:
         document = _mapping(_read_yaml(config_path, "config file"), str(config_path))
         if env_name not in document and explicit_config:
-            raise ConfigError(f"{config_path}: has no section for environment {env_name!r}")
+            raise ConfigError(f"{config_path}: has no section for environment {shown(env_name)}")
         section = _mapping(document.get(env_name), f"{config_path}: {env_name}")
 
     sites: dict[str, SiteConfig] = {}
     if sites_path.exists() or explicit_sites:
         raw_sites = _mapping(_read_yaml(sites_path, "sites file"), str(sites_path))
         for name, raw in raw_sites.items():
+            if str(name) in sites:
+                raise ConfigError(f"{sites_path}: site {str(name)!r} is defined twice")
             sites[str(name)] = parse_site(str(name), raw, f"{sites_path}: ")
 
     if env.get("SITE_NAME"):
@@ -308,7 +314,9 @@ def load_config(
         or "NORMAL"
     ).upper()
     if synchronous not in {"FULL", "NORMAL", "EXTRA"}:
-        raise ConfigError(f"sqlite.synchronous: must be FULL, EXTRA or NORMAL, not {synchronous!r}")
+        raise ConfigError(
+            f"sqlite.synchronous: must be FULL, EXTRA or NORMAL, not {shown(synchronous)}"
+        )
     _mapping(section.get("flakeid"), "flakeid")  # accepted for compatibility; seqs replace it
     io = _mapping(section.get("io"), "io")
 

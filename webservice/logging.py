@@ -50,15 +50,40 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+class Secrets:
+    """The values to mask in every line (the sites' api keys). A few are looked for one by
+    one; past ``FEW``, a line's every substring of each length a secret has is looked up in
+    a set, which costs the line's length, not the number of sites (20,000 sites made each
+    line cost 0.9 ms the first way)."""
+
+    FEW = 32
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self.values = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+        self._set = frozenset(self.values)
+        self._lengths = sorted({len(v) for v in self.values}, reverse=True)
+
+    def found_in(self, text: str) -> list[str]:
+        if len(self.values) <= self.FEW:
+            return [value for value in self.values if value in text]
+        found = {
+            text[at : at + length]
+            for length in self._lengths
+            for at in range(len(text) - length + 1)
+            if text[at : at + length] in self._set
+        }
+        return sorted(found, key=len, reverse=True)
+
+
 class RedactingSink:
     """A text stream that masks secrets in every line written to it."""
 
     def __init__(self, stream: TextIO, secrets: Iterable[str]) -> None:
         self.stream = stream
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self.secrets = Secrets(secrets)
 
     def write(self, message: str) -> None:
-        self.stream.write(redact(message, self.secrets))
+        self.stream.write(redact(message, self.secrets.found_in(message)))
         self.stream.flush()
 
 

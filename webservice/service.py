@@ -59,6 +59,9 @@ class StartupError(Exception):
     """The service cannot start here (port taken, store unreachable, ...): one line says why."""
 
 
+SITES_NAMED = 20  # a reload names this many added sites, then counts the rest
+
+
 class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -221,10 +224,15 @@ class Service:
                 name,
                 "removed" if new is None else "room settings changed",
             )
-        for name, site in sites.items():
-            if name not in self.namespaces:
-                self._open_site(site)
-                logger.info("site {}: added", name)
+        added = [site for name, site in sites.items() if name not in self.namespaces]
+        for count, site in enumerate(added, 1):
+            self._open_site(site)
+            if count <= SITES_NAMED:
+                logger.info("site {}: added", site.name)
+            if count % 500 == 0:
+                await asyncio.sleep(0)  # thousands of sites: connects and sends go on meanwhile
+        if len(added) > SITES_NAMED:
+            logger.info("{} more sites added", len(added) - SITES_NAMED)
 
     async def _beat_forever(self) -> None:
         while True:
