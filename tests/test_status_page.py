@@ -80,3 +80,23 @@ async def test_status_needs_the_admin_key_and_is_off_without_one(
     for path in ("/status", "/status.json"):
         async with harness.http.get(harness.url + path) as answer:
             assert answer.status == 404
+
+
+async def test_wrong_admin_keys_are_slowed_per_address_and_logged_once(
+    harness: Harness, logs: list[str]
+) -> None:
+    await harness.start(admin_key=ADMIN_KEY)
+    assert harness.http is not None
+    statuses = []
+    for n in range(200):
+        async with harness.http.get(
+            f"{harness.url}/status.json", headers={"Authorization": f"Bearer guess-{n}"}
+        ) as answer:
+            statuses.append(answer.status)
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    async with harness.http.get(  # the right key too, while this address is held off
+        f"{harness.url}/status.json", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    ) as answer:
+        assert answer.status == 429
+    said = [line for line in logs if "wrong admin key" in line]
+    assert len(said) == 1 and "guess" not in said[0]

@@ -35,6 +35,7 @@ from ..transport.socketio_adapter import (
 from ..transport.stats import TransportStats
 from . import metrics
 from .config import Config
+from .key_guard import KeyGuard
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
 from .version import version
@@ -112,6 +113,7 @@ class Service:
         self.app.router.add_post("/send", self._send)
         self.app.router.add_get("/metrics", self.metrics_page)
         self.app.router.add_get("/openapi.json", self.openapi)
+        self.admin_guard = KeyGuard("admin key")
         if config.admin_key:
             self.app.router.add_get("/status", self.status_page)
             self.app.router.add_get("/status.json", self.status_data)
@@ -259,19 +261,28 @@ class Service:
             body=await self.metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE}
         )
 
-    def _is_admin(self, request: web.Request) -> bool:
+    def _admin_refusal(self, request: web.Request) -> web.Response | None:
+        """None for the admin; else the answer: 401, or 429 past a few wrong keys a minute
+        from the same address (see ``KeyGuard``)."""
+        address = request.remote or "-"
+        if self.admin_guard.blocked(address):
+            return web.json_response(
+                {"error": "too many wrong admin keys: try again in a minute"}, status=429
+            )
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        return scheme == "Bearer" and hmac.compare_digest(
-            key.encode(), self.config.admin_key.encode()
-        )
+        if scheme == "Bearer" and hmac.compare_digest(key.encode(), self.config.admin_key.encode()):
+            return None
+        self.admin_guard.failed(address)
+        return web.json_response({"error": "admin key required"}, status=401)
 
     async def status_page(self, request: web.Request) -> web.FileResponse:
         """The page itself holds no figure: it asks /status.json with the key it is given."""
         return web.FileResponse(STATUS_PAGE, headers={"Cache-Control": "no-store"})
 
     async def status_data(self, request: web.Request) -> web.Response:
-        if not self._is_admin(request):
-            return web.json_response({"error": "admin key required"}, status=401)
+        refusal = self._admin_refusal(request)
+        if refusal is not None:
+            return refusal
         return web.json_response(
             await self.metrics.status(), dumps=lambda data: orjson.dumps(data).decode()
         )
