@@ -3,7 +3,7 @@ supervises and retires them. The transport posts messages; the actors answer thr
 outbox the transport implements."""
 
 from .counts import DeliveryCounts
-from .messages import ActorMessage, Attach, CatchUp, Deliver, Detach, Register
+from .messages import ActorMessage, Attach, CatchUp, Deliver, Detach, Register, TooManyDevices
 from .outbox import Outbox
 from .registry import ActorRegistry
 
@@ -17,4 +17,5 @@ __all__ = [
     "Detach",
     "Outbox",
     "Register",
+    "TooManyDevices",
 ]

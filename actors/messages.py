@@ -8,12 +8,16 @@ from dataclasses import dataclass
 from ..storage import Message
 
 
+class TooManyDevices(Exception):
+    """A new device of a user whose ``max_devices`` devices are all connected."""
+
+
 @dataclass(slots=True)
 class Register:
     """A socket passed auth: count it in the store before the handshake completes.
 
     ``reply`` resolves to True if this is the user's first connection anywhere; it fails with
-    the store's error, which the transport turns into a connect error.
+    the store's error, or ``TooManyDevices``, which the transport turns into a connect error.
     """
 
     sid: str

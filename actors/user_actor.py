@@ -35,6 +35,7 @@ from .messages import (
     Release,
     ResyncAck,
     Retry,
+    TooManyDevices,
 )
 from .outbox import Outbox
 
@@ -255,6 +256,18 @@ class UserActor:
             if not message.reply.done():
                 message.reply.set_exception(exc)
             return
+        if connected.refused:
+            if not message.reply.done():
+                message.reply.set_exception(TooManyDevices(self.store.max_devices))
+            return
+        if connected.retired:
+            logger.info(
+                "site={} user={} device {} retired: the user has {} devices, the limit",
+                self.site,
+                self.user,
+                connected.retired.replace("\t", ", "),
+                self.store.max_devices,
+            )
         if message.reply.done():  # the connect handler gave up (client went away)
             await self.store.disconnect_device(
                 self.site, self.user, message.device, forget=message.forget_on_disconnect

@@ -1,6 +1,16 @@
 """Where messages, devices and room membership are kept: Redis or SQLite, one contract."""
 
-from .base import Backlog, Delivery, HeadAck, Message, Store, StoredMessage, StoreUnavailable
+from .base import (
+    Backlog,
+    Delivery,
+    HeadAck,
+    Message,
+    OutcomeUnknown,
+    PartlyStored,
+    Store,
+    StoredMessage,
+    StoreUnavailable,
+)
 from .factory import make_store
 
 __all__ = [
@@ -8,6 +18,8 @@ __all__ = [
     "Delivery",
     "HeadAck",
     "Message",
+    "OutcomeUnknown",
+    "PartlyStored",
     "Store",
     "StoreUnavailable",
     "StoredMessage",

@@ -17,19 +17,42 @@ from .stats import StoreStats
 
 
 class StoreUnavailable(Exception):
-    """The store could not be reached or did not answer in time."""
+    """The store could not be reached, refused, or did not answer in time. A write that
+    raises this was not made (a 503 says "nothing stored"), unless it is one of the two
+    below."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The store went away with the write in flight: it may have been made, or not."""
+
+
+class PartlyStored(StoreUnavailable):
+    """A send stored in steps (see ``StoreBase.enqueue_all``) failed after its first
+    ``len(stored)`` messages were stored; ``cause`` says how the rest failed."""
+
+    def __init__(self, stored: list[list[Delivery]], cause: StoreUnavailable) -> None:
+        super().__init__(str(cause))
+        self.stored = stored
+        self.cause = cause
 
 
 DEFAULT_MAX_QUEUE = 10_000
+DEFAULT_MAX_DEVICES = 20
+DEFAULT_STEP_MS = 50
 
 
 @dataclass(frozen=True, slots=True)
 class Connected:
     """What ``connect_device`` found: the user's first connection? the device's queue full
-    (messages were not stored for it) since it last connected?"""
+    (messages were not stored for it) since it last connected? ``refused``: the user has
+    ``max_devices`` devices already, all connected, and this one is new (nothing changed).
+    ``retired``: the device that made room for this new one (the least recently seen of the
+    user's offline devices; its queue is gone)."""
 
     first: bool
     overflowed: bool
+    refused: bool = False
+    retired: str = ""
 
 
 AckItem = tuple[str, str, str, Sequence[tuple[int, str]]]
@@ -127,6 +150,8 @@ class Store(Protocol):
     device_ttl: int
     node_id: str
     max_queue: int
+    max_devices: int
+    step_ms: int
     stats: StoreStats
 
     async def open(self) -> None:
@@ -144,7 +169,9 @@ class Store(Protocol):
     async def connect_device(
         self, site: str, user: str, device: str, shared_rooms: Sequence[str]
     ) -> Connected:
-        """Count one more connection of ``device`` and stop its expiry.
+        """Count one more connection of ``device`` and stop its expiry. A user keeps at most
+        ``max_devices`` devices: a new one past that retires the least recently seen offline
+        device, or is refused if every one is connected.
 
         ``shared_rooms`` replaces the user's membership (the latest auth answer wins). A device
         whose queue had expired starts empty. Says whether the user had no connection before,
@@ -167,8 +194,10 @@ class Store(Protocol):
         stored."""
 
     async def enqueue_all(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
-        """``enqueue`` for several messages at once (a bulk send), in one atomic call: every
-        message is stored, in this order, or none is."""
+        """``enqueue`` for several messages at once (a bulk send), in this order. Each message
+        is atomic; they are stored in steps of about ``step_ms`` (a script, a transaction)
+        so that other users' calls run in between. A step that fails raises
+        :class:`PartlyStored` if earlier steps stored messages."""
 
     async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
         """The device's stored messages with ``seq > after_seq``, oldest first, and its last

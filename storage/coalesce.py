@@ -21,8 +21,19 @@ MAX_BATCH = 1000
 WINDOW = 0.002
 
 
+class Failed:
+    """A flush's result for one item that failed while others did not."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class WriteCoalescer(Generic[Item, Result]):
-    def __init__(self, flush: Callable[[Sequence[Item]], Awaitable[Sequence[Result]]]) -> None:
+    def __init__(
+        self, flush: Callable[[Sequence[Item]], Awaitable[Sequence[Result | Failed]]]
+    ) -> None:
         self._flush = flush
         self._items: list[Item] = []
         self._futures: list[asyncio.Future[Result]] = []
@@ -57,7 +68,11 @@ class WriteCoalescer(Generic[Item, Result]):
                     future.set_exception(exc)
             return
         for future, result in zip(futures, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, Failed):
+                future.set_exception(result.error)
+            else:
                 future.set_result(result)
 
     async def drain(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DEFAULT_MAX_QUEUE, Store
+from .base import DEFAULT_MAX_DEVICES, DEFAULT_MAX_QUEUE, DEFAULT_STEP_MS, Store
 from .redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT, RedisStore
 from .sqlite_store import SQLiteStore
 
@@ -16,6 +16,8 @@ def make_store(
     device_ttl: int,
     node_id: str,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    max_devices: int = DEFAULT_MAX_DEVICES,
+    step_ms: int = DEFAULT_STEP_MS,
     sqlite_synchronous: str = "NORMAL",
     node_dead_after: float = DEFAULT_NODE_DEAD_AFTER,
     redis_timeout: float = DEFAULT_TIMEOUT,
@@ -28,6 +30,8 @@ def make_store(
             node_id=node_id,
             node_dead_after=node_dead_after,
             max_queue=max_queue,
+            max_devices=max_devices,
+            step_ms=step_ms,
             timeout=redis_timeout,
         )
     if not sqlite_path:
@@ -38,4 +42,6 @@ def make_store(
         synchronous=sqlite_synchronous,
         node_id=node_id,
         max_queue=max_queue,
+        max_devices=max_devices,
+        step_ms=step_ms,
     )

@@ -37,17 +37,49 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 
 
 # KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
-#   held-devices set. ARGV: deadline, site prefix, node field, user, device, shared rooms...
-#   -> {the user's connection count, this one included; 1 if the device's queue overflowed
-#      since it last connected (the flag is cleared), else 0}
+#   held-devices set. ARGV: deadline, site prefix, node field, user, device, max devices,
+#   shared rooms...
+#   -> {the user's connection count, this one included, or -1: refused (the user has max
+#      devices, all connected; nothing changed); 1 if the device's queue overflowed since it
+#      last connected (the flag is cleared), else 0; the devices retired to make room for
+#      this new one, tab-separated (the least recently seen offline ones)}
 CONNECT_DEVICE = _script(
     """
 local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local max_devices = tonumber(ARGV[6])
+local retired = {}
+if redis.call('EXISTS', dev) == 0 then  -- new to the user: it needs a place among max_devices
+  local live, offline = 0, {}
+  for _, other in ipairs(redis.call('SMEMBERS', devices)) do
+    local odev = device_keys(p, user, other)
+    if other == device then
+    elseif redis.call('EXISTS', odev) == 0 then
+      redis.call('SREM', devices, other)  -- expired
+    else
+      live = live + 1
+      if tonumber(redis.call('HGET', odev, 'conns') or '0') <= 0 then
+        offline[#offline + 1] = {tonumber(redis.call('HGET', odev, 'seen') or '0'), other}
+      end
+    end
+  end
+  local over = live - max_devices + 1
+  if over > #offline then return {-1, 0, ''} end
+  if over > 0 then
+    table.sort(offline, function(a, b) return a[1] < b[1] end)
+    for k = 1, over do
+      local name = offline[k][2]
+      redis.call('DEL', device_keys(p, user, name))
+      redis.call('SREM', devices, name)
+      retired[#retired + 1] = name
+    end
+  end
+end
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
 redis.call('HINCRBY', dev, 'conns', 1)
 redis.call('HINCRBY', dev, field, 1)
+redis.call('HSET', dev, 'seen', now_ms())
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg); redis.call('PERSIST', evt)
 redis.call('SADD', devices, device)
@@ -56,13 +88,13 @@ for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
   redis.call('SREM', members_key(p, room), user)
 end
 redis.call('DEL', rooms)
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   redis.call('SADD', rooms, ARGV[i])
   redis.call('SADD', members_key(p, ARGV[i]), user)
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
-return {conns, overflowed}
+return {conns, overflowed, table.concat(retired, '\t')}
 """,
     with_deadline=True,
 )
@@ -75,6 +107,7 @@ local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 if redis.call('EXISTS', dev) == 1 then
+  redis.call('HSET', dev, 'seen', now_ms())
   if redis.call('HINCRBY', dev, field, -1) <= 0 then
     redis.call('HDEL', dev, field)
     redis.call('SREM', held, held_entry(p, user, device))
@@ -100,17 +133,22 @@ return left
     with_deadline=True,
 )
 
-# ARGV: deadline, max_queue, then groups of (site prefix, event, record, n_users, n_rooms,
-#   users..., shared rooms...), one per message, stored in this order (the devices are found
-#   in sets)
-#   -> for each message: n, then user, device, seq, nodes (comma-separated ids of the nodes
-#      where the device is connected) for each of the n devices that stored it; then m, then
-#      user, device for each of the m devices whose queue is full and overflowed just now
+# ARGV: deadline, max_queue, step_ms, then groups of (site prefix, event, record, n_users,
+#   n_rooms, users..., shared rooms...), one per message, stored in this order (the devices
+#   are found in sets); the messages after the one that ends past step_ms are left for the
+#   next call
+#   -> how many messages were stored; then for each: n, then user, device, seq, nodes
+#      (comma-separated ids of the nodes where the device is connected) for each of the n
+#      devices that stored it; then m, then user, device for each of the m devices whose
+#      queue is full and overflowed just now
 ENQUEUE = _script(
     """
-local max_queue = tonumber(ARGV[2])
-local out, i = {}, 3
+local max_queue, step_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local started = now_ms()
+local out, i = {0}, 4
 while i <= #ARGV do
+  if out[1] > 0 and now_ms() - started >= step_ms then break end
+  out[1] = out[1] + 1
   local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local n_users, n_rooms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local first_room = i + 5 + n_users

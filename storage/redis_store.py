@@ -19,7 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import redis_keys as keys
 from . import redis_scripts as scripts
 from .base import (
+    DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_STEP_MS,
     AckItem,
     Backlog,
     Connected,
@@ -27,11 +29,12 @@ from .base import (
     Delivery,
     EnqueueItem,
     HeadAck,
+    OutcomeUnknown,
     StoredMessage,
     StoreUnavailable,
 )
 from .redis_keys import DEFAULT_PREFIX, escape, unescape
-from .redis_wire import RedisWire, Script, late
+from .redis_wire import RedisWire, Script, WriteInDoubt, late
 from .store_base import ReadItem, StoreBase
 
 T = TypeVar("T")
@@ -51,8 +54,16 @@ class RedisStore(StoreBase):
         timeout: float = DEFAULT_TIMEOUT,
         node_dead_after: float = DEFAULT_NODE_DEAD_AFTER,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_devices: int = DEFAULT_MAX_DEVICES,
+        step_ms: int = DEFAULT_STEP_MS,
     ) -> None:
-        super().__init__(device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)
+        super().__init__(
+            device_ttl=device_ttl,
+            node_id=node_id,
+            max_queue=max_queue,
+            max_devices=max_devices,
+            step_ms=step_ms,
+        )
         self.url = url
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
@@ -73,6 +84,9 @@ class RedisStore(StoreBase):
         started = time.perf_counter()
         try:
             result = await operation()
+        except WriteInDoubt as exc:
+            self.stats.observe(name, started, failed=True)
+            raise OutcomeUnknown(f"Redis went away with the write in flight: {exc}") from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self.stats.observe(name, started, failed=True)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from exc
@@ -129,14 +143,21 @@ class RedisStore(StoreBase):
             (
                 scripts.CONNECT_DEVICE,
                 self._device_keys(site, user, device),
-                [self._prefix(site), node, escape(user), escape(device)]
+                [self._prefix(site), node, escape(user), escape(device), self.max_devices]
                 + [escape(room) for room in shared_rooms],
             )
             for site, user, device, shared_rooms in items
         ]
         return [
-            Connected(first=int(conns) == 1, overflowed=int(overflowed) == 1)
-            for conns, overflowed in await self._call(
+            Connected(
+                first=int(conns) == 1,
+                overflowed=int(overflowed) == 1,
+                refused=int(conns) < 0,
+                retired="\t".join(unescape(name) for name in retired.decode().split("\t"))
+                if retired
+                else "",
+            )
+            for conns, overflowed, retired in await self._call(
                 "connect_device", lambda: self.wire.run_scripts(calls)
             )
         ]
@@ -156,8 +177,9 @@ class RedisStore(StoreBase):
         return int(left) <= 0
 
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
-        """The messages of concurrent /sends, stored in one script call, in submit order."""
-        args: list[Any] = [self.max_queue]
+        """The messages of concurrent /sends, in submit order, as many as one script stores
+        in ``step_ms``."""
+        args: list[Any] = [self.max_queue, self.step_ms]
         for site, users, shared_rooms, message in items:
             args += (self._prefix(site), message.event, message.encode())
             args += (len(users), len(shared_rooms))
@@ -165,8 +187,8 @@ class RedisStore(StoreBase):
             args += map(escape, shared_rooms)
         flat = await self._run("enqueue", scripts.ENQUEUE, [], *args)
         results: list[list[Delivery]] = []
-        i = 0
-        for site, _users, _rooms, _message in items:
+        i = 1
+        for site, _users, _rooms, _message in items[: int(flat[0])]:
             count, i = int(flat[i]), i + 1
             deliveries = []
             for j in range(i, i + 4 * count, 4):

@@ -30,6 +30,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 CLOCK_READ_EVERY = 30.0  # seconds: Redis's clock against ours, for scripts' deadlines
 
 
+class WriteInDoubt(RedisConnectionError):
+    """The connection failed (lost, or no reply in time) after the commands were written:
+    Redis may have run them, or not."""
+
+
 class Script:
     """A Lua script, run by its SHA1 once Redis has it (EVALSHA), by its body when not.
 
@@ -245,12 +250,14 @@ class RedisWire:
         futures = connection.send(packed, len(commands))
         try:
             return [await future for future in futures]
-        except BaseException:
+        except BaseException as exc:
             for future in futures:  # a cancelled caller: its replies are no one's
                 if not future.done():
                     future.cancel()
                 elif not future.cancelled():
                     future.exception()  # retrieved, so that asyncio does not log it
+            if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+                raise WriteInDoubt(str(exc)) from exc
             raise
 
     async def _connected(self) -> _Connection:

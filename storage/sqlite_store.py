@@ -23,7 +23,9 @@ import orjson
 from loguru import logger
 
 from .base import (
+    DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_STEP_MS,
     AckItem,
     Backlog,
     Connected,
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS devices (
     conns INTEGER NOT NULL DEFAULT 0,
     expires_at REAL,
     overflow INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0,
+    seen REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (site, user, device)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
@@ -81,8 +85,16 @@ class SQLiteStore(StoreBase):
         synchronous: str = "NORMAL",
         node_id: str = "local",
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_devices: int = DEFAULT_MAX_DEVICES,
+        step_ms: int = DEFAULT_STEP_MS,
     ) -> None:
-        super().__init__(device_ttl=device_ttl, node_id=node_id, max_queue=max_queue)
+        super().__init__(
+            device_ttl=device_ttl,
+            node_id=node_id,
+            max_queue=max_queue,
+            max_devices=max_devices,
+            step_ms=step_ms,
+        )
         self.path = Path(path)
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
@@ -196,14 +208,18 @@ class SQLiteStore(StoreBase):
             )
             for site, user, device, rooms in items
         ]
-        return await self._transaction("connect_device", _connect_devices, connects)
+        return await self._transaction(
+            "connect_device", _connect_devices, connects, self.max_devices
+        )
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
-        key = {"site": site, "user": user, "device": device, "exp": self._expiry(time.time())}
+        now = time.time()
+        key = {"site": site, "user": user, "device": device, "exp": self._expiry(now), "now": now}
         return await self._transaction("disconnect_device", _disconnect_device, key, forget)
 
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
-        """The messages of concurrent /sends in one transaction (one fsync), in submit order."""
+        """The messages of concurrent /sends in one transaction (one fsync), in submit order,
+        as many as it stores in ``step_ms``."""
         now = time.time()
         batches = [
             (
@@ -219,10 +235,10 @@ class SQLiteStore(StoreBase):
             )
             for site, users, rooms, message in items
         ]
-        results = await self._transaction("enqueue", _enqueue_all, batches)
+        results = await self._transaction("enqueue", _enqueue_all, batches, self.step_ms / 1000)
         here = (self.node_id,)  # one node holds every connection
         deliveries = []
-        for (site, *_), (rows, full) in zip(items, results, strict=True):
+        for (site, *_), (rows, full) in zip(items, results, strict=False):
             for user, device in full:
                 self.stats.overflowed(site, user, device, self.max_queue)
             deliveries.append(
@@ -303,27 +319,56 @@ def _migrate(db: Db) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(devices)")}
     if "overflow" not in columns:
         db.execute("ALTER TABLE devices ADD COLUMN overflow INTEGER NOT NULL DEFAULT 0")
+    if "seen" not in columns:
+        db.execute("ALTER TABLE devices ADD COLUMN seen REAL NOT NULL DEFAULT 0")
+    if "queued" not in columns:
+        db.execute("ALTER TABLE devices ADD COLUMN queued INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            "UPDATE devices SET queued = (SELECT COUNT(*) FROM messages m WHERE "
+            "m.site = devices.site AND m.user = devices.user AND m.device = devices.device)"
+        )
 
 
 def _connect_devices(
-    db: Db, connects: Sequence[tuple[dict[str, Any], list[tuple[str, str, str]]]]
+    db: Db, connects: Sequence[tuple[dict[str, Any], list[tuple[str, str, str]]]], max_devices: int
 ) -> list[Connected]:
-    return [_connect_device(db, key, rooms) for key, rooms in connects]
+    return [_connect_device(db, key, rooms, max_devices) for key, rooms in connects]
 
 
-def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str]]) -> Connected:
+def _connect_device(
+    db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str]], max_devices: int
+) -> Connected:
     # A device or user past its expiry is gone, as a Redis key would be.
     expired = db.execute(f"SELECT 1 FROM devices WHERE {DEVICE} AND NOT {LIVE}", key).fetchone()
     if expired is not None:
         db.execute(f"DELETE FROM messages WHERE {DEVICE}", key)
         db.execute(f"DELETE FROM devices WHERE {DEVICE}", key)
+    retired: list[str] = []
+    if (
+        expired is not None
+        or db.execute(f"SELECT 1 FROM devices WHERE {DEVICE}", key).fetchone() is None
+    ):
+        others = db.execute(
+            f"SELECT device, conns, seen FROM devices WHERE site = :site AND user = :user "
+            f"AND {LIVE} ORDER BY seen",
+            key,
+        ).fetchall()
+        offline = [device for device, conns, _ in others if conns <= 0]
+        over = len(others) - max_devices + 1
+        if over > len(offline):
+            return Connected(first=False, overflowed=False, refused=True)
+        for device in offline[: max(over, 0)]:
+            gone = {**key, "device": device}
+            db.execute(f"DELETE FROM messages WHERE {DEVICE}", gone)
+            db.execute(f"DELETE FROM devices WHERE {DEVICE}", gone)
+            retired.append(device)
     flagged = db.execute(
         f"UPDATE devices SET overflow = 0 WHERE {DEVICE} AND overflow = 1 RETURNING 1", key
     ).fetchone()
     db.execute(f"DELETE FROM users WHERE site = :site AND user = :user AND NOT {LIVE}", key)
     db.execute(
-        "INSERT INTO devices (site, user, device, conns) VALUES (:site, :user, :device, 1) "
-        "ON CONFLICT DO UPDATE SET conns = conns + 1, expires_at = NULL",
+        "INSERT INTO devices (site, user, device, conns, seen) VALUES (:site, :user, :device, 1, "
+        ":now) ON CONFLICT DO UPDATE SET conns = conns + 1, expires_at = NULL, seen = :now",
         key,
     )
     (conns,) = db.execute(
@@ -333,12 +378,13 @@ def _connect_device(db: Db, key: dict[str, Any], rooms: list[tuple[str, str, str
     ).fetchone()
     db.execute("DELETE FROM memberships WHERE site = :site AND user = :user", key)
     db.executemany("INSERT OR IGNORE INTO memberships (site, room, user) VALUES (?, ?, ?)", rooms)
-    return Connected(first=conns == 1, overflowed=flagged is not None)
+    return Connected(first=conns == 1, overflowed=flagged is not None, retired="\t".join(retired))
 
 
 def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
     device_row = db.execute(
-        f"UPDATE devices SET conns = MAX(conns - 1, 0) WHERE {DEVICE} RETURNING conns", key
+        f"UPDATE devices SET conns = MAX(conns - 1, 0), seen = :now WHERE {DEVICE} RETURNING conns",
+        key,
     ).fetchone()
     if device_row is not None and device_row[0] == 0:
         if forget:
@@ -357,9 +403,16 @@ def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
 
 
 def _enqueue_all(
-    db: Db, batches: list[tuple[dict[str, Any], str, bytes]]
+    db: Db, batches: list[tuple[dict[str, Any], str, bytes]], step: float
 ) -> list[tuple[list[Any], list[Any]]]:
-    return [_enqueue(db, params, event, record) for params, event, record in batches]
+    """The first of ``batches`` that fit in ``step`` seconds (one at least)."""
+    started = time.monotonic()
+    done: list[tuple[list[Any], list[Any]]] = []
+    for params, event, record in batches:
+        if done and time.monotonic() - started >= step:
+            break
+        done.append(_enqueue(db, params, event, record))
+    return done
 
 
 TARGETS = (
@@ -370,10 +423,6 @@ TARGETS = (
     "WHERE m.site = :site AND m.room IN (SELECT value FROM json_each(:rooms)) "
     "AND (u.expires_at IS NULL OR u.expires_at > :now))"
 )
-QUEUED = (
-    "(SELECT COUNT(*) FROM messages q WHERE q.site = devices.site AND q.user = devices.user "
-    "AND q.device = devices.device)"
-)
 
 
 def _enqueue(
@@ -383,12 +432,12 @@ def _enqueue(
     stored (user, device, seq, conns) and the (user, device) that overflowed just now."""
     full = db.execute(
         f"UPDATE devices SET overflow = 1 WHERE {TARGETS} AND overflow = 0 "
-        f"AND {QUEUED} >= :max_queue RETURNING user, device",
+        "AND queued >= :max_queue RETURNING user, device",
         params,
     ).fetchall()
     rows = db.execute(
-        f"UPDATE devices SET seq = seq + 1 WHERE {TARGETS} AND {QUEUED} < :max_queue "
-        "RETURNING user, device, seq, conns",
+        f"UPDATE devices SET seq = seq + 1, queued = queued + 1 WHERE {TARGETS} "
+        "AND queued < :max_queue RETURNING user, device, seq, conns",
         params,
     ).fetchall()
     site = params["site"]
@@ -427,10 +476,19 @@ def _write_acks(db: Db, items: Sequence[AckItem]) -> list[int]:
             (orjson.dumps(rows).decode(),),
         )
     }
-    return [
+    counts = [
         sum((site, user, device, seq) in removed for seq, _event in acked)
         for site, user, device, acked in items
     ]
+    db.executemany(
+        "UPDATE devices SET queued = MAX(queued - ?, 0) WHERE site = ? AND user = ? AND device = ?",
+        [
+            (count, site, user, device)
+            for count, (site, user, device, _) in zip(counts, items, strict=True)
+            if count
+        ],
+    )
+    return counts
 
 
 def _ack_head(db: Db, key: dict[str, Any]) -> HeadAck:
@@ -440,8 +498,12 @@ def _ack_head(db: Db, key: dict[str, Any]) -> HeadAck:
     (head,) = db.execute(f"SELECT MIN(seq) FROM messages WHERE {where}", key).fetchone()
     if head == key["seq"]:
         db.execute(f"DELETE FROM messages WHERE {where} AND seq = :seq", key)
+        db.execute(f"UPDATE devices SET queued = MAX(queued - 1, 0) WHERE {DEVICE}", key)
         return HeadAck(cleared=False)
-    db.execute(f"DELETE FROM messages WHERE {where}", key)
+    cleared = db.execute(f"DELETE FROM messages WHERE {where}", key).rowcount
+    db.execute(
+        f"UPDATE devices SET queued = MAX(queued - :n, 0) WHERE {DEVICE}", {**key, "n": cleared}
+    )
     through = db.execute(f"SELECT seq FROM devices WHERE {DEVICE}", key).fetchone()
     return HeadAck(cleared=True, cleared_through=through[0] if through else key["seq"])
 

@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from .base import (
+    DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_STEP_MS,
     AckItem,
     Backlog,
     Connected,
@@ -22,9 +24,11 @@ from .base import (
     EnqueueItem,
     HeadAck,
     Message,
+    PartlyStored,
     StoredMessage,
+    StoreUnavailable,
 )
-from .coalesce import WriteCoalescer
+from .coalesce import Failed, WriteCoalescer
 from .stats import StoreStats
 
 ReadItem = tuple[str, str, str, int]
@@ -40,18 +44,26 @@ def shared_rooms(rooms: Sequence[str]) -> list[str]:
 
 class StoreBase(ABC):
     def __init__(
-        self, *, device_ttl: int, node_id: str, max_queue: int = DEFAULT_MAX_QUEUE
+        self,
+        *,
+        device_ttl: int,
+        node_id: str,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_devices: int = DEFAULT_MAX_DEVICES,
+        step_ms: int = DEFAULT_STEP_MS,
     ) -> None:
         self.device_ttl = device_ttl
         self.node_id = node_id
         self.max_queue = max_queue
+        self.max_devices = max_devices
+        self.step_ms = step_ms
         self.stats = StoreStats()
         self._connects: WriteCoalescer[ConnectItem, Connected] = WriteCoalescer(
             self._write_connects
         )
         self._reads: WriteCoalescer[ReadItem, Backlog] = WriteCoalescer(self._read_queues)
         self._enqueues: WriteCoalescer[EnqueueItem, list[Delivery]] = WriteCoalescer(
-            self._write_enqueues
+            self._flush_enqueues
         )
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
 
@@ -68,12 +80,39 @@ class StoreBase(ABC):
         return await self._enqueues.submit((site, users, shared_rooms(shared_rooms_), message))
 
     async def enqueue_all(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
-        """Several messages (a bulk send) in one store call: all stored, in this order, or none
-        (the call raises). Not coalesced with other sends, so it stays one call."""
+        """Several messages (a bulk send), in this order, in steps (see ``_enqueue_steps``).
+        Not coalesced with other sends."""
         normalised = [
             (site, users, shared_rooms(rooms), message) for site, users, rooms, message in items
         ]
-        return await self._write_enqueues(normalised)
+        stored, error = await self._enqueue_steps(normalised)
+        if error is None:
+            return stored
+        if not stored:
+            raise error
+        raise PartlyStored(stored, error)
+
+    async def _flush_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery] | Failed]:
+        """Concurrent single sends: a send stored in an earlier step than the one that failed
+        stays a success."""
+        stored, error = await self._enqueue_steps(items)
+        failed: list[list[Delivery] | Failed] = [Failed(error)] if error is not None else []
+        return [*stored, *failed * (len(items) - len(stored))]
+
+    async def _enqueue_steps(
+        self, items: Sequence[EnqueueItem]
+    ) -> tuple[list[list[Delivery]], StoreUnavailable | None]:
+        """Each store call stores the whole messages that fit in ``step_ms`` (one at least),
+        so a big send never holds Redis or the SQLite writer for longer than a step: other
+        users' connects and acks run between the steps. The messages stored, and the error
+        that stopped the rest, if any."""
+        stored: list[list[Delivery]] = []
+        while len(stored) < len(items):
+            try:
+                stored += await self._write_enqueues(items[len(stored) :])
+            except StoreUnavailable as exc:
+                return stored, exc
+        return stored, None
 
     async def read_queue(self, site: str, user: str, device: str, after_seq: int = 0) -> Backlog:
         return await self._reads.submit((site, user, device, after_seq))
@@ -138,7 +177,8 @@ class StoreBase(ABC):
 
     @abstractmethod
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
-        """The messages of concurrent sends, in submit order; overflows go to ``stats``."""
+        """The first of ``items`` in submit order, as many as fit in ``step_ms`` (at least
+        one), in one atomic call; their deliveries. Overflows go to ``stats``."""
 
     @abstractmethod
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from ..storage.base import DEFAULT_MAX_DEVICES, DEFAULT_STEP_MS
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -27,6 +29,11 @@ class Limits:
     max_token_length: int = 4_096
     max_device_id_length: int = 128
     max_meta_length: int = 1_024
+    max_devices_per_user: int = DEFAULT_MAX_DEVICES
+    """Devices one user keeps (a deviceId each; a connection without one counts while it
+    lasts). A new one past it retires the least recently seen offline device (its queue is
+    dropped); if every one is connected, the connect is refused: ``Auth error: too many
+    devices``. Every send to the user costs one copy per device: this bounds it."""
     max_packets_before_join: int = 16
     """Socket.IO packets a connection may send before it has joined a site's namespace."""
     auth_concurrency: int = 64
@@ -34,6 +41,11 @@ class Limits:
     timeout, then ``Auth error: busy``)."""
     auth_failure_cache: int = 10
     """Seconds a token the site refused (401) is refused again without asking; 0: never."""
+    # The store
+    store_step_ms: int = DEFAULT_STEP_MS
+    """Milliseconds a send's Redis script or SQLite transaction may run before the rest of
+    its messages go in the next one, so other users' connects and acks run between. A
+    message is never split: its work is bounded by its rooms times max_devices_per_user."""
     # Sockets and HTTP
     max_outgoing_queue: int = 1_000
     """Packets waiting for one socket; a client that stops reading is disconnected past it

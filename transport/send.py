@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-from ..storage import Message, Store, StoreUnavailable
+from ..storage import Message, OutcomeUnknown, PartlyStored, Store, StoreUnavailable
 from .dispatch import Dispatcher
 from .form_body import FormError, parse_form
 from .limits import Limits
@@ -192,6 +192,11 @@ def validate_all(body: Any, limits: Limits) -> list[SendRequest]:
     return sends
 
 
+OUTCOME_UNKNOWN = (
+    "Outcome unknown: the store went away while storing; the message may have been stored"
+)
+
+
 class SendHandler:
     def __init__(
         self,
@@ -232,6 +237,12 @@ class SendHandler:
         else:
             try:
                 stored = await self._store_and_deliver(namespace, sends, resync)
+            except PartlyStored as exc:
+                return self._partly_stored(site_name, sends, exc)
+            except OutcomeUnknown as exc:
+                logger.error("site={} send in doubt: {}", site_name, exc)
+                self.stats.sends[site_name, 504] += 1
+                return web.Response(status=504, text=f"{OUTCOME_UNKNOWN}: {exc}")
             except StoreUnavailable as exc:
                 logger.error("site={} send not stored: {}", site_name, exc)
                 self.stats.sends[site_name, 503] += 1
@@ -277,9 +288,40 @@ class SendHandler:
         if len(items) == 1:  # coalesced with other sends of the same moment
             stored = [await self.store.enqueue(*items[0])]
         else:
-            stored = await self.store.enqueue_all(items)
+            try:
+                stored = await self.store.enqueue_all(items)
+            except PartlyStored as exc:  # what was stored is delivered all the same
+                done = zip(messages[: len(exc.stored)], exc.stored, strict=True)
+                await self.dispatcher.dispatch(site.name, list(done))
+                raise
         await self.dispatcher.dispatch(site.name, list(zip(messages, stored, strict=True)))
         return [len(deliveries) for deliveries in stored]
+
+    def _partly_stored(
+        self, site: str, sends: list[SendRequest], exc: PartlyStored
+    ) -> web.Response:
+        """A bulk send that failed after its first messages were stored (it is stored in
+        steps): which ones were, so that the site retries only the rest. 504 if the step that
+        failed may have been stored too (its messages say ``unknown``), else 503."""
+        unknown = isinstance(exc.cause, OutcomeUnknown)
+        status = 504 if unknown else 503
+        logger.error(
+            "site={} bulk send stored {} of {} messages: {}",
+            site,
+            len(exc.stored),
+            len(sends),
+            exc.cause,
+        )
+        self.stats.sends[site, status] += 1
+        self.stats.stored[site] += sum(len(deliveries) for deliveries in exc.stored)
+        rest: dict[str, Any] = {"stored": None, "unknown": True} if unknown else {"stored": None}
+        results: list[dict[str, Any]] = [{"stored": len(d)} for d in exc.stored]
+        results += [rest] * (len(sends) - len(exc.stored))
+        return web.json_response(
+            {"error": str(exc.cause), "results": results},
+            status=status,
+            dumps=lambda data: orjson.dumps(data).decode(),
+        )
 
     def _reject(self, status: int, text: str, site: str | None) -> web.Response:
         # Counted under the site only if it is one: a flood of made-up names adds no labels.

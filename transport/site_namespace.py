@@ -12,7 +12,7 @@ import orjson
 import socketio
 from loguru import logger
 
-from ..actors.messages import Attach, Detach, Register
+from ..actors.messages import Attach, Detach, Register, TooManyDevices
 from ..actors.registry import ActorRegistry
 from ..sites import SiteConfig
 from ..storage import Store
@@ -172,6 +172,16 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         )
         try:
             await asyncio.wait_for(asyncio.shield(reply), REGISTER_TIMEOUT)
+        except TooManyDevices:
+            logger.info(
+                "site={} connect refused: {} devices, all connected",
+                self.site.name,
+                self.limits.max_devices_per_user,
+            )
+            raise socketio.exceptions.ConnectionRefusedError(
+                "Auth error: too many devices connected for this user "
+                f"(at most {self.limits.max_devices_per_user})"
+            ) from None
         except Exception as exc:
             reply.cancel()
             logger.warning("site={} connect refused, store unavailable: {}", self.site.name, exc)

@@ -240,7 +240,9 @@ def _limits(section: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
     raw = _mapping(section.get("limits"), "limits")
     for key in raw:
         if key not in LIMIT_NAMES:
-            raise ConfigError(f"limits.{key}: unknown limit (known: {', '.join(LIMIT_NAMES)})")
+            raise ConfigError(
+                f"limits.{cut(str(key))}: unknown limit (known: {', '.join(LIMIT_NAMES)})"
+            )
     values = {}
     for name in LIMIT_NAMES:
         value = env.get(name.upper()) or raw.get(name)

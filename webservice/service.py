@@ -73,6 +73,8 @@ class Service:
             device_ttl=config.device_ttl,
             node_id=self.node_id,
             max_queue=config.max_queue,
+            max_devices=config.limits.max_devices_per_user,
+            step_ms=config.limits.store_step_ms,
             sqlite_synchronous=config.sqlite_synchronous,
             node_dead_after=config.node_timeout,
             redis_timeout=config.redis_timeout,
