@@ -11,11 +11,16 @@ milliseconds; a ttl of 0 means never expire.
 from .redis_keys import LUA_PRELUDE
 from .redis_wire import Script
 
-# Redis's clock, in milliseconds (HEARTBEAT's "now", and the deadline check).
+# Redis's clock, in milliseconds (HEARTBEAT's "now", and the deadline check), and in
+# microseconds.
 _NOW = """
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function now_us()  -- when a device was last seen: two disconnects may share a ms
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
 end
 """
 
@@ -79,7 +84,7 @@ local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
 redis.call('HINCRBY', dev, 'conns', 1)
 redis.call('HINCRBY', dev, field, 1)
-redis.call('HSET', dev, 'seen', now_ms())
+redis.call('HSET', dev, 'seen', now_us())
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg); redis.call('PERSIST', evt)
 redis.call('SADD', devices, device)
@@ -107,7 +112,7 @@ local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 if redis.call('EXISTS', dev) == 1 then
-  redis.call('HSET', dev, 'seen', now_ms())
+  redis.call('HSET', dev, 'seen', now_us())
   if redis.call('HINCRBY', dev, field, -1) <= 0 then
     redis.call('HDEL', dev, field)
     redis.call('SREM', held, held_entry(p, user, device))

@@ -44,6 +44,8 @@ def make_store(
     device_ttl: int,
     node_id: str = "node-a",
     max_queue: int = 10_000,
+    max_devices: int = 20,
+    step_ms: int = 50,
 ) -> Store:
     """The service's own factory, on a fresh SQLite file or the test Redis."""
     assert kind == "sqlite" or redis_url, "a Redis store needs the test Redis"
@@ -53,6 +55,8 @@ def make_store(
         device_ttl=device_ttl,
         node_id=node_id,
         max_queue=max_queue,
+        max_devices=max_devices,
+        step_ms=step_ms,
     )
 
 

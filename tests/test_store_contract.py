@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from socketio_webservice.storage import Message, Store
+from socketio_webservice.storage.sqlite_store import SQLiteStore
 from tests.conftest import make_store
 
 SITE = "shop"
@@ -297,3 +301,113 @@ async def test_a_burst_of_uncoalesced_calls_all_get_their_own_answers(store: Sto
     await store.connect_device(SITE, "user_1", "d", ["staff"])
     answers = await asyncio.gather(*(store.shared_room_members(SITE, "staff") for _ in range(300)))
     assert answers == [{"user_1"}] * 300
+
+
+async def test_a_new_device_past_the_limit_retires_the_least_recently_seen_offline_one(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, max_devices=3)
+    await store.open()
+    try:
+        for device in ("old", "older", "kept"):
+            await store.connect_device(SITE, "user_1", device, [])
+        await store.enqueue(SITE, ["user_1"], [], msg("e", 1))
+        for device in ("older", "old"):  # "older" was seen first
+            await store.disconnect_device(SITE, "user_1", device, forget=False)
+        connected = await store.connect_device(SITE, "user_1", "new", [])
+        assert (connected.refused, connected.retired) == (False, "older")
+        assert await store.pending(SITE, "user_1", "older") == []
+        assert [m.args for m in await store.pending(SITE, "user_1", "old")] == [[1]]
+        deliveries = await store.enqueue(SITE, ["user_1"], [], msg("e", 2))
+        assert sorted(d.device for d in deliveries) == ["kept", "new", "old"]
+        # a device the user has already is never refused nor retires another
+        again = await store.connect_device(SITE, "user_1", "old", [])
+        assert (again.refused, again.retired) == (False, "")
+    finally:
+        await store.close()
+
+
+async def test_a_new_device_is_refused_when_every_device_is_connected(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, max_devices=2)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "a", [])
+        await store.connect_device(SITE, "user_1", "b", [])
+        refused = await store.connect_device(SITE, "user_1", "c", ["staff"])
+        assert refused.refused
+        assert await store.shared_room_members(SITE, "staff") == set()  # nothing changed
+        assert sorted(d.device for d in await store.enqueue(SITE, ["user_1"], [], msg("e"))) == [
+            "a",
+            "b",
+        ]
+        assert not (await store.connect_device(SITE, "user_2", "c", [])).refused  # per user
+        await store.disconnect_device(SITE, "user_1", "a", forget=True)
+        assert not (await store.connect_device(SITE, "user_1", "c", [])).refused
+    finally:
+        await store.close()
+
+
+async def test_a_bulk_send_is_stored_in_steps_whole_and_in_order(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    """With a step of 0 ms every message is a step of its own: other calls can run between
+    them, and the result is the same as one step."""
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, step_ms=0)
+    await store.open()
+    try:
+        for device in ("phone", "laptop"):
+            await store.connect_device(SITE, "user_1", device, ["staff"])
+        items = [(SITE, ["user_1"], ["staff"], msg("e", i)) for i in range(50)]
+        bulk = asyncio.ensure_future(store.enqueue_all(items))
+        other = await store.connect_device(SITE, "user_2", "d", [])  # while it runs
+        assert not bulk.done() and other.first
+        stored = await bulk
+        assert [len(deliveries) for deliveries in stored] == [2] * 50
+        for device in ("phone", "laptop"):
+            pending = await store.pending(SITE, "user_1", device)
+            assert [m.args for m in pending] == [[i] for i in range(50)]
+            assert [m.seq for m in pending] == list(range(1, 51))
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite"])
+async def test_an_sqlite_file_of_the_previous_release_keeps_its_queue_lengths(
+    tmp_path: Path, store_kind: str
+) -> None:
+    """Queue lengths are kept in the devices' rows now; a file written before has its rows'
+    lengths counted once, when it is opened."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE devices (site TEXT NOT NULL, user TEXT NOT NULL, device TEXT NOT NULL, "
+        "seq INTEGER NOT NULL DEFAULT 0, conns INTEGER NOT NULL DEFAULT 0, expires_at REAL, "
+        "overflow INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (site, user, device)) WITHOUT ROWID;"
+        "CREATE TABLE messages (site TEXT NOT NULL, user TEXT NOT NULL, device TEXT NOT NULL, "
+        "seq INTEGER NOT NULL, event TEXT NOT NULL, record BLOB NOT NULL, "
+        "PRIMARY KEY (site, user, device, seq)) WITHOUT ROWID;"
+    )
+    db.execute("INSERT INTO devices VALUES ('shop', 'user_1', 'phone', 3, 0, NULL, 0)")
+    for seq in (1, 2, 3):
+        db.execute(
+            "INSERT INTO messages VALUES ('shop', 'user_1', 'phone', ?, 'e', ?)",
+            (seq, msg("e", seq).encode()),
+        )
+    db.commit()
+    db.close()
+    store = SQLiteStore(path, device_ttl=3600, max_queue=4)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "phone", [])
+        assert len(await store.enqueue(SITE, ["user_1"], [], msg("e", 4))) == 1
+        assert await store.enqueue(SITE, ["user_1"], [], msg("e", 5)) == []  # 4 queued: full
+        assert [m.args for m in await store.pending(SITE, "user_1", "phone")] == [
+            [1],
+            [2],
+            [3],
+            [4],
+        ]
+    finally:
+        await store.close()

@@ -116,9 +116,9 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                                             "items": send_body,
                                             "minItems": 1,
                                             "maxItems": limits.max_messages_per_send,
-                                            "description": "A bulk send: stored in one store "
-                                            "call, all or none; the answer is JSON, one "
-                                            "result per message.",
+                                            "description": "A bulk send: stored in order, "
+                                            "each message whole, in steps of store_step_ms; "
+                                            "the answer is JSON, one result per message.",
                                         },
                                     ]
                                 }
@@ -158,7 +158,15 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                             f"The body did not arrive within {limits.http_read_timeout} s"
                         ),
                         "413": _answer(f"The body is over {limits.max_send_body} bytes"),
-                        "503": _answer("The store is unavailable: nothing stored, try again"),
+                        "503": _answer(
+                            "The store is unavailable: nothing stored, try again (a bulk send "
+                            "stored in part: JSON, one result per message, stored: null for "
+                            "those to retry)"
+                        ),
+                        "504": _answer(
+                            "Outcome unknown: the store went away with the message in flight; "
+                            "it may have been stored"
+                        ),
                     },
                 }
             },
