@@ -162,6 +162,10 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers now."""
 
+    async def sweep(self) -> None:
+        """Remove what expired (run every minute by the store itself): SQLite's rows, and on
+        Redis the entries of expired devices and users in the sets that index them."""
+
     async def heartbeat(self) -> list[str]:
         """Say this node is alive, and release the connections of nodes that stopped saying so
         (killed or cut off), as if their sockets had disconnected. Returns those nodes."""

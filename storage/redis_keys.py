@@ -13,6 +13,11 @@ escaped names the scripts receive. No key is spelt anywhere else.
     {prefix}{site}:devices:{user}        SET   device names
     {prefix}{site}:rooms:{user}          SET   shared rooms (lower case) from the latest auth
     {prefix}{site}:members:{room}        SET   users holding the shared room
+    {prefix}expiring:users               ZSET  "{site prefix}\t{user}", score: when the user's
+                                               keys expire (ms); the sweep then takes it out of
+                                               its rooms' member sets
+    {prefix}expiring:devices             ZSET  "{site prefix}\t{user}\t{device}", likewise: the
+                                               sweep takes it out of its user's device set
     {prefix}nodes                        ZSET  node id, score: its last heartbeat (ms, Redis time)
     {prefix}node:{node}:devices          SET   "{site prefix}\\t{user}\\t{device}" it holds, so
                                                a dead node's connections can be released
@@ -32,6 +37,7 @@ HELD_SEP = "\t"
 DEVICE, MESSAGES, EVENTS = "dev", "msg", "evt"
 USER, DEVICES, ROOMS, MEMBERS = "user", "devices", "rooms", "members"
 NODE = "node"
+EXPIRING = "expiring"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
 
 
@@ -88,6 +94,11 @@ def nodes(prefix: str) -> str:
     return f"{prefix}nodes"
 
 
+def expiring(prefix: str) -> tuple[str, str]:
+    """The users and the devices whose keys expire, by when (see the sweep)."""
+    return f"{prefix}{EXPIRING}{SEP}users", f"{prefix}{EXPIRING}{SEP}devices"
+
+
 def node_devices(prefix: str, node: str) -> str:
     return f"{prefix}{NODE}{SEP}{node}{SEP}{DEVICES}"
 
@@ -116,6 +127,8 @@ _HELD_PATTERN = (
     f"^([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*)$"  # a Lua pattern
 )
 
+_USER_ENTRY_PATTERN = f"^([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*)$"
+
 # The same grammar for the scripts; every script starts with it (see ``redis_scripts``).
 LUA_PRELUDE = f"""
 local SEQ_DIGITS = {SEQ_DIGITS}
@@ -139,6 +152,10 @@ local function held_entry(p, user, device)
 end
 local function split_held(entry)
   return string.match(entry, {_lua(_HELD_PATTERN)})
+end
+local function user_entry(p, user) return p .. {_lua(HELD_SEP)} .. user end
+local function split_user_entry(entry)
+  return string.match(entry, {_lua(_USER_ENTRY_PATTERN)})
 end
 local function event_member(event, seq)
   return event .. '\\0' .. string.format('%0' .. SEQ_DIGITS .. 'd', tonumber(seq))

@@ -24,6 +24,32 @@ local function now_us()  -- when a device was last seen: two disconnects may sha
 end
 """
 
+# How long a user's shared rooms outlive its keys, so that the sweep can read them and take
+# the user out of each room's members (ms; the sweep runs every minute).
+ROOMS_GRACE_MS = 86_400_000
+
+
+# What a device's, and a user's, last disconnect leaves: keys that expire in ttl ms (0: never),
+# and an entry saying when, for the sweep.
+_GONE = f"""
+local ROOMS_GRACE_MS = {ROOMS_GRACE_MS}
+local function device_gone(ttl, exp_devices, p, user, device)
+  local dev, msg, evt = device_keys(p, user, device)
+  expire_all(ttl, dev, msg, evt)
+  if ttl > 0 then redis.call('ZADD', exp_devices, now_ms() + ttl, held_entry(p, user, device)) end
+end
+local function user_gone(ttl, exp_users, p, user)
+  local ukey, devices, rooms = user_keys(p, user)
+  expire_all(ttl, ukey, devices)
+  if ttl > 0 then
+    redis.call('PEXPIRE', rooms, ttl + ROOMS_GRACE_MS)
+    redis.call('ZADD', exp_users, now_ms() + ttl, user_entry(p, user))
+  else
+    redis.call('PERSIST', rooms)
+  end
+end
+"""
+
 # The first lines of a script whose caller may give up on it: ARGV[1] is the caller's deadline
 # on Redis's clock (ms), put there by the wire; run past it, the script changes nothing and
 # answers a LATE error, since its caller was already told it failed.
@@ -37,12 +63,13 @@ end
 def _script(body: str, with_deadline: bool = False) -> Script:
     """``with_deadline``: for the scripts whose late run would leave a change behind that a
     retry repeats (a second copy of a send, a connection counted or released twice)."""
-    head = LUA_PRELUDE + _NOW + (_DEADLINE if with_deadline else "")
+    head = LUA_PRELUDE + _NOW + _GONE + (_DEADLINE if with_deadline else "")
     return Script(head + body, with_deadline=with_deadline)
 
 
 # KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
-#   held-devices set. ARGV: deadline, site prefix, node field, user, device, max devices,
+#   held-devices set; the expiring users and devices. ARGV: deadline, site prefix, node
+#   field, user, device, max devices,
 #   shared rooms...
 #   -> {the user's connection count, this one included, or -1: refused (the user has max
 #      devices, all connected; nothing changed); 1 if the device's queue overflowed since it
@@ -50,7 +77,7 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 #      this new one, tab-separated (the least recently seen offline ones)}
 CONNECT_DEVICE = _script(
     """
-local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
+local dev, msg, evt, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_devices = tonumber(ARGV[6])
 local retired = {}
@@ -76,6 +103,7 @@ if redis.call('EXISTS', dev) == 0 then  -- new to the user: it needs a place amo
       local name = offline[k][2]
       redis.call('DEL', device_keys(p, user, name))
       redis.call('SREM', devices, name)
+      redis.call('ZREM', exp_devices, held_entry(p, user, name))
       retired[#retired + 1] = name
     end
   end
@@ -87,8 +115,10 @@ redis.call('HINCRBY', dev, field, 1)
 redis.call('HSET', dev, 'seen', now_us())
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg); redis.call('PERSIST', evt)
+redis.call('ZREM', exp_devices, held_entry(p, user, device))
 redis.call('SADD', devices, device)
 redis.call('PERSIST', devices)
+redis.call('ZREM', exp_users, user_entry(p, user))
 for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
   redis.call('SREM', members_key(p, room), user)
 end
@@ -108,7 +138,7 @@ return {conns, overflowed, table.concat(retired, '\t')}
 #   forget (0/1) -> the user's connection count left
 DISCONNECT_DEVICE = _script(
     """
-local dev, msg, evt, ukey, devices, rooms, held = unpack(KEYS)
+local dev, msg, evt, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 if redis.call('EXISTS', dev) == 1 then
@@ -123,7 +153,7 @@ if redis.call('EXISTS', dev) == 1 then
       redis.call('DEL', dev, msg, evt)
       redis.call('SREM', devices, device)
     else
-      expire_all(ttl, dev, msg, evt)
+      device_gone(ttl, exp_devices, p, user, device)
     end
   end
 end
@@ -131,7 +161,7 @@ if redis.call('EXISTS', ukey) == 0 then return 0 end
 local left = redis.call('HINCRBY', ukey, 'conns', -1)
 if left <= 0 then
   redis.call('HSET', ukey, 'conns', 0)
-  expire_all(ttl, ukey, devices, rooms)
+  user_gone(ttl, exp_users, p, user)
 end
 return left
 """,
@@ -247,12 +277,13 @@ redis.call('ZREMRANGEBYLEX', evt, lo, hi)
 return tonumber(redis.call('HGET', dev, 'seq') or seq)
 """)
 
-# KEYS: the nodes' heartbeat set. ARGV: global prefix, this node, dead_after_ms, ttl_ms
+# KEYS: the nodes' heartbeat set, the expiring users and devices. ARGV: global prefix, this
+#   node, dead_after_ms, ttl_ms
 #   -> ids of the dead nodes released
 #   Records this node's heartbeat (Redis's clock, so nodes' clocks need not agree), then
 #   releases every connection of a node silent for dead_after_ms, as if each had disconnected.
 HEARTBEAT = _script("""
-local nodes = KEYS[1]
+local nodes, exp_users, exp_devices = unpack(KEYS)
 local g, me, dead_after, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 redis.call('ZADD', nodes, now, me)
@@ -262,18 +293,18 @@ for _, node in ipairs(dead) do
   local held = node_devices_key(g, node)
   for _, entry in ipairs(redis.call('SMEMBERS', held)) do
     local p, user, device = split_held(entry)
-    local dev, msg, evt = device_keys(p, user, device)
+    local dev = device_keys(p, user, device)
     local count = tonumber(redis.call('HGET', dev, node_field(node)) or '0')
     if count > 0 then
       redis.call('HDEL', dev, node_field(node))
       if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
         redis.call('HSET', dev, 'conns', 0)
-        expire_all(ttl, dev, msg, evt)
+        device_gone(ttl, exp_devices, p, user, device)
       end
-      local ukey, devices, rooms = user_keys(p, user)
+      local ukey = user_keys(p, user)
       if redis.call('EXISTS', ukey) == 1 and redis.call('HINCRBY', ukey, 'conns', -count) <= 0 then
         redis.call('HSET', ukey, 'conns', 0)
-        expire_all(ttl, ukey, devices, rooms)
+        user_gone(ttl, exp_users, p, user)
       end
     end
   end
@@ -281,4 +312,35 @@ for _, node in ipairs(dead) do
   redis.call('ZREM', nodes, node)
 end
 return dead
+""")
+
+# KEYS: the expiring users and devices. ARGV: how many of each to look at, at most
+#   -> {how many set entries were removed, how many due entries were looked at}
+#   A device whose keys expired leaves its user's device set; a user whose keys expired leaves
+#   the member set of each of its shared rooms (its rooms set outlives it for this).
+SWEEP = _script("""
+local exp_users, exp_devices = unpack(KEYS)
+local limit, now, removed, looked = tonumber(ARGV[1]), now_ms(), 0, 0
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', exp_devices, '-inf', now, 'LIMIT', 0, limit)) do
+  looked = looked + 1
+  local p, user, device = split_held(entry)
+  if redis.call('EXISTS', (device_keys(p, user, device))) == 0 then
+    local _, devices = user_keys(p, user)
+    removed = removed + redis.call('SREM', devices, device)
+  end
+  redis.call('ZREM', exp_devices, entry)
+end
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', exp_users, '-inf', now, 'LIMIT', 0, limit)) do
+  looked = looked + 1
+  local p, user = split_user_entry(entry)
+  local ukey, _, rooms = user_keys(p, user)
+  if redis.call('EXISTS', ukey) == 0 then
+    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+      removed = removed + redis.call('SREM', members_key(p, room), user)
+    end
+    redis.call('DEL', rooms)
+  end
+  redis.call('ZREM', exp_users, entry)
+end
+return {removed, looked}
 """)

@@ -42,6 +42,7 @@ T = TypeVar("T")
 REFUSALS = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "NOREPLICAS", "MASTERDOWN")
 DEFAULT_TIMEOUT = 5.0  # seconds: commands this long without any reply mean Redis is down
 DEFAULT_NODE_DEAD_AFTER = 30.0  # seconds: a node without a heartbeat this long is dead
+SWEEP_BATCH, SWEEP_ROUNDS = 500, 20  # entries per script, scripts per sweep
 
 
 class RedisStore(StoreBase):
@@ -74,6 +75,7 @@ class RedisStore(StoreBase):
 
     async def open(self) -> None:
         await self.heartbeat()
+        self.start_sweeping()
 
     async def _close(self) -> None:
         await self.wire.close()
@@ -121,19 +123,31 @@ class RedisStore(StoreBase):
             *keys.device_keys(p, user, device),
             *keys.user_keys(p, user),
             keys.node_devices(self.key_prefix, self.node_id),
+            *keys.expiring(self.key_prefix),
         ]
 
     async def heartbeat(self) -> list[str]:
         dead = await self._run(
             "heartbeat",
             scripts.HEARTBEAT,
-            [keys.nodes(self.key_prefix)],
+            [keys.nodes(self.key_prefix), *keys.expiring(self.key_prefix)],
             self.key_prefix,
             self.node_id,
             int(self.node_dead_after * 1000),
             self.device_ttl * 1000,
         )
         return [node.decode() for node in dead or []]
+
+    async def sweep(self) -> None:
+        """Takes expired devices out of their users' sets and expired users out of their
+        rooms' members, at most ``SWEEP_BATCH`` of each per script, for a bounded time."""
+        for _ in range(SWEEP_ROUNDS):
+            removed, looked = await self._run(
+                "sweep", scripts.SWEEP, keys.expiring(self.key_prefix), SWEEP_BATCH
+            )
+            self.stats.swept += int(removed)
+            if int(looked) < SWEEP_BATCH:
+                return
 
     async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
         """Connections arriving together (a node restart, a network blip) share a round trip."""

@@ -10,7 +10,6 @@ transaction so it also survives a power loss.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import time
@@ -20,7 +19,6 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
-from loguru import logger
 
 from .base import (
     DEFAULT_MAX_DEVICES,
@@ -71,7 +69,6 @@ CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at REAL NOT N
 
 LIVE = "(expires_at IS NULL OR expires_at > :now)"
 DEVICE = "site = :site AND user = :user AND device = :device"
-SWEEP_INTERVAL = 60.0
 
 T = TypeVar("T")
 Db = sqlite3.Connection
@@ -99,7 +96,6 @@ class SQLiteStore(StoreBase):
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file we opened
-        self._sweeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -118,12 +114,9 @@ class SQLiteStore(StoreBase):
             raise StoreUnavailable(f"SQLite {self.path}: {reason}") from None
         await self._transaction("migrate", _migrate)
         await self._transaction("recover", self._recover_connections)
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="sqlite-sweeper")
+        self.start_sweeping()
 
     async def _close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -185,14 +178,6 @@ class SQLiteStore(StoreBase):
         params = {"exp": self._expiry(time.time())}
         db.execute("UPDATE devices SET conns = 0, expires_at = :exp WHERE conns > 0", params)
         db.execute("UPDATE users SET conns = 0, expires_at = :exp WHERE conns > 0", params)
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            try:
-                await self.sweep()
-            except StoreUnavailable as exc:
-                logger.warning("SQLite sweep failed: {}", exc)
 
     async def sweep(self) -> None:
         """Delete what has expired; reads already ignore it, this only reclaims space."""

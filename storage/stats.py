@@ -35,6 +35,7 @@ class StoreStats:
         self.operations: defaultdict[str, OperationStats] = defaultdict(OperationStats)
         self.overflows: defaultdict[str, int] = defaultdict(int)  # per site
         self.expired = 0  # messages removed because their device expired (SQLite's sweep)
+        self.swept = 0  # stale set entries removed by Redis's sweep
 
     def observe(self, operation: str, started: float, failed: bool = False) -> None:
         self.operations[operation].add(started, failed)

@@ -12,6 +12,8 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from loguru import logger
+
 from .base import (
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
@@ -30,6 +32,8 @@ from .base import (
 )
 from .coalesce import Failed, WriteCoalescer
 from .stats import StoreStats
+
+SWEEP_INTERVAL = 60.0  # seconds between sweeps of what expired
 
 ReadItem = tuple[str, str, str, int]
 """site, user, device, and the seq after which to read."""
@@ -66,6 +70,7 @@ class StoreBase(ABC):
             self._flush_enqueues
         )
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
+        self._sweeper: asyncio.Task[None] | None = None
 
     # --- the contract's methods that are the same for both stores -------------------------
 
@@ -132,9 +137,24 @@ class StoreBase(ABC):
 
     async def close(self) -> None:
         """Finish every coalesced write submitted so far, then let go of the store."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for coalescer in (self._connects, self._reads, self._enqueues, self._acks):
             await coalescer.drain()
         await self._close()
+
+    def start_sweeping(self) -> None:
+        """Sweep every ``SWEEP_INTERVAL`` from now on (``open`` calls it)."""
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="store-sweeper")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep()
+            except StoreUnavailable as exc:
+                logger.warning("store sweep failed: {}", exc)
 
     # --- what each store implements --------------------------------------------------------
 
@@ -149,6 +169,11 @@ class StoreBase(ABC):
 
     @abstractmethod
     async def heartbeat(self) -> list[str]: ...
+
+    @abstractmethod
+    async def sweep(self) -> None:
+        """Remove what expired: its rows (SQLite), its entries in the sets that index it
+        (Redis). Reads ignore it already; this keeps stale entries from piling up."""
 
     @abstractmethod
     async def disconnect_device(

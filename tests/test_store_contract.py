@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 
 from socketio_webservice.storage import Message, Store
 from socketio_webservice.storage.sqlite_store import SQLiteStore
@@ -409,5 +410,49 @@ async def test_an_sqlite_file_of_the_previous_release_keeps_its_queue_lengths(
             [3],
             [4],
         ]
+    finally:
+        await store.close()
+
+
+async def raw_index(store: Store, store_kind: str) -> tuple[set[str], set[str]]:
+    """The store's own index of room ``staff``'s members and of user_2's devices."""
+    if store_kind == "redis":
+        client = redis.asyncio.Redis.from_url(store.url)  # type: ignore[attr-defined]
+        try:
+            members = await client.smembers("sws:shop:members:staff")
+            devices = await client.smembers("sws:shop:devices:user_2")
+        finally:
+            await client.aclose()
+        return {m.decode() for m in members}, {d.decode() for d in devices}
+    db = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+    try:
+        members = {row[0] for row in db.execute("SELECT user FROM memberships")}
+        devices = {row[0] for row in db.execute("SELECT device FROM devices WHERE user='user_2'")}
+    finally:
+        db.close()
+    return members, devices
+
+
+async def test_the_sweep_takes_what_expired_out_of_the_indexes(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    """Not only when a send next touches them: the stale entries of expired users and
+    devices do not pile up."""
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=1)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "a", ["staff"])
+        await store.connect_device(SITE, "user_2", "b", ["staff"])
+        await store.connect_device(SITE, "user_2", "c", ["staff"])
+        await store.disconnect_device(SITE, "user_2", "c", forget=False)  # user_2 stays
+        await store.disconnect_device(SITE, "user_1", "a", forget=False)  # user_1 is gone
+        assert await raw_index(store, store_kind) == ({"user_1", "user_2"}, {"b", "c"})
+
+        async def swept() -> bool:
+            await store.sweep()
+            return await raw_index(store, store_kind) == ({"user_2"}, {"b"})
+
+        await until(swept)
+        assert await store.shared_room_members(SITE, "staff") == {"user_2"}
     finally:
         await store.close()
