@@ -2,7 +2,7 @@
 
 Its mailbox serializes everything about the user on this node: connects, disconnects,
 deliveries, resync acks and re-reads. Together with the store's atomic operations this keeps
-the delivery invariants (shared/delivery-invariants.md): ``_batch`` first, then live messages
+the delivery invariants (docs/delivery-invariants.md): ``_batch`` first, then live messages
 in seq order, each at most once per attachment, and an ack removes exactly what it acks.
 
 Plain acks are the one thing that does not wake the actor: they are written straight away,

@@ -1,4 +1,4 @@
-"""Both stores against a small model of the delivery invariants (shared/delivery-invariants.md),
+"""Both stores against a small model of the delivery invariants (docs/delivery-invariants.md),
 driven by hypothesis through random sequences of connects, sends, acks, resync acks and reads.
 
 The model is the specification in a few lines: each device has a dense seq and a queue; a send

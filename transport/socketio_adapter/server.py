@@ -59,6 +59,7 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
 
     writing_since = 0.0
     transport: Any = None
+    aborted = False
 
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
@@ -116,8 +117,15 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
 
     def abort(self) -> None:
         """Drop the connection now: a write blocked on it fails, and the socket closes."""
+        self.aborted = True
         if self.transport is not None:
             self.transport.abort()
+
+    async def close(self) -> None:
+        """No closing frame on a connection cut off: aiohttp would fail to write it, and keep
+        the error, its traceback and the whole connection in a reference cycle."""
+        if not self.aborted:
+            await super().close()
 
 
 class _CachedBody:
@@ -189,7 +197,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         }
         self.websockets: set[_WebSocket] = set()
         self.sockets = SocketTable()
-        self.ping_clock = PingClock(self.ping_interval)
+        self.ping_clock = PingClock(self.ping_interval, self.sockets)
         self.read_timeout = 60.0
         self.max_outgoing_queue = 1_000
         self._closing: set[asyncio.Future[Any]] = set()
@@ -318,9 +326,17 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
+        self.closed_sessions = 0  # Engine.IO sessions ended since start (for the GC policy)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
+
+    def session_count(self) -> int:
+        """Engine.IO sessions open on this node (every client, joined or not)."""
+        return len(self.eio.sockets)
+
+    def closed_session_count(self) -> int:
+        return self.closed_sessions
 
     def connection_count(self, namespace: str) -> int:
         """Sockets connected to ``namespace`` on this node."""
@@ -457,6 +473,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
             )
 
     async def _handle_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
+        self.closed_sessions += 1
         self._joined.discard(eio_sid)
         self._unjoined_packets.pop(eio_sid, None)
         self._told_ignored.discard(eio_sid)

@@ -110,6 +110,11 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
         await super().close(wait=wait, abort=abort, reason=reason)
         if closing_now and self.closed:
             self.queue.put_nowait(None)
+            # python-engineio forgets a closed session at its next request, or when its
+            # service task passes by (a ping timeout later): a flood of short sessions would
+            # be held that long.
+            if self.server.sockets.get(self.sid) is self:
+                del self.server.sockets[self.sid]
             websocket = getattr(self, "websocket", None)
             if websocket is not None and websocket.writing_since:
                 # A client that neither pongs nor reads: its writer is stuck on a full
@@ -223,16 +228,18 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
 class PingClock:
     """Pings every socket once per ping interval, from one task for the whole server: each
     socket waits in the bucket of the second it is due (a list entry, not a timer or a task
-    of its own; a second late at most, well inside the client's ping timeout)."""
+    of its own; a second late at most, well inside the client's ping timeout). A bucket holds
+    sids, not sockets: a socket closed meanwhile is not kept alive for its ping."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, sockets: dict[str, Socket]) -> None:
         self.interval = interval
-        self._due: dict[int, list[Socket]] = {}
+        self.sockets = sockets
+        self._due: dict[int, list[str]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def schedule(self, socket: Socket) -> None:
         loop = asyncio.get_running_loop()
-        self._due.setdefault(math.ceil(loop.time() + self.interval), []).append(socket)
+        self._due.setdefault(math.ceil(loop.time() + self.interval), []).append(socket.sid)
         if self._task is None:
             self._task = loop.create_task(self._tick())
 
@@ -243,8 +250,10 @@ class PingClock:
             await asyncio.sleep(math.ceil(now) - now + 0.001)
             second = math.floor(loop.time())
             for due in sorted(key for key in self._due if key <= second):
-                for socket in self._due.pop(due):
-                    socket.ping()
+                for sid in self._due.pop(due):
+                    socket = self.sockets.get(sid)
+                    if socket is not None:
+                        socket.ping()
 
     async def stop(self) -> None:
         if self._task is not None:
