@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import DEFAULT_MAX_DEVICES, DEFAULT_MAX_QUEUE, DEFAULT_STEP_MS, Store
+from .redis_keys import DEFAULT_PREFIX
 from .redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT, RedisStore
 from .sqlite_store import SQLiteStore
 
@@ -12,6 +13,7 @@ from .sqlite_store import SQLiteStore
 def make_store(
     *,
     redis_url: str = "",
+    redis_key_prefix: str = DEFAULT_PREFIX,
     sqlite_path: str | Path = "",
     device_ttl: int,
     node_id: str,
@@ -26,6 +28,7 @@ def make_store(
     if redis_url:
         return RedisStore(
             redis_url,
+            key_prefix=redis_key_prefix,
             device_ttl=device_ttl,
             node_id=node_id,
             node_dead_after=node_dead_after,

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,6 +44,7 @@ REFUSALS = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "NOREPLICAS", "MAST
 DEFAULT_TIMEOUT = 5.0  # seconds: commands this long without any reply mean Redis is down
 DEFAULT_NODE_DEAD_AFTER = 30.0  # seconds: a node without a heartbeat this long is dead
 SWEEP_BATCH, SWEEP_ROUNDS = 500, 20  # entries per script, scripts per sweep
+POLICY_CHECK_EVERY = 30.0  # seconds between reads of Redis's maxmemory-policy
 
 
 class RedisStore(StoreBase):
@@ -65,6 +67,8 @@ class RedisStore(StoreBase):
             max_devices=max_devices,
             step_ms=step_ms,
         )
+        self.policy_error = ""  # what is wrong with Redis's maxmemory-policy, if anything
+        self._policy_checked_at = -POLICY_CHECK_EVERY
         self.url = url
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
@@ -75,7 +79,38 @@ class RedisStore(StoreBase):
 
     async def open(self) -> None:
         await self.heartbeat()
+        if self.policy_error:
+            raise StoreUnavailable(self.policy_error)
         self.start_sweeping()
+
+    async def _check_memory_policy(self) -> None:
+        """Every queue of an offline device carries a TTL, so under any eviction policy but
+        ``noeviction`` Redis drops those queues first when memory runs short, without an
+        error (managed services default to volatile-lru). INFO, not CONFIG GET: managed
+        services allow the one and not the other."""
+        self._policy_checked_at = time.monotonic()
+        info = await self._call("probe", lambda: self.wire.command(b"INFO", b"memory"))
+        policy = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in info.decode().splitlines()
+                if line.startswith("maxmemory_policy:")
+            ),
+            "noeviction",
+        )
+        error = (
+            ""
+            if policy == "noeviction"
+            else f"Redis's maxmemory-policy is {policy}: set it to noeviction (CONFIG SET "
+            "maxmemory-policy noeviction, or the parameter group of a managed Redis); under "
+            "any other Redis evicts queued messages when memory runs short, silently"
+        )
+        if error != self.policy_error:
+            if error:
+                logger.error(error)
+            else:
+                logger.info("Redis's maxmemory-policy is noeviction again")
+        self.policy_error = error
 
     async def _close(self) -> None:
         await self.wire.close()
@@ -100,6 +135,8 @@ class RedisStore(StoreBase):
             if not any(word in str(exc) for word in REFUSALS):
                 raise  # a script error, say: a bug, not an outage
             reason = str(exc).split(". script:")[0]
+            if "READONLY" in reason:  # a failover demoted this Redis: find the new primary
+                self.wire.reset(reason[:200])
             raise StoreUnavailable(f"Redis refuses writes: {reason[:200]}") from exc
         self.stats.observe(name, started)
         return result
@@ -115,6 +152,8 @@ class RedisStore(StoreBase):
         read-only replica), and then nothing can be stored."""
         key = keys.health(self.key_prefix, self.node_id)
         await self._call("probe", lambda: self.wire.command(b"SET", key, b"1", b"PX", 60_000))
+        if self.policy_error:
+            raise StoreUnavailable(self.policy_error)
 
     def _device_keys(self, site: str, user: str, device: str) -> list[str]:
         """What CONNECT_DEVICE and DISCONNECT_DEVICE take as KEYS."""
@@ -127,6 +166,9 @@ class RedisStore(StoreBase):
         ]
 
     async def heartbeat(self) -> list[str]:
+        """Also reads Redis's maxmemory-policy every ``POLICY_CHECK_EVERY`` seconds."""
+        if time.monotonic() - self._policy_checked_at >= POLICY_CHECK_EVERY:
+            await self._check_memory_policy()
         dead = await self._run(
             "heartbeat",
             scripts.HEARTBEAT,

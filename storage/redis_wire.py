@@ -298,6 +298,12 @@ class RedisWire:
         connection.fail(RedisConnectionError("Connection to Redis closed"))
         await connection.owner.disconnect(nowait=True)
 
+    def reset(self, reason: str) -> None:
+        """Drop the connection: the next command opens a new one (the host name resolved
+        again), as after a failover that demoted the Redis this one reached."""
+        if self._connection is not None:
+            self._connection.fail(RedisConnectionError(f"Connection to Redis dropped: {reason}"))
+
     async def close(self) -> None:
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()

@@ -38,11 +38,23 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        persistent: bool = False,
+        options: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.persistent = persistent  # AOF fsynced on every write: a restart keeps everything
+        self.options = options  # more redis-server arguments: ("--maxmemory-policy", "...")
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        """Its unix socket (it listens there too)."""
+        return self.workdir / "redis.sock"
 
     @property
     def url(self) -> str:
@@ -68,6 +80,9 @@ class RedisServer:
                 "always",
                 "--dir",
                 str(self.workdir),
+                "--unixsocket",
+                str(self.socket_path),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -215,3 +215,58 @@ def test_aliases_within_the_bound_are_read(tmp_path: Path) -> None:
     )
     config = load_config({}, config_file, sites_file)
     assert (config.port, config.device_ttl) == (8081, 60)
+
+
+@pytest.mark.parametrize(
+    ("block", "url"),
+    [
+        ("url: redis://h:1/2", "redis://h:1/2"),
+        ("host: h\n    port: 7000\n    db: 3", "redis://h:7000/3"),
+        ("host: h\n    password: 's3cr:t@'", "redis://:s3cr%3At%40@h:6379/0"),
+        ("host: h\n    username: app\n    password: pw\n    tls: true", "rediss://app:pw@h:6379/0"),
+        ("host: h\n    tls: {ca: /etc/ca.pem}", "rediss://h:6379/0"),
+    ],
+)
+def test_the_originals_redis_block_is_read_whole(tmp_path: Path, block: str, url: str) -> None:
+    config_file, sites_file = write(tmp_path, f"production:\n  redis:\n    {block}\n")
+    assert load_config({}, config_file, sites_file).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("localhost:6379", "is not a Redis URL"),
+        ("redis://h:notaport", "the port is not a number"),
+        ("redis://:secret-pw@h:99999/0", "the port is not a number"),
+        ("redis://h:6379/x", "the database 'x' is not a number"),
+        ("http://h:6379", "unknown scheme 'http'"),
+        ("unix://", "needs the socket's path"),
+    ],
+)
+def test_a_redis_url_that_cannot_work_is_one_line_with_the_password_masked(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    write(tmp_path, "production: {}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "webservice", "--check-config"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "", "PYTHONPATH": str(Path(__file__).parents[1]), "REDIS_URL": url},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: REDIS_URL: ") and says in lines[0]
+    assert "secret-pw" not in result.stderr
+
+
+def test_the_key_prefix_comes_from_config_then_environment(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path, "production:\n  redis:\n    key_prefix: 'stg:'\n")
+    assert load_config({}, config_file, sites_file).redis_key_prefix == "stg:"
+    assert load_config({"REDIS_KEY_PREFIX": "p1:"}, config_file, sites_file).redis_key_prefix == (
+        "p1:"
+    )
+    assert load_config({}, *write(tmp_path, "production: {}\n")).redis_key_prefix == "sws:"
+    with pytest.raises(ConfigError, match="not a key prefix"):
+        load_config({"REDIS_KEY_PREFIX": "a*"}, config_file, sites_file)

@@ -456,3 +456,34 @@ async def test_the_sweep_takes_what_expired_out_of_the_indexes(
         assert await store.shared_room_members(SITE, "staff") == {"user_2"}
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+async def test_two_key_prefixes_in_one_redis_do_not_see_each_other(
+    store_kind: str, redis_url: str
+) -> None:
+    from socketio_webservice import storage
+
+    staging, production = (
+        storage.make_store(
+            redis_url=redis_url, redis_key_prefix=prefix, device_ttl=3600, node_id="n"
+        )
+        for prefix in ("stg:", "prod:")
+    )
+    for store in (staging, production):
+        await store.open()
+    try:
+        for store in (staging, production):
+            await store.connect_device(SITE, "user_1", "phone", ["staff"])
+        await staging.enqueue(SITE, ["user_1"], ["staff"], msg("e", 1))
+        assert [m.args for m in await staging.pending(SITE, "user_1", "phone")] == [[1]]
+        assert await production.pending(SITE, "user_1", "phone") == []
+        assert await production.queue_depths([SITE]) == {SITE: 0}
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            assert all(key.startswith((b"stg:", b"prod:")) for key in await client.keys("*"))
+        finally:
+            await client.aclose()
+    finally:
+        for store in (staging, production):
+            await store.close()

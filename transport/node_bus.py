@@ -9,13 +9,15 @@ A lost signal loses nothing: the message is stored, and the device gets it on it
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..storage import Delivery, Message
 from ..storage.redis_keys import deliver_channel
@@ -23,6 +25,8 @@ from .stats import TransportStats
 
 RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0
+STILL_DOWN_EVERY = 60.0  # seconds between lines saying the bus is still down
+SUBSCRIBE_TIMEOUT = 10.0
 
 OnDelivery = Callable[[str, Message, Sequence[Delivery]], None]
 
@@ -126,18 +130,24 @@ class RedisBus:
             logger.warning("could not signal node {} ({}); its devices get it later", node, exc)
 
     async def _listen_forever(self) -> None:
+        """Subscribe, and again after every failure, waiting longer each time (capped).
+        Healthy, and "recovered", only once Redis confirmed the subscription: a refusal
+        (an ACL user without channel rights: NOPERM) is a failure, not a reconnect. The
+        first failure is logged, then one line a minute while it lasts."""
         delay = RECONNECT_FIRST
-        lost = False
+        lost_at: float | None = None
+        said_at = 0.0
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(deliver_channel(self.key_prefix, self.node_id))
+                    await self._confirmed(pubsub)
                     self._healthy = True
                     self._subscribed.set()
                     delay = RECONNECT_FIRST
-                    if lost:
+                    if lost_at is not None:
                         logger.info("node bus: reconnected to Redis")
-                        lost = False
+                        lost_at = None
                         assert self.on_recovered is not None
                         self.on_recovered()  # signals may have been missed meanwhile
                     while True:
@@ -147,12 +157,30 @@ class RedisBus:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                if not lost:
+                now = time.monotonic()
+                if lost_at is None:
+                    lost_at = said_at = now
                     logger.error("node bus: lost Redis ({}); retrying", exc)
-                lost = True
+                elif now - said_at >= STILL_DOWN_EVERY:
+                    said_at = now
+                    logger.error(
+                        "node bus: Redis still unavailable after {:.0f} s ({}); retrying",
+                        now - lost_at,
+                        exc,
+                    )
                 self._healthy = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
+
+    @staticmethod
+    async def _confirmed(pubsub: Any) -> None:
+        """Wait for Redis's confirmation of the subscription; its refusal is raised."""
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
+        while time.monotonic() < deadline:
+            item = await pubsub.get_message(timeout=0.5)
+            if item is not None and item["type"] == "subscribe":
+                return
+        raise RedisTimeoutError("no subscription confirmed")
 
     def _receive(self, data: bytes) -> None:
         try:

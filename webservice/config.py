@@ -21,6 +21,14 @@ from ..sites import SiteConfig
 from ..storage.base import DEFAULT_MAX_QUEUE
 from ..storage.redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT
 from ..transport.limits import LIMIT_NAMES, Limits
+from .redis_settings import (
+    DEFAULT_KEY_PREFIX,
+    RedisSettingError,
+    check_key_prefix,
+    check_url,
+    mask,
+    url_from_block,
+)
 from .yaml_file import YamlRefused, cut, load_yaml, shown
 
 DEFAULT_PORT = 1337
@@ -69,6 +77,7 @@ class Config:
     host: str = "0.0.0.0"
     device_ttl: int = DEFAULT_DEVICE_TTL
     redis_url: str = ""
+    redis_key_prefix: str = DEFAULT_KEY_PREFIX
     sqlite_path: str = DEFAULT_SQLITE_PATH
     sqlite_synchronous: str = "NORMAL"
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
@@ -251,14 +260,19 @@ def _limits(section: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
     return Limits(**values)
 
 
-def _redis_url(section: Mapping[str, Any]) -> str:
-    redis = _mapping(section.get("redis"), "redis")
-    url = _text(redis.get("url"), "redis.url")
-    if not url and ("host" in redis or "port" in redis):
-        host = _text(redis.get("host"), "redis.host") or "127.0.0.1"
-        port = _int(redis.get("port", 6379), "redis.port", minimum=1)
-        url = f"redis://{host}:{port}/{_int(redis.get('db', 0), 'redis.db')}"
-    return url
+def _redis(section: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str]:
+    """The Redis URL (REDIS_URL, or the ``redis:`` block) and the key prefix, checked."""
+    block = _mapping(section.get("redis"), "redis")
+    url = env.get("REDIS_URL") or url_from_block(block)
+    prefix = env.get("REDIS_KEY_PREFIX") or str(block.get("key_prefix", DEFAULT_KEY_PREFIX))
+    where = "REDIS_URL" if env.get("REDIS_URL") else "redis"
+    try:
+        if url:
+            check_url(url)
+        check_key_prefix(prefix)
+    except RedisSettingError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return url, prefix
 
 
 def load_config(
@@ -321,6 +335,7 @@ def load_config(
         )
     _mapping(section.get("flakeid"), "flakeid")  # accepted for compatibility; seqs replace it
     io = _mapping(section.get("io"), "io")
+    redis_url, redis_key_prefix = _redis(section, env)
 
     return Config(
         sites=sites,
@@ -332,7 +347,8 @@ def load_config(
         device_ttl=_int(
             env.get("DEVICE_TTL") or section.get("device_ttl", DEFAULT_DEVICE_TTL), "device_ttl"
         ),
-        redis_url=env.get("REDIS_URL") or _redis_url(section),
+        redis_url=redis_url,
+        redis_key_prefix=redis_key_prefix,
         sqlite_path=env.get("SQLITE_PATH")
         or _text(sqlite.get("path"), "sqlite.path")
         or DEFAULT_SQLITE_PATH,
@@ -373,11 +389,6 @@ def load_config(
     )
 
 
-def _mask_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
 def describe(config: Config) -> str:
     """The configuration as the service would run it, as YAML, with every secret masked:
     what ``--check-config`` prints."""
@@ -387,7 +398,7 @@ def describe(config: Config) -> str:
         "host": config.host,
         "port": config.port,
         "store": (
-            {"redis": _mask_url(config.redis_url)}
+            {"redis": {"url": mask(config.redis_url), "key_prefix": config.redis_key_prefix}}
             if config.redis_url
             else {"sqlite": {"path": config.sqlite_path, "synchronous": config.sqlite_synchronous}}
         ),

@@ -18,7 +18,7 @@ from loguru import logger
 
 from ..sites import SiteConfig
 from ..storage import StoreUnavailable, make_store
-from ..storage.redis_keys import DEFAULT_PREFIX, socketio_channel
+from ..storage.redis_keys import socketio_channel
 from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
 from ..transport.http_server import CappedSite, ConnectionCap, usable_connections
@@ -69,6 +69,7 @@ class Service:
         self.node_id = uuid.uuid4().hex[:12]
         self.store = make_store(
             redis_url=config.redis_url,
+            redis_key_prefix=config.redis_key_prefix,
             sqlite_path=config.sqlite_path,
             device_ttl=config.device_ttl,
             node_id=self.node_id,
@@ -93,7 +94,7 @@ class Service:
         if config.redis_url:
             # Plain-site broadcasts reach the sockets of every node through Redis.
             options["client_manager"] = IndexedRedisManager(
-                config.redis_url, channel=socketio_channel(DEFAULT_PREFIX)
+                config.redis_url, channel=socketio_channel(config.redis_key_prefix)
             )
         else:
             options["client_manager"] = IndexedManager()
@@ -103,7 +104,7 @@ class Service:
         self.stats = TransportStats()
         self.namespaces: dict[str, SiteNamespace] = {}
         self.bus: NodeBus = (
-            RedisBus(config.redis_url, self.node_id, DEFAULT_PREFIX, self.stats)
+            RedisBus(config.redis_url, self.node_id, config.redis_key_prefix, self.stats)
             if config.redis_url
             else LocalBus()
         )

@@ -1,0 +1,138 @@
+"""Redis as production runs it (issue 19): the memory policy that would evict queues, and a
+primary that moves. Real redis-server processes, started here."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from socketio_webservice.storage import Message, StoreUnavailable
+from socketio_webservice.storage import redis_store as redis_store_module
+from socketio_webservice.storage.redis_store import RedisStore
+from testkit.processes import ROOT, RedisServer, free_port, write_sites
+
+SITE = "shop"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    instance = RedisServer(tmp_path / "redis")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+async def command(url: str, *args: str) -> object:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        return await client.execute_command(*args)
+    finally:
+        await client.aclose()
+
+
+def test_a_redis_that_may_evict_queues_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", options=("--maxmemory-policy", "volatile-lru"))
+    server.start()
+    try:
+        sites = write_sites(tmp_path, "http://127.0.0.1:9/auth")
+        result = subprocess.run(
+            [sys.executable, "-m", "webservice", "--sites", str(sites)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": "",
+                "PYTHONPATH": str(ROOT),
+                "REDIS_URL": server.url,
+                "PORT": str(free_port()),
+            },
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1, result.stderr
+    assert "maxmemory-policy is volatile-lru" in lines[0] and "noeviction" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+async def test_a_memory_policy_changed_at_run_time_makes_the_store_unhealthy(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store_module, "POLICY_CHECK_EVERY", 0.0)
+    store = RedisStore(server.url, device_ttl=3600, node_id="node-a")
+    await store.open()
+    try:
+        await store.ping()
+        await command(server.url, "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        await store.heartbeat()  # the service's heartbeat reads it every 30 s
+        with pytest.raises(StoreUnavailable, match="maxmemory-policy is allkeys-lru"):
+            await store.ping()
+        await command(server.url, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await store.heartbeat()
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_primary_that_moves_is_followed_after_its_first_readonly(tmp_path: Path) -> None:
+    """The URL names a place (a managed service's DNS name; here a unix socket's path, a
+    link) that moves to the new primary at a failover. The store's connection still reaches
+    the old one, now a replica: its first READONLY makes it connect again, and it follows."""
+    first, second = RedisServer(tmp_path / "a"), RedisServer(tmp_path / "b")
+    first.start()
+    second.start()
+    link = tmp_path / "primary.sock"
+    link.symlink_to(first.socket_path)
+    store = RedisStore(f"unix://{link}", device_ttl=3600, node_id="node-a")
+    try:
+        await store.open()
+        await store.connect_device(SITE, "user_1", "phone", [])
+        # the failover: the second becomes the primary, the first its replica
+        await command(first.url, "REPLICAOF", "127.0.0.1", str(second.port))
+        link.unlink()
+        link.symlink_to(second.socket_path)
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
+        await store.connect_device(SITE, "user_1", "phone", [])  # on the new primary
+        deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[2]))
+        assert [d.device for d in deliveries] == ["phone"]
+    finally:
+        await store.close()
+        first.stop()
+        second.stop()
+
+
+async def test_a_user_without_channel_rights_makes_the_bus_wait_quietly(
+    server: RedisServer, logs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOPERM on SUBSCRIBE is not a reconnect: no "reconnected" line, no re-reading of every
+    queue, one error line (then one a minute); once the ACL allows it, it recovers once."""
+    from socketio_webservice.transport import node_bus
+    from socketio_webservice.transport.stats import TransportStats
+
+    monkeypatch.setattr(node_bus, "RECONNECT_MAX", 0.2)
+    await command(server.url, "ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all", "resetchannels")
+    url = f"redis://app:pw@127.0.0.1:{server.port}/0"
+    recovered: asyncio.Queue[None] = asyncio.Queue()
+    bus = node_bus.RedisBus(url, "node-a", "sws:", TransportStats())
+    starting = asyncio.create_task(bus.start(lambda *_: None, lambda: recovered.put_nowait(None)))
+    try:
+        await asyncio.sleep(2)  # a negative check: two seconds of retries say nothing more
+        errors = [line for line in logs if "node bus" in line]
+        assert not bus.healthy and len(errors) == 1 and "no permissions" in errors[0], errors
+        await command(server.url, "ACL", "SETUSER", "app", "allchannels")
+        await asyncio.wait_for(starting, 10)
+        await asyncio.wait_for(recovered.get(), 5)
+        assert bus.healthy and recovered.empty()
+        assert len([line for line in logs if "reconnected" in line]) == 1
+    finally:
+        starting.cancel()
+        await bus.stop()
