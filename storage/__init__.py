@@ -7,9 +7,11 @@ from .base import (
     Message,
     OutcomeUnknown,
     PartlyStored,
+    Repeated,
     Store,
     StoredMessage,
     StoreUnavailable,
+    stored_count,
 )
 from .factory import make_store
 
@@ -20,8 +22,10 @@ __all__ = [
     "Message",
     "OutcomeUnknown",
     "PartlyStored",
+    "Repeated",
     "Store",
     "StoreUnavailable",
     "StoredMessage",
     "make_store",
+    "stored_count",
 ]

@@ -72,6 +72,9 @@ class Message:
     event: str
     args: list[Any]
     resync: bool = False
+    idempotency_id: str = field(default="", compare=False)
+    """Set by a /send with an Idempotency-Key: stored once per id within the store's
+    ``idempotency_ttl``; a repeat stores nothing (see :class:`Repeated`)."""
     payload: str = field(init=False, repr=False, compare=False)
     """The JSON of ``[event, *args]``: what the client's socket gets, and what ``_batch`` holds."""
 
@@ -127,6 +130,24 @@ class Delivery(NamedTuple):  # one per stored copy: a tuple is the cheapest to b
     nodes: tuple[str, ...] = ()
 
 
+class Repeated(list[Delivery]):
+    """What ``enqueue`` returns for a message whose ``idempotency_id`` was stored before:
+    nothing was stored now (no delivery), and ``stored`` is how many device queues the
+    first attempt reached."""
+
+    def __init__(self, stored: int) -> None:
+        super().__init__()
+        self.stored = stored
+
+
+def stored_count(deliveries: Sequence[Delivery]) -> int:
+    """How many device queues a message reached (the first attempt's, for a repeat)."""
+    return deliveries.stored if isinstance(deliveries, Repeated) else len(deliveries)
+
+
+DEFAULT_IDEMPOTENCY_TTL = 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class HeadAck:
     """The outcome of a resync ack: removed as the head, or the event's queue was cleared.
@@ -152,6 +173,7 @@ class Store(Protocol):
     max_queue: int
     max_devices: int
     step_ms: int
+    idempotency_ttl: int
     stats: StoreStats
 
     async def open(self) -> None:

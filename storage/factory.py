@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import DEFAULT_MAX_DEVICES, DEFAULT_MAX_QUEUE, DEFAULT_STEP_MS, Store
+from .base import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_MAX_DEVICES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_STEP_MS,
+    Store,
+)
 from .redis_keys import DEFAULT_PREFIX
 from .redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT, RedisStore
 from .sqlite_store import SQLiteStore
@@ -20,6 +26,7 @@ def make_store(
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_devices: int = DEFAULT_MAX_DEVICES,
     step_ms: int = DEFAULT_STEP_MS,
+    idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     sqlite_synchronous: str = "NORMAL",
     node_dead_after: float = DEFAULT_NODE_DEAD_AFTER,
     redis_timeout: float = DEFAULT_TIMEOUT,
@@ -35,6 +42,7 @@ def make_store(
             max_queue=max_queue,
             max_devices=max_devices,
             step_ms=step_ms,
+            idempotency_ttl=idempotency_ttl,
             timeout=redis_timeout,
         )
     if not sqlite_path:
@@ -47,4 +55,5 @@ def make_store(
         max_queue=max_queue,
         max_devices=max_devices,
         step_ms=step_ms,
+        idempotency_ttl=idempotency_ttl,
     )

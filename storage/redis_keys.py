@@ -13,6 +13,8 @@ escaped names the scripts receive. No key is spelt anywhere else.
     {prefix}{site}:devices:{user}        SET   device names
     {prefix}{site}:rooms:{user}          SET   shared rooms (lower case) from the latest auth
     {prefix}{site}:members:{room}        SET   users holding the shared room
+    {prefix}{site}:idem:{key}            STRING how many devices the message sent with this
+                                               idempotency key reached (expires)
     {prefix}expiring:users               ZSET  "{site prefix}\t{user}", score: when the user's
                                                keys expire (ms); the sweep then takes it out of
                                                its rooms' member sets
@@ -36,6 +38,7 @@ SEP = ":"
 HELD_SEP = "\t"
 DEVICE, MESSAGES, EVENTS = "dev", "msg", "evt"
 USER, DEVICES, ROOMS, MEMBERS = "user", "devices", "rooms", "members"
+IDEMPOTENCY = "idem"
 NODE = "node"
 EXPIRING = "expiring"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
@@ -74,6 +77,11 @@ def user_keys(p: str, user: str) -> tuple[str, str, str]:
 def user_key(p: str, escaped_user: str) -> str:
     """For a name read back from a set, which is stored escaped."""
     return f"{p}{USER}{SEP}{escaped_user}"
+
+
+def idempotency(p: str, key: str) -> str:
+    """The record of a message sent with an Idempotency-Key (and its index in the send)."""
+    return f"{p}{IDEMPOTENCY}{SEP}{escape(key)}"
 
 
 def members(p: str, room: str) -> str:

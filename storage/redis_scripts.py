@@ -168,71 +168,78 @@ return left
     with_deadline=True,
 )
 
-# ARGV: deadline, max_queue, step_ms, then groups of (site prefix, event, record, n_users,
-#   n_rooms, users..., shared rooms...), one per message, stored in this order (the devices
-#   are found in sets); the messages after the one that ends past step_ms are left for the
-#   next call
-#   -> how many messages were stored; then for each: n, then user, device, seq, nodes
+# ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, then groups of (site prefix, event,
+#   record, idempotency key or "", n_users, n_rooms, users..., shared rooms...), one per
+#   message, stored in this order (the devices are found in sets); the messages after the one
+#   that ends past step_ms are left for the next call
+#   -> how many messages were handled; then for each: n, then user, device, seq, nodes
 #      (comma-separated ids of the nodes where the device is connected) for each of the n
 #      devices that stored it; then m, then user, device for each of the m devices whose
-#      queue is full and overflowed just now
+#      queue is full and overflowed just now. A message whose idempotency key is recorded
+#      stores nothing: -1, then how many devices the first attempt stored it for.
 ENQUEUE = _script(
     """
-local max_queue, step_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_queue, step_ms, idem_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local started = now_ms()
-local out, i = {0}, 4
+local out, i = {0}, 5
 while i <= #ARGV do
   if out[1] > 0 and now_ms() - started >= step_ms then break end
   out[1] = out[1] + 1
-  local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local n_users, n_rooms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local first_room = i + 5 + n_users
-  local targets, seen = {}, {}
-  local function add(user)
-    if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
-  end
-  for k = i + 5, first_room - 1 do add(ARGV[k]) end
-  for k = first_room, first_room + n_rooms - 1 do
-    local room = members_key(p, ARGV[k])
-    for _, user in ipairs(redis.call('SMEMBERS', room)) do
-      if redis.call('EXISTS', user_key(p, user)) == 1 then add(user)
-      else redis.call('SREM', room, user) end
-    end
-  end
+  local p, event, record, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local n_users, n_rooms = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local first_user, first_room = i + 6, i + 6 + n_users
   i = first_room + n_rooms
-  local count_at = #out + 1
-  out[count_at] = 0
-  local full = {}
-  for _, user in ipairs(targets) do
-    local _, devices = user_keys(p, user)
-    for _, device in ipairs(redis.call('SMEMBERS', devices)) do
-      local dev, msg, evt = device_keys(p, user, device)
-      local ttl = redis.call('PTTL', dev)
-      if ttl == -2 then
-        redis.call('SREM', devices, device)
-      elseif redis.call('HLEN', msg) >= max_queue then
-        if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
-          full[#full + 1] = user; full[#full + 1] = device
-        end
-      else
-        local seq = redis.call('HINCRBY', dev, 'seq', 1)
-        redis.call('HSET', msg, seq, record)
-        redis.call('ZADD', evt, 0, event_member(event, seq))
-        if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
-        local holders = {}
-        for _, f in ipairs(redis.call('HKEYS', dev)) do
-          if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
-            holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
-          end
-        end
-        out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-        out[#out + 1] = table.concat(holders, ',')
-        out[count_at] = out[count_at] + 1
+  local prior = idem ~= '' and redis.call('GET', idem)
+  if prior then
+    out[#out + 1] = -1; out[#out + 1] = tonumber(prior)
+  else
+    local targets, seen = {}, {}
+    local function add(user)
+      if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
+    end
+    for k = first_user, first_room - 1 do add(ARGV[k]) end
+    for k = first_room, first_room + n_rooms - 1 do
+      local room = members_key(p, ARGV[k])
+      for _, user in ipairs(redis.call('SMEMBERS', room)) do
+        if redis.call('EXISTS', user_key(p, user)) == 1 then add(user)
+        else redis.call('SREM', room, user) end
       end
     end
+    local count_at = #out + 1
+    out[count_at] = 0
+    local full = {}
+    for _, user in ipairs(targets) do
+      local _, devices = user_keys(p, user)
+      for _, device in ipairs(redis.call('SMEMBERS', devices)) do
+        local dev, msg, evt = device_keys(p, user, device)
+        local ttl = redis.call('PTTL', dev)
+        if ttl == -2 then
+          redis.call('SREM', devices, device)
+        elseif redis.call('HLEN', msg) >= max_queue then
+          if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
+            full[#full + 1] = user; full[#full + 1] = device
+          end
+        else
+          local seq = redis.call('HINCRBY', dev, 'seq', 1)
+          redis.call('HSET', msg, seq, record)
+          redis.call('ZADD', evt, 0, event_member(event, seq))
+          if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
+          local holders = {}
+          for _, f in ipairs(redis.call('HKEYS', dev)) do
+            if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
+              holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
+            end
+          end
+          out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
+          out[#out + 1] = table.concat(holders, ',')
+          out[count_at] = out[count_at] + 1
+        end
+      end
+    end
+    if idem ~= '' then redis.call('SET', idem, out[count_at], 'PX', idem_ttl) end
+    out[#out + 1] = #full / 2
+    for _, name in ipairs(full) do out[#out + 1] = name end
   end
-  out[#out + 1] = #full / 2
-  for _, name in ipairs(full) do out[#out + 1] = name end
 end
 return out
 """,

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import redis_keys as keys
 from . import redis_scripts as scripts
 from .base import (
+    DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
@@ -31,6 +32,7 @@ from .base import (
     EnqueueItem,
     HeadAck,
     OutcomeUnknown,
+    Repeated,
     StoredMessage,
     StoreUnavailable,
 )
@@ -59,6 +61,7 @@ class RedisStore(StoreBase):
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_devices: int = DEFAULT_MAX_DEVICES,
         step_ms: int = DEFAULT_STEP_MS,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         super().__init__(
             device_ttl=device_ttl,
@@ -66,6 +69,7 @@ class RedisStore(StoreBase):
             max_queue=max_queue,
             max_devices=max_devices,
             step_ms=step_ms,
+            idempotency_ttl=idempotency_ttl,
         )
         self.policy_error = ""  # what is wrong with Redis's maxmemory-policy, if anything
         self._policy_checked_at = -POLICY_CHECK_EVERY
@@ -235,9 +239,11 @@ class RedisStore(StoreBase):
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
         """The messages of concurrent /sends, in submit order, as many as one script stores
         in ``step_ms``."""
-        args: list[Any] = [self.max_queue, self.step_ms]
+        args: list[Any] = [self.max_queue, self.step_ms, self.idempotency_ttl * 1000]
         for site, users, shared_rooms, message in items:
-            args += (self._prefix(site), message.event, message.encode())
+            p = self._prefix(site)
+            idem = keys.idempotency(p, message.idempotency_id) if message.idempotency_id else ""
+            args += (p, message.event, message.encode(), idem)
             args += (len(users), len(shared_rooms))
             args += map(escape, users)
             args += map(escape, shared_rooms)
@@ -246,6 +252,10 @@ class RedisStore(StoreBase):
         i = 1
         for site, _users, _rooms, _message in items[: int(flat[0])]:
             count, i = int(flat[i]), i + 1
+            if count < 0:  # an idempotent repeat
+                results.append(Repeated(int(flat[i])))
+                i += 1
+                continue
             deliveries = []
             for j in range(i, i + 4 * count, 4):
                 nodes = flat[j + 3]

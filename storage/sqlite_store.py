@@ -21,6 +21,7 @@ import aiosqlite
 import orjson
 
 from .base import (
+    DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
@@ -31,6 +32,7 @@ from .base import (
     Delivery,
     EnqueueItem,
     HeadAck,
+    Repeated,
     StoredMessage,
     StoreUnavailable,
 )
@@ -65,6 +67,10 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_by_event ON messages (site, user, device, event, seq);
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    site TEXT NOT NULL, key TEXT NOT NULL, stored INTEGER NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (site, key)
+) WITHOUT ROWID;
 """
 
 LIVE = "(expires_at IS NULL OR expires_at > :now)"
@@ -84,6 +90,7 @@ class SQLiteStore(StoreBase):
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_devices: int = DEFAULT_MAX_DEVICES,
         step_ms: int = DEFAULT_STEP_MS,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         super().__init__(
             device_ttl=device_ttl,
@@ -91,6 +98,7 @@ class SQLiteStore(StoreBase):
             max_queue=max_queue,
             max_devices=max_devices,
             step_ms=step_ms,
+            idempotency_ttl=idempotency_ttl,
         )
         self.path = Path(path)
         self.synchronous = synchronous
@@ -214,6 +222,8 @@ class SQLiteStore(StoreBase):
                     "users": orjson.dumps(list(users)).decode(),
                     "rooms": orjson.dumps(list(rooms)).decode(),
                     "max_queue": self.max_queue,
+                    "key": message.idempotency_id,
+                    "key_expires": now + self.idempotency_ttl,
                 },
                 message.event,
                 message.encode(),
@@ -222,8 +232,11 @@ class SQLiteStore(StoreBase):
         ]
         results = await self._transaction("enqueue", _enqueue_all, batches, self.step_ms / 1000)
         here = (self.node_id,)  # one node holds every connection
-        deliveries = []
+        deliveries: list[list[Delivery]] = []
         for (site, *_), (rows, full) in zip(items, results, strict=False):
+            if isinstance(rows, int):  # an idempotent repeat: how many it reached then
+                deliveries.append(Repeated(rows))
+                continue
             for user, device in full:
                 self.stats.overflowed(site, user, device, self.max_queue)
             deliveries.append(
@@ -284,6 +297,7 @@ def _sweep(db: Db, now: float) -> int:
         params,
     )
     db.execute("DELETE FROM users WHERE expires_at IS NOT NULL AND expires_at <= :now", params)
+    db.execute("DELETE FROM idempotency WHERE expires_at <= :now", params)
     return expired.rowcount
 
 
@@ -389,10 +403,10 @@ def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
 
 def _enqueue_all(
     db: Db, batches: list[tuple[dict[str, Any], str, bytes]], step: float
-) -> list[tuple[list[Any], list[Any]]]:
+) -> list[tuple[list[Any] | int, list[Any]]]:
     """The first of ``batches`` that fit in ``step`` seconds (one at least)."""
     started = time.monotonic()
-    done: list[tuple[list[Any], list[Any]]] = []
+    done: list[tuple[list[Any] | int, list[Any]]] = []
     for params, event, record in batches:
         if done and time.monotonic() - started >= step:
             break
@@ -412,9 +426,18 @@ TARGETS = (
 
 def _enqueue(
     db: Db, params: dict[str, Any], event: str, record: bytes
-) -> tuple[list[Any], list[Any]]:
+) -> tuple[list[Any] | int, list[Any]]:
     """Store for every target device with room in its queue; flag the full ones. Returns the
-    stored (user, device, seq, conns) and the (user, device) that overflowed just now."""
+    stored (user, device, seq, conns) and the (user, device) that overflowed just now; or,
+    for a message whose idempotency key is recorded, how many it reached then."""
+    if params["key"]:
+        prior = db.execute(
+            "SELECT stored FROM idempotency WHERE site = :site AND key = :key "
+            "AND expires_at > :now",
+            params,
+        ).fetchone()
+        if prior is not None:
+            return prior[0], []
     full = db.execute(
         f"UPDATE devices SET overflow = 1 WHERE {TARGETS} AND overflow = 0 "
         "AND queued >= :max_queue RETURNING user, device",
@@ -430,6 +453,12 @@ def _enqueue(
         "INSERT INTO messages (site, user, device, seq, event, record) VALUES (?, ?, ?, ?, ?, ?)",
         [(site, user, device, seq, event, record) for user, device, seq, _ in rows],
     )
+    if params["key"]:
+        db.execute(
+            "INSERT OR REPLACE INTO idempotency (site, key, stored, expires_at) "
+            "VALUES (:site, :key, :stored, :key_expires)",
+            {**params, "stored": len(rows)},
+        )
     return rows, full
 
 

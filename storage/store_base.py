@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from loguru import logger
 
 from .base import (
+    DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
@@ -55,8 +56,10 @@ class StoreBase(ABC):
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_devices: int = DEFAULT_MAX_DEVICES,
         step_ms: int = DEFAULT_STEP_MS,
+        idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         self.device_ttl = device_ttl
+        self.idempotency_ttl = idempotency_ttl
         self.node_id = node_id
         self.max_queue = max_queue
         self.max_devices = max_devices

@@ -379,3 +379,33 @@ async def test_messages_of_every_frame_size_arrive_whole(harness: Harness) -> No
         assert (await harness.send("shop", ["user_1"], "big", text))[0] == 200
         received = await client.next()
         assert (received.event, received.args) == ("big", [text])
+
+
+async def test_a_send_repeated_with_its_idempotency_key_is_stored_once(harness: Harness) -> None:
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1"]
+    client = await harness.connect("shop", "t1")
+    answers = []
+    for _ in range(3):
+        answers.append(
+            await harness.post(
+                "site=shop&apiKey=key",
+                json={"rooms": ["user_1"], "event": "n", "args": [1]},
+                headers={"Idempotency-Key": "order-17"},
+            )
+        )
+    assert answers == [(200, "OK")] * 3
+    bulk = [{"rooms": "user_1", "event": "n", "args": [n]} for n in (2, 3)]
+    for _ in range(2):
+        status, text = await harness.post(
+            "site=shop&apiKey=key", json=bulk, headers={"Idempotency-Key": "batch-4"}
+        )
+        assert (status, text) == (200, '{"results":[{"stored":1},{"stored":1}]}')
+    assert [(await client.next()).numbers() for _ in range(3)] == [[1], [2], [3]]
+    await client.no_event_within(0.3)  # a negative check: no second copy
+    status, text = await harness.post(
+        "site=shop&apiKey=key",
+        json={"rooms": ["user_1"], "event": "n"},
+        headers={"Idempotency-Key": "two words"},
+    )
+    assert status == 400 and "Idempotency-Key" in text

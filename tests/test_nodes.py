@@ -380,3 +380,48 @@ async def test_legacy_clients_on_one_node_get_sends_made_on_another(
     steps = await run_scenario(b.url, version, "upgrade", a.url)
     assert_original_behaviour(steps, "upgrade")
     await wait_for_queue(observer, "user_1", f"legacy-{version}-upgrade", [])
+
+
+async def keyed_send(
+    http: aiohttp.ClientSession, url: str, number: int, key: str
+) -> tuple[int, str]:
+    body = {"rooms": "user_1", "event": "n", "args": [number]}
+    async with http.post(
+        f"{url}/send?site=shop&apiKey=key", json=body, headers={"Idempotency-Key": key}
+    ) as answer:
+        return answer.status, await answer.text()
+
+
+async def test_a_send_answered_504_and_retried_with_its_key_arrives_once(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """The site does what a 504 asks: it retries with the same Idempotency-Key, here on the
+    other node, and every key's message reaches the device exactly once."""
+    redis = RedisServer(tmp_path / "redis-retry", port=free_port())
+    redis.start()
+    try:
+        a, b = await start_nodes(2, REDIS_URL=redis.url, REDIS_TIMEOUT="1")
+        stub.answers["t1"] = ["user_1"]
+        client = await connect(a.url, "shop", "t1", "phone")
+        assert (await keyed_send(http, b.url, 1, "order-1"))[0] == 200
+        with redis.frozen():
+            status, _ = await keyed_send(http, b.url, 2, "order-2")
+        assert status == 504
+        for node in (a, b):  # retried as a site would, with a pause, on either node
+            for _ in range(50):
+                if (await keyed_send(http, node.url, 2, "order-2"))[0] == 200:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the retry was never answered 200")
+            assert (await keyed_send(http, node.url, 1, "order-1"))[0] == 200
+        assert (await keyed_send(http, b.url, 3, "order-3"))[0] == 200
+        seen = await numbers_from(client, {1, 2, 3})
+        await client.no_event_within(0.5)  # a negative check: nothing comes twice
+        assert sorted(seen) == [1, 2, 3]
+        await client.disconnect()
+    finally:
+        redis.stop()

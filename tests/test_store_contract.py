@@ -487,3 +487,23 @@ async def test_two_key_prefixes_in_one_redis_do_not_see_each_other(
     finally:
         for store in (staging, production):
             await store.close()
+
+
+async def test_a_message_with_a_recorded_idempotency_id_is_stored_once(store: Store) -> None:
+    from socketio_webservice.storage import Repeated
+
+    await store.connect_device(SITE, "user_1", "phone", ["staff"])
+    await store.connect_device(SITE, "user_2", "phone", ["staff"])
+    first = await store.enqueue(SITE, [], ["staff"], Message("e", [1], idempotency_id="k#0"))
+    assert len(first) == 2 and not isinstance(first, Repeated)
+    again = await store.enqueue(SITE, [], ["staff"], Message("e", [1], idempotency_id="k#0"))
+    assert isinstance(again, Repeated) and again.stored == 2 and list(again) == []
+    # a bulk retried after its first part was stored: the rest is stored, the first not again
+    items = [(SITE, ["user_1"], [], Message("e", [n], idempotency_id=f"k#{n}")) for n in range(3)]
+    stored = await store.enqueue_all(items)
+    assert [isinstance(d, Repeated) for d in stored] == [True, False, False]
+    assert [m.args for m in await store.pending(SITE, "user_1", "phone")] == [[1], [1], [2]]
+    other_site = await store.enqueue(
+        "blog", ["user_1"], [], Message("e", [9], idempotency_id="k#0")
+    )
+    assert not isinstance(other_site, Repeated)  # keys are per site

@@ -15,7 +15,14 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
-from ..storage import Message, OutcomeUnknown, PartlyStored, Store, StoreUnavailable
+from ..storage import (
+    Message,
+    OutcomeUnknown,
+    PartlyStored,
+    Store,
+    StoreUnavailable,
+    stored_count,
+)
 from .dispatch import Dispatcher
 from .form_body import FormError, parse_form
 from .limits import Limits
@@ -192,6 +199,22 @@ def validate_all(body: Any, limits: Limits) -> list[SendRequest]:
     return sends
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def idempotency_key(value: str | None) -> str:
+    """The header's key: printable ASCII, at most ``MAX_IDEMPOTENCY_KEY`` characters."""
+    if value is None:
+        return ""
+    if not 0 < len(value) <= MAX_IDEMPOTENCY_KEY or not all(" " < char <= "~" for char in value):
+        raise BadRequest(
+            f"Header '{IDEMPOTENCY_KEY}' must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
+            "characters without spaces."
+        )
+    return value
+
+
 OUTCOME_UNKNOWN = (
     "Outcome unknown: the store went away while storing; the message may have been stored"
 )
@@ -224,6 +247,7 @@ class SendHandler:
             return self._reject(401, "ApiKey invalid.", site_name)
         try:
             resync = parse_bool(request.query.get("resync"), "resync")
+            key = idempotency_key(request.headers.get(IDEMPOTENCY_KEY))
             body = await read_body(request, self.limits.http_read_timeout)
             sends = validate_all(body, self.limits)
         except BadRequest as exc:
@@ -236,7 +260,7 @@ class SendHandler:
                 )
         else:
             try:
-                stored = await self._store_and_deliver(namespace, sends, resync)
+                stored = await self._store_and_deliver(namespace, sends, resync, key)
             except PartlyStored as exc:
                 return self._partly_stored(site_name, sends, exc)
             except OutcomeUnknown as exc:
@@ -269,12 +293,20 @@ class SendHandler:
         return web.Response(text="OK")
 
     async def _store_and_deliver(
-        self, namespace: SiteNamespace, sends: list[SendRequest], resync: bool
+        self, namespace: SiteNamespace, sends: list[SendRequest], resync: bool, key: str
     ) -> list[int]:
-        """Store every message in one store call, then hand each to its devices; returns how
-        many device queues each message was stored in."""
+        """Store every message, then hand each to its devices; returns how many device queues
+        each message was stored in (by the first attempt, for a repeated Idempotency-Key)."""
         site = namespace.site
-        messages = [Message(event=send.event, args=send.args, resync=resync) for send in sends]
+        messages = [
+            Message(
+                event=send.event,
+                args=send.args,
+                resync=resync,
+                idempotency_id=f"{key}#{index}" if key else "",
+            )
+            for index, send in enumerate(sends)
+        ]
         items = [
             (
                 site.name,
@@ -295,7 +327,7 @@ class SendHandler:
                 await self.dispatcher.dispatch(site.name, list(done))
                 raise
         await self.dispatcher.dispatch(site.name, list(zip(messages, stored, strict=True)))
-        return [len(deliveries) for deliveries in stored]
+        return [stored_count(deliveries) for deliveries in stored]
 
     def _partly_stored(
         self, site: str, sends: list[SendRequest], exc: PartlyStored
@@ -313,9 +345,9 @@ class SendHandler:
             exc.cause,
         )
         self.stats.sends[site, status] += 1
-        self.stats.stored[site] += sum(len(deliveries) for deliveries in exc.stored)
+        self.stats.stored[site] += sum(stored_count(deliveries) for deliveries in exc.stored)
         rest: dict[str, Any] = {"stored": None, "unknown": True} if unknown else {"stored": None}
-        results: list[dict[str, Any]] = [{"stored": len(d)} for d in exc.stored]
+        results: list[dict[str, Any]] = [{"stored": stored_count(d)} for d in exc.stored]
         results += [rest] * (len(sends) - len(exc.stored))
         return web.json_response(
             {"error": str(exc.cause), "results": results},

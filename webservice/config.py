@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..sites import SiteConfig
-from ..storage.base import DEFAULT_MAX_QUEUE
+from ..storage.base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_QUEUE
 from ..storage.redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT
 from ..transport.limits import LIMIT_NAMES, Limits
 from .redis_settings import (
@@ -76,6 +76,7 @@ class Config:
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
     device_ttl: int = DEFAULT_DEVICE_TTL
+    idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL
     redis_url: str = ""
     redis_key_prefix: str = DEFAULT_KEY_PREFIX
     sqlite_path: str = DEFAULT_SQLITE_PATH
@@ -213,6 +214,7 @@ TOP_LEVEL_KEYS = frozenset(
         "port",
         "host",
         "device_ttl",
+        "idempotency_ttl",
         "redis",
         "sqlite",
         "io",
@@ -344,6 +346,11 @@ def load_config(
             env.get("PORT") or section.get("port", DEFAULT_PORT), "port", minimum=1, maximum=65535
         ),
         host=env.get("HOST") or _text(section.get("host"), "host") or "0.0.0.0",
+        idempotency_ttl=_int(
+            env.get("IDEMPOTENCY_TTL") or section.get("idempotency_ttl", DEFAULT_IDEMPOTENCY_TTL),
+            "idempotency_ttl",
+            minimum=1,
+        ),
         device_ttl=_int(
             env.get("DEVICE_TTL") or section.get("device_ttl", DEFAULT_DEVICE_TTL), "device_ttl"
         ),
@@ -403,6 +410,7 @@ def describe(config: Config) -> str:
             else {"sqlite": {"path": config.sqlite_path, "synchronous": config.sqlite_synchronous}}
         ),
         "device_ttl": config.device_ttl,
+        "idempotency_ttl": config.idempotency_ttl,
         "max_queue": config.max_queue,
         "auth_timeout": config.auth_timeout,
         "node_timeout": config.node_timeout,

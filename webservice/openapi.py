@@ -96,6 +96,20 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                             "schema": {"type": "string", "minLength": 1},
                         },
                         {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 200,
+                                "pattern": "^[!-~]+$",
+                            },
+                            "description": "A repeat within idempotency_ttl gets the first "
+                            "attempt's answer and stores nothing again: retry 503 and 504 "
+                            "with it.",
+                        },
+                        {
                             "name": "resync",
                             "in": "query",
                             "required": False,

@@ -76,6 +76,7 @@ class Service:
             max_queue=config.max_queue,
             max_devices=config.limits.max_devices_per_user,
             step_ms=config.limits.store_step_ms,
+            idempotency_ttl=config.idempotency_ttl,
             sqlite_synchronous=config.sqlite_synchronous,
             node_dead_after=config.node_timeout,
             redis_timeout=config.redis_timeout,
