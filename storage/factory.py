@@ -27,6 +27,7 @@ def make_store(
     max_devices: int = DEFAULT_MAX_DEVICES,
     step_ms: int = DEFAULT_STEP_MS,
     idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+    redis_min_replicas: int = 0,
     sqlite_synchronous: str = "NORMAL",
     node_dead_after: float = DEFAULT_NODE_DEAD_AFTER,
     redis_timeout: float = DEFAULT_TIMEOUT,
@@ -43,6 +44,7 @@ def make_store(
             max_devices=max_devices,
             step_ms=step_ms,
             idempotency_ttl=idempotency_ttl,
+            min_replicas=redis_min_replicas,
             timeout=redis_timeout,
         )
     if not sqlite_path:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -62,6 +61,7 @@ class RedisStore(StoreBase):
         max_devices: int = DEFAULT_MAX_DEVICES,
         step_ms: int = DEFAULT_STEP_MS,
         idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL,
+        min_replicas: int = 0,
     ) -> None:
         super().__init__(
             device_ttl=device_ttl,
@@ -76,10 +76,12 @@ class RedisStore(StoreBase):
         self.url = url
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
-        pool = aioredis.ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self.wire = RedisWire(pool, timeout)
+        self.wire = RedisWire.from_url(url, timeout)
+        self.min_replicas = min_replicas
+        self.timeout = timeout
+        # WAIT holds its connection until the replicas answer: sends wait on one of their own,
+        # and connects and acks do not wait behind them.
+        self.send_wire = RedisWire.from_url(url, timeout) if min_replicas else self.wire
 
     async def open(self) -> None:
         await self.heartbeat()
@@ -118,6 +120,8 @@ class RedisStore(StoreBase):
 
     async def _close(self) -> None:
         await self.wire.close()
+        if self.send_wire is not self.wire:
+            await self.send_wire.close()
 
     async def _call(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one round trip, counted in ``stats`` under ``name``; an outage or a refusal
@@ -134,16 +138,33 @@ class RedisStore(StoreBase):
         except ResponseError as exc:
             self.stats.observe(name, started, failed=True)
             if late(exc):
-                self.wire.clock_doubtful()
+                for wire in {self.wire, self.send_wire}:
+                    wire.clock_doubtful()
                 raise StoreUnavailable(f"Redis answered too late: {exc}") from exc
             if not any(word in str(exc) for word in REFUSALS):
                 raise  # a script error, say: a bug, not an outage
             reason = str(exc).split(". script:")[0]
             if "READONLY" in reason:  # a failover demoted this Redis: find the new primary
-                self.wire.reset(reason[:200])
+                for wire in {self.wire, self.send_wire}:
+                    wire.reset(reason[:200])
             raise StoreUnavailable(f"Redis refuses writes: {reason[:200]}") from exc
         self.stats.observe(name, started)
         return result
+
+    async def _replicated(self) -> None:
+        """A 200 waits for ``min_replicas`` replicas to have the send's writes (WAIT, for
+        every write of the send connection so far). Not within most of the Redis timeout:
+        the send's outcome is unknown (the primary has it; a failover now would lose it)."""
+        wait_ms = int(self.timeout * 800)
+        reached = await self._call(
+            "replicate",
+            lambda: self.send_wire.command(b"WAIT", self.min_replicas, wait_ms),
+        )
+        if int(reached) < self.min_replicas:
+            raise OutcomeUnknown(
+                f"stored on the Redis primary, but {reached} of {self.min_replicas} replicas "
+                f"confirmed it within {wait_ms} ms"
+            )
 
     async def _run(self, name: str, script: Script, keys: Sequence[str], *args: Any) -> Any:
         return await self._call(name, lambda: self.wire.run_script(script, keys, args))
@@ -247,7 +268,11 @@ class RedisStore(StoreBase):
             args += (len(users), len(shared_rooms))
             args += map(escape, users)
             args += map(escape, shared_rooms)
-        flat = await self._run("enqueue", scripts.ENQUEUE, [], *args)
+        flat = await self._call(
+            "enqueue", lambda: self.send_wire.run_script(scripts.ENQUEUE, [], args)
+        )
+        if self.min_replicas:
+            await self._replicated()
         results: list[list[Delivery]] = []
         i = 1
         for site, _users, _rooms, _message in items[: int(flat[0])]:

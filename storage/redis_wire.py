@@ -23,9 +23,12 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .redis_url import RedisAddress, parse
 
 CLOCK_READ_EVERY = 30.0  # seconds: Redis's clock against ours, for scripts' deadlines
 
@@ -185,7 +188,42 @@ class _Connection(asyncio.Protocol):
         self._watchdog = self._loop.call_later(self._timeout / 2, self._look)
 
 
+def connection_pool(url: str, **options: Any) -> aioredis.ConnectionPool:
+    """redis-py's pool for ``url``: a plain URL's, or for Sentinel a pool whose every new
+    connection asks the sentinels where the primary is now (redis-py's Sentinel support).
+    ``options``: redis-py connection options (timeouts, keepalive)."""
+    address = parse(url)
+    if not address.is_sentinel:
+        return aioredis.ConnectionPool.from_url(url, **options)
+    pool: aioredis.ConnectionPool = (
+        _sentinel(address, options).master_for(address.service).connection_pool
+    )
+    return pool
+
+
+def client(url: str, **options: Any) -> aioredis.Redis:
+    """A redis-py client for ``url`` (the node bus's publishes and subscription)."""
+    return aioredis.Redis(connection_pool=connection_pool(url, **options))
+
+
+def _sentinel(address: RedisAddress, options: dict[str, Any]) -> Sentinel:
+    timeouts = {key: value for key, value in options.items() if key.startswith("socket_")}
+    primary: dict[str, Any] = {
+        "db": address.db,
+        "username": address.username,
+        "password": address.password,
+    }
+    if address.tls:
+        primary["ssl"] = True
+    return Sentinel(list(address.sentinels), sentinel_kwargs=timeouts, **options, **primary)
+
+
 class RedisWire:
+    @classmethod
+    def from_url(cls, url: str, timeout: float) -> RedisWire:
+        pool = connection_pool(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        return cls(pool, timeout)
+
     def __init__(self, pool: aioredis.ConnectionPool, timeout: float) -> None:
         """``pool`` is used only for what it knows of the URL: it opens each socket."""
         self._pool = pool

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -12,10 +13,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import redis
 
 ROOT = Path(__file__).parents[1]
 
@@ -97,6 +99,10 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def wait_replicating(self) -> None:
+        """For a replica: until its link to its primary is up (its first sync done)."""
+        _wait_for(lambda: "master_link_status:up" in _info(self.port, "replication"))
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
@@ -196,3 +202,92 @@ class ServiceProcess:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+
+
+class SentinelSet:
+    """A primary, a replica of it, and three sentinels watching them as ``service``: the
+    smallest Sentinel deployment that fails over, as real redis-server processes."""
+
+    def __init__(self, workdir: Path, service: str = "mymaster") -> None:
+        self.workdir = workdir
+        self.service = service
+        self.primary = RedisServer(workdir / "primary")
+        self.replica = RedisServer(
+            workdir / "replica", options=("--replicaof", "127.0.0.1", str(self.primary.port))
+        )
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        self.replica.wait_replicating()
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        for number, port in enumerate(self.sentinel_ports):
+            config = self.workdir / f"sentinel-{number}.conf"
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 10000\n"
+            )
+            self.sentinels.append(
+                subprocess.Popen(
+                    [binary, str(config), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.sentinel_ports:  # each knows the replica: it can fail over to it
+            _wait_for(functools.partial(self._sentinel_knows_the_replica, port))
+
+    def _sentinel_knows_the_replica(self, port: int) -> bool:
+        return "'slaves': 1, 'sentinels': 3" in _info(port, "sentinel")
+
+    def _sentinel(self) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_ports[0], socket_timeout=2)
+
+    def primary_port(self) -> int:
+        """Which server is the primary now, as the sentinels say."""
+        with self._sentinel() as sentinel:
+            _, port = sentinel.sentinel_get_master_addr_by_name(self.service)
+        return int(port)
+
+    def failover(self) -> None:
+        """A planned failover (SENTINEL FAILOVER); returns once the sentinels name the new
+        primary and it takes writes."""
+        before = self.primary_port()
+        with self._sentinel() as sentinel:
+            sentinel.execute_command("SENTINEL FAILOVER", self.service)
+        _wait_for(lambda: self.primary_port() != before, timeout=30)
+        _wait_for(lambda: "role:master" in _info(self.primary_port(), "replication"), timeout=30)
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            process.terminate()
+            process.wait(timeout=10)
+        self.sentinels = []
+        self.replica.stop()
+        self.primary.stop()
+
+
+def _info(port: int, section: str) -> str:
+    try:
+        with redis.Redis(port=port, socket_timeout=2) as client:
+            return "\n".join(f"{k}:{v}" for k, v in client.info(section).items())
+    except redis.RedisError:
+        return ""
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Redis processes did not get ready in time")
+        time.sleep(0.05)

@@ -12,7 +12,7 @@ from loguru import logger
 
 from socketio_webservice import storage
 from socketio_webservice.storage import Store
-from testkit.processes import RedisServer
+from testkit.processes import RedisServer, SentinelSet
 
 if TYPE_CHECKING:
     from tests.browser import Browser
@@ -27,6 +27,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels, for the tests that run behind Sentinel."""
+    deployment = SentinelSet(tmp_path_factory.mktemp("sentinel"))
+    deployment.start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture
+def sentinel_url(sentinel_set: SentinelSet) -> str:
+    """The Sentinel URL, its primary emptied (wherever a failover left it)."""
+    client = redis.Redis(port=sentinel_set.primary_port())
+    client.flushall()
+    client.close()
+    return sentinel_set.url
 
 
 @pytest.fixture
@@ -50,7 +68,7 @@ def make_store(
     """The service's own factory, on a fresh SQLite file or the test Redis."""
     assert kind == "sqlite" or redis_url, "a Redis store needs the test Redis"
     return storage.make_store(
-        redis_url=redis_url if kind == "redis" and redis_url else "",
+        redis_url=redis_url if kind != "sqlite" and redis_url else "",
         sqlite_path=tmp_path / f"store-{uuid.uuid4().hex}.sqlite3",
         device_ttl=device_ttl,
         node_id=node_id,
@@ -69,8 +87,8 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store_redis_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
     """The test Redis URL when the test runs on Redis; no Redis is touched for SQLite."""
-    if store_kind == "redis":
-        url: str = request.getfixturevalue("redis_url")
+    if store_kind in ("redis", "sentinel"):
+        url: str = request.getfixturevalue(f"{store_kind}_url")
         return url
     return None
 

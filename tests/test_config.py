@@ -235,7 +235,7 @@ def test_the_originals_redis_block_is_read_whole(tmp_path: Path, block: str, url
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("localhost:6379", "is not a Redis URL"),
+        ("localhost:6379", "not a Redis URL"),
         ("redis://h:notaport", "the port is not a number"),
         ("redis://:secret-pw@h:99999/0", "the port is not a number"),
         ("redis://h:6379/x", "the database 'x' is not a number"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from socketio_webservice.storage import Message, StoreUnavailable
+from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable
 from socketio_webservice.storage import redis_store as redis_store_module
 from socketio_webservice.storage.redis_store import RedisStore
 from testkit.processes import ROOT, RedisServer, free_port, write_sites
@@ -136,3 +136,26 @@ async def test_a_user_without_channel_rights_makes_the_bus_wait_quietly(
     finally:
         starting.cancel()
         await bus.stop()
+
+
+async def test_with_min_replicas_a_send_not_replicated_in_time_is_a_504(tmp_path: Path) -> None:
+    primary = RedisServer(tmp_path / "primary")
+    primary.start()
+    replica = RedisServer(
+        tmp_path / "replica", options=("--replicaof", "127.0.0.1", str(primary.port))
+    )
+    replica.start()
+    replica.wait_replicating()
+    store = RedisStore(primary.url, device_ttl=3600, node_id="node-a", timeout=1, min_replicas=1)
+    try:
+        await store.open()
+        await store.connect_device(SITE, "user_1", "phone", [])
+        deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
+        assert len(deliveries) == 1  # the replica confirmed it
+        with replica.frozen(), pytest.raises(OutcomeUnknown, match="0 of 1 replicas"):
+            await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[2]))
+        await store.connect_device(SITE, "user_1", "laptop", [])  # not behind the WAIT
+    finally:
+        await store.close()
+        replica.stop()
+        primary.stop()

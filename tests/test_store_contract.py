@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from socketio_webservice.storage import Message, Store
+from socketio_webservice.storage import Message, Store, redis_wire
 from socketio_webservice.storage.sqlite_store import SQLiteStore
 from tests.conftest import make_store
 
 SITE = "shop"
+
+
+@pytest.fixture(params=["sqlite", "redis", "sentinel"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The contract holds on SQLite, on a plain Redis, and on Redis behind Sentinel."""
+    kind: str = request.param
+    return kind
 
 
 def msg(event: str, *args: object, resync: bool = False) -> Message:
@@ -414,10 +421,10 @@ async def test_an_sqlite_file_of_the_previous_release_keeps_its_queue_lengths(
         await store.close()
 
 
-async def raw_index(store: Store, store_kind: str) -> tuple[set[str], set[str]]:
+async def raw_index(store: Store, url: str | None) -> tuple[set[str], set[str]]:
     """The store's own index of room ``staff``'s members and of user_2's devices."""
-    if store_kind == "redis":
-        client = redis.asyncio.Redis.from_url(store.url)  # type: ignore[attr-defined]
+    if url is not None:
+        client = redis_wire.client(url)
         try:
             members = await client.smembers("sws:shop:members:staff")
             devices = await client.smembers("sws:shop:devices:user_2")
@@ -446,11 +453,11 @@ async def test_the_sweep_takes_what_expired_out_of_the_indexes(
         await store.connect_device(SITE, "user_2", "c", ["staff"])
         await store.disconnect_device(SITE, "user_2", "c", forget=False)  # user_2 stays
         await store.disconnect_device(SITE, "user_1", "a", forget=False)  # user_1 is gone
-        assert await raw_index(store, store_kind) == ({"user_1", "user_2"}, {"b", "c"})
+        assert await raw_index(store, store_redis_url) == ({"user_1", "user_2"}, {"b", "c"})
 
         async def swept() -> bool:
             await store.sweep()
-            return await raw_index(store, store_kind) == ({"user_2"}, {"b"})
+            return await raw_index(store, store_redis_url) == ({"user_2"}, {"b"})
 
         await until(swept)
         assert await store.shared_room_members(SITE, "staff") == {"user_2"}

@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 from socketio_webservice.storage import Message, Store
 from socketio_webservice.storage.redis_store import RedisStore
 from socketio_webservice.storage.sqlite_store import SQLiteStore
-from testkit.processes import RedisServer
+from testkit.processes import RedisServer, SentinelSet
 
 SITE = "s"
 USERS = ["u1", "u2", "u3"]
@@ -181,22 +181,27 @@ MODEL_SETTINGS = settings(
 )
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "sentinel"])
 def test_store_keeps_the_delivery_model(
-    kind: str, tmp_path: Path, redis_server: RedisServer
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     async def make_store() -> Store:
         store: Store
         if kind == "sqlite":
             path = tmp_path / f"model-{uuid.uuid4().hex}.sqlite3"
             store = SQLiteStore(path, device_ttl=3600, max_queue=MAX_QUEUE)
-        else:
-            client = redis.Redis.from_url(redis_server.url)
+        elif kind == "redis":
+            server: RedisServer = request.getfixturevalue("redis_server")
+            client = redis.Redis.from_url(server.url)
             client.flushall()
             client.close()
-            store = RedisStore(
-                redis_server.url, device_ttl=3600, node_id="model", max_queue=MAX_QUEUE
-            )
+            store = RedisStore(server.url, device_ttl=3600, node_id="model", max_queue=MAX_QUEUE)
+        else:  # behind Sentinel
+            sentinels: SentinelSet = request.getfixturevalue("sentinel_set")
+            client = redis.Redis(port=sentinels.primary_port())
+            client.flushall()
+            client.close()
+            store = RedisStore(sentinels.url, device_ttl=3600, node_id="model", max_queue=MAX_QUEUE)
         await store.open()
         return store
 

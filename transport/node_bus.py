@@ -14,12 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..storage import Delivery, Message
+from ..storage import Delivery, Message, redis_wire
 from ..storage.redis_keys import deliver_channel
 from .stats import TransportStats
 
@@ -95,7 +94,7 @@ class RedisBus:
         self.on_delivery: OnDelivery | None = None
         self.on_recovered: Callable[[], None] | None = None
         # No socket timeout: a subscriber waits for messages; health checks find dead links.
-        self.redis = aioredis.Redis.from_url(
+        self.redis = redis_wire.client(
             url, socket_connect_timeout=5, health_check_interval=5, socket_keepalive=True
         )
         self._healthy = False

@@ -79,6 +79,7 @@ class Config:
     idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL
     redis_url: str = ""
     redis_key_prefix: str = DEFAULT_KEY_PREFIX
+    redis_min_replicas: int = 0
     sqlite_path: str = DEFAULT_SQLITE_PATH
     sqlite_synchronous: str = "NORMAL"
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
@@ -262,8 +263,9 @@ def _limits(section: Mapping[str, Any], env: Mapping[str, str]) -> Limits:
     return Limits(**values)
 
 
-def _redis(section: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str]:
-    """The Redis URL (REDIS_URL, or the ``redis:`` block) and the key prefix, checked."""
+def _redis(section: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str, int]:
+    """The Redis URL (REDIS_URL, or the ``redis:`` block), the key prefix and the replicas a
+    send waits for, checked."""
     block = _mapping(section.get("redis"), "redis")
     url = env.get("REDIS_URL") or url_from_block(block)
     prefix = env.get("REDIS_KEY_PREFIX") or str(block.get("key_prefix", DEFAULT_KEY_PREFIX))
@@ -274,7 +276,10 @@ def _redis(section: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str
         check_key_prefix(prefix)
     except RedisSettingError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return url, prefix
+    replicas = _int(
+        env.get("REDIS_MIN_REPLICAS") or block.get("min_replicas", 0), "redis.min_replicas"
+    )
+    return url, prefix, replicas
 
 
 def load_config(
@@ -337,7 +342,7 @@ def load_config(
         )
     _mapping(section.get("flakeid"), "flakeid")  # accepted for compatibility; seqs replace it
     io = _mapping(section.get("io"), "io")
-    redis_url, redis_key_prefix = _redis(section, env)
+    redis_url, redis_key_prefix, redis_min_replicas = _redis(section, env)
 
     return Config(
         sites=sites,
@@ -356,6 +361,7 @@ def load_config(
         ),
         redis_url=redis_url,
         redis_key_prefix=redis_key_prefix,
+        redis_min_replicas=redis_min_replicas,
         sqlite_path=env.get("SQLITE_PATH")
         or _text(sqlite.get("path"), "sqlite.path")
         or DEFAULT_SQLITE_PATH,
@@ -405,7 +411,13 @@ def describe(config: Config) -> str:
         "host": config.host,
         "port": config.port,
         "store": (
-            {"redis": {"url": mask(config.redis_url), "key_prefix": config.redis_key_prefix}}
+            {
+                "redis": {
+                    "url": mask(config.redis_url),
+                    "key_prefix": config.redis_key_prefix,
+                    "min_replicas": config.redis_min_replicas,
+                }
+            }
             if config.redis_url
             else {"sqlite": {"path": config.sqlite_path, "synchronous": config.sqlite_synchronous}}
         ),

@@ -12,13 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from ..storage.redis_keys import DEFAULT_PREFIX as DEFAULT_KEY_PREFIX
+from ..storage.redis_url import parse
 
 __all__ = ["DEFAULT_KEY_PREFIX", "check_key_prefix", "check_url", "mask", "url_from_block"]
-SCHEMES = ("redis", "rediss", "unix")
-NOT_YET = ("redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")  # no glob character: SCAN patterns use it
 
 
@@ -28,7 +27,7 @@ class RedisSettingError(ValueError):
 
 def mask(url: str) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host``."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def url_from_block(block: Mapping[str, Any]) -> str:
@@ -51,34 +50,10 @@ def url_from_block(block: Mapping[str, Any]) -> str:
 
 def check_url(url: str) -> None:
     """Raises ``RedisSettingError`` for a URL the store could not use."""
-    shown = mask(url)
-    if "://" not in url:
-        raise RedisSettingError(
-            f"{shown!r} is not a Redis URL: write redis://host:port/db (rediss:// for TLS, "
-            "unix:///path for a socket)"
-        )
-    parts = urlsplit(url)
-    if parts.scheme in NOT_YET:
-        raise RedisSettingError(f"{parts.scheme}:// is not supported by this version ({shown})")
-    if parts.scheme not in SCHEMES:
-        raise RedisSettingError(
-            f"unknown scheme {parts.scheme!r} in {shown} (known: {', '.join(SCHEMES)})"
-        )
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise RedisSettingError(f"{shown}: a unix:// URL needs the socket's path")
-        return
     try:
-        port = parts.port
-    except ValueError:
-        raise RedisSettingError(f"{shown}: the port is not a number from 1 to 65535") from None
-    if not parts.hostname:
-        raise RedisSettingError(f"{shown}: no host")
-    if port == 0:
-        raise RedisSettingError(f"{shown}: the port is not a number from 1 to 65535")
-    database = unquote(parts.path.lstrip("/"))
-    if database and not database.isdigit():
-        raise RedisSettingError(f"{shown}: the database {database!r} is not a number")
+        parse(url)
+    except ValueError as exc:
+        raise RedisSettingError(f"{mask(url)}: {exc}") from None
 
 
 def check_key_prefix(prefix: str) -> None:

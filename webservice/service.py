@@ -17,7 +17,7 @@ from aiohttp import web
 from loguru import logger
 
 from ..sites import SiteConfig
-from ..storage import StoreUnavailable, make_store
+from ..storage import StoreUnavailable, make_store, redis_url
 from ..storage.redis_keys import socketio_channel
 from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
@@ -70,6 +70,7 @@ class Service:
         self.store = make_store(
             redis_url=config.redis_url,
             redis_key_prefix=config.redis_key_prefix,
+            redis_min_replicas=config.redis_min_replicas,
             sqlite_path=config.sqlite_path,
             device_ttl=config.device_ttl,
             node_id=self.node_id,
@@ -95,7 +96,8 @@ class Service:
         if config.redis_url:
             # Plain-site broadcasts reach the sockets of every node through Redis.
             options["client_manager"] = IndexedRedisManager(
-                config.redis_url, channel=socketio_channel(config.redis_key_prefix)
+                redis_url.parse(config.redis_url).for_socketio(),
+                channel=socketio_channel(config.redis_key_prefix),
             )
         else:
             options["client_manager"] = IndexedManager()
