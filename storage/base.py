@@ -132,12 +132,18 @@ class Delivery(NamedTuple):  # one per stored copy: a tuple is the cheapest to b
 
 class Repeated(list[Delivery]):
     """What ``enqueue`` returns for a message whose ``idempotency_id`` was stored before:
-    nothing was stored now (no delivery), and ``stored`` is how many device queues the
-    first attempt reached."""
+    nothing was stored now, and ``stored`` is how many device queues the first attempt
+    reached. It holds that attempt's deliveries (where the devices are connected now) when
+    there were at most ``RECORDED_DELIVERIES``, so that they are handed on again: the first
+    attempt may have failed before it could (a 504); a device that had it skips it by its
+    seq."""
 
-    def __init__(self, stored: int) -> None:
-        super().__init__()
+    def __init__(self, stored: int, deliveries: Sequence[Delivery] = ()) -> None:
+        super().__init__(deliveries)
         self.stored = stored
+
+
+RECORDED_DELIVERIES = 100  # per message with an idempotency key; more: the count only
 
 
 def stored_count(deliveries: Sequence[Delivery]) -> int:

@@ -8,6 +8,7 @@ the batched ENQUEUE and ACK (several sends or acks, each of one site). Times are
 milliseconds; a ttl of 0 means never expire.
 """
 
+from .base import RECORDED_DELIVERIES
 from .redis_keys import LUA_PRELUDE
 from .redis_wire import Script
 
@@ -176,10 +177,21 @@ return left
 #      (comma-separated ids of the nodes where the device is connected) for each of the n
 #      devices that stored it; then m, then user, device for each of the m devices whose
 #      queue is full and overflowed just now. A message whose idempotency key is recorded
-#      stores nothing: -1, then how many devices the first attempt stored it for.
+#      stores nothing: -1, how many devices the first attempt stored it for, then n and
+#      its n deliveries as above (recorded when there were at most RECORDED_DELIVERIES).
 ENQUEUE = _script(
-    """
+    f"local RECORDED_DELIVERIES = {RECORDED_DELIVERIES}"
+    + """
 local max_queue, step_ms, idem_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function holders_of(dev)
+  local holders = {}
+  for _, f in ipairs(redis.call('HKEYS', dev)) do
+    if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
+      holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
+    end
+  end
+  return table.concat(holders, ',')
+end
 local started = now_ms()
 local out, i = {0}, 5
 while i <= #ARGV do
@@ -191,7 +203,15 @@ while i <= #ARGV do
   i = first_room + n_rooms
   local prior = idem ~= '' and redis.call('GET', idem)
   if prior then
-    out[#out + 1] = -1; out[#out + 1] = tonumber(prior)
+    -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
+    local entries = {}
+    for entry in string.gmatch(prior, '[^:]+') do entries[#entries + 1] = entry end
+    out[#out + 1] = -1; out[#out + 1] = tonumber(entries[1]); out[#out + 1] = #entries - 1
+    for k = 2, #entries do
+      local user, device, seq = string.match(entries[k], '^([^\t]*)\t([^\t]*)\t(%d+)$')
+      out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = tonumber(seq)
+      out[#out + 1] = holders_of((device_keys(p, user, device)))
+    end
   else
     local targets, seen = {}, {}
     local function add(user)
@@ -224,19 +244,21 @@ while i <= #ARGV do
           redis.call('HSET', msg, seq, record)
           redis.call('ZADD', evt, 0, event_member(event, seq))
           if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
-          local holders = {}
-          for _, f in ipairs(redis.call('HKEYS', dev)) do
-            if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
-              holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
-            end
-          end
           out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-          out[#out + 1] = table.concat(holders, ',')
+          out[#out + 1] = holders_of(dev)
           out[count_at] = out[count_at] + 1
         end
       end
     end
-    if idem ~= '' then redis.call('SET', idem, out[count_at], 'PX', idem_ttl) end
+    if idem ~= '' then
+      local record_of = {out[count_at]}
+      if out[count_at] <= RECORDED_DELIVERIES then
+        for k = count_at + 1, #out, 4 do
+          record_of[#record_of + 1] = out[k] .. '\t' .. out[k + 1] .. '\t' .. out[k + 2]
+        end
+      end
+      redis.call('SET', idem, table.concat(record_of, ':'), 'PX', idem_ttl)
+    end
     out[#out + 1] = #full / 2
     for _, name in ipairs(full) do out[#out + 1] = name end
   end

@@ -277,22 +277,12 @@ class RedisStore(StoreBase):
         i = 1
         for site, _users, _rooms, _message in items[: int(flat[0])]:
             count, i = int(flat[i]), i + 1
-            if count < 0:  # an idempotent repeat
-                results.append(Repeated(int(flat[i])))
-                i += 1
+            if count < 0:  # an idempotent repeat: the first attempt's count and deliveries
+                stored, count, i = int(flat[i]), int(flat[i + 1]), i + 2
+                results.append(Repeated(stored, _deliveries(flat, i, count)))
+                i += 4 * count
                 continue
-            deliveries = []
-            for j in range(i, i + 4 * count, 4):
-                nodes = flat[j + 3]
-                deliveries.append(
-                    Delivery(
-                        unescape(flat[j].decode()),
-                        unescape(flat[j + 1].decode()),
-                        int(flat[j + 2]),
-                        tuple(nodes.decode().split(",")) if nodes else (),
-                    )
-                )
-            results.append(deliveries)
+            results.append(_deliveries(flat, i, count))
             i += 4 * count
             full, i = int(flat[i]), i + 1
             for j in range(i, i + 2 * full, 2):
@@ -382,3 +372,19 @@ class RedisStore(StoreBase):
 
             depths[site] = await self._call("queue_depths", count)
         return depths
+
+
+def _deliveries(flat: list[Any], at: int, count: int) -> list[Delivery]:
+    """``count`` deliveries of ENQUEUE's answer from ``at``: user, device, seq, nodes."""
+    deliveries = []
+    for j in range(at, at + 4 * count, 4):
+        nodes = flat[j + 3]
+        deliveries.append(
+            Delivery(
+                unescape(flat[j].decode()),
+                unescape(flat[j + 1].decode()),
+                int(flat[j + 2]),
+                tuple(nodes.decode().split(",")) if nodes else (),
+            )
+        )
+    return deliveries

@@ -25,6 +25,7 @@ from .base import (
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
+    RECORDED_DELIVERIES,
     AckItem,
     Backlog,
     Connected,
@@ -69,6 +70,7 @@ CREATE INDEX IF NOT EXISTS messages_by_event ON messages (site, user, device, ev
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, checked_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
     site TEXT NOT NULL, key TEXT NOT NULL, stored INTEGER NOT NULL, expires_at REAL NOT NULL,
+    deliveries TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (site, key)
 ) WITHOUT ROWID;
 """
@@ -234,8 +236,17 @@ class SQLiteStore(StoreBase):
         here = (self.node_id,)  # one node holds every connection
         deliveries: list[list[Delivery]] = []
         for (site, *_), (rows, full) in zip(items, results, strict=False):
-            if isinstance(rows, int):  # an idempotent repeat: how many it reached then
-                deliveries.append(Repeated(rows))
+            if isinstance(rows, tuple):  # an idempotent repeat: how many it reached then
+                stored, again = rows
+                deliveries.append(
+                    Repeated(
+                        stored,
+                        [
+                            Delivery(user, device, seq, here if conns else ())
+                            for user, device, seq, conns in again
+                        ],
+                    )
+                )
                 continue
             for user, device in full:
                 self.stats.overflowed(site, user, device, self.max_queue)
@@ -403,10 +414,10 @@ def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
 
 def _enqueue_all(
     db: Db, batches: list[tuple[dict[str, Any], str, bytes]], step: float
-) -> list[tuple[list[Any] | int, list[Any]]]:
+) -> list[tuple[list[Any] | tuple[int, list[Any]], list[Any]]]:
     """The first of ``batches`` that fit in ``step`` seconds (one at least)."""
     started = time.monotonic()
-    done: list[tuple[list[Any] | int, list[Any]]] = []
+    done: list[tuple[list[Any] | tuple[int, list[Any]], list[Any]]] = []
     for params, event, record in batches:
         if done and time.monotonic() - started >= step:
             break
@@ -426,18 +437,23 @@ TARGETS = (
 
 def _enqueue(
     db: Db, params: dict[str, Any], event: str, record: bytes
-) -> tuple[list[Any] | int, list[Any]]:
+) -> tuple[list[Any] | tuple[int, list[Any]], list[Any]]:
     """Store for every target device with room in its queue; flag the full ones. Returns the
     stored (user, device, seq, conns) and the (user, device) that overflowed just now; or,
-    for a message whose idempotency key is recorded, how many it reached then."""
+    for a message whose idempotency key is recorded, how many it reached then and those
+    deliveries (their devices' connections as they are now)."""
     if params["key"]:
         prior = db.execute(
-            "SELECT stored FROM idempotency WHERE site = :site AND key = :key "
+            "SELECT stored, deliveries FROM idempotency WHERE site = :site AND key = :key "
             "AND expires_at > :now",
             params,
         ).fetchone()
         if prior is not None:
-            return prior[0], []
+            again = [
+                (user, device, seq, _connections(db, params["site"], user, device))
+                for user, device, seq in orjson.loads(prior[1])
+            ]
+            return (prior[0], again), []
     full = db.execute(
         f"UPDATE devices SET overflow = 1 WHERE {TARGETS} AND overflow = 0 "
         "AND queued >= :max_queue RETURNING user, device",
@@ -454,12 +470,20 @@ def _enqueue(
         [(site, user, device, seq, event, record) for user, device, seq, _ in rows],
     )
     if params["key"]:
+        recorded = [row[:3] for row in rows] if len(rows) <= RECORDED_DELIVERIES else []
         db.execute(
-            "INSERT OR REPLACE INTO idempotency (site, key, stored, expires_at) "
-            "VALUES (:site, :key, :stored, :key_expires)",
-            {**params, "stored": len(rows)},
+            "INSERT OR REPLACE INTO idempotency (site, key, stored, expires_at, deliveries) "
+            "VALUES (:site, :key, :stored, :key_expires, :deliveries)",
+            {**params, "stored": len(rows), "deliveries": orjson.dumps(recorded).decode()},
         )
     return rows, full
+
+
+def _connections(db: Db, site: str, user: str, device: str) -> int:
+    row = db.execute(
+        "SELECT conns FROM devices WHERE site = ? AND user = ? AND device = ?", (site, user, device)
+    ).fetchone()
+    return row[0] if row else 0
 
 
 def _read_queues(db: Db, keys: Sequence[dict[str, Any]]) -> list[tuple[list[Any], int]]:

@@ -205,16 +205,21 @@ class ServiceProcess:
 
 
 class SentinelSet:
-    """A primary, a replica of it, and three sentinels watching them as ``service``: the
+    """A primary, replicas of it, and three sentinels watching them as ``service``: the
     smallest Sentinel deployment that fails over, as real redis-server processes."""
 
-    def __init__(self, workdir: Path, service: str = "mymaster") -> None:
+    def __init__(self, workdir: Path, service: str = "mymaster", replicas: int = 1) -> None:
         self.workdir = workdir
         self.service = service
         self.primary = RedisServer(workdir / "primary")
-        self.replica = RedisServer(
-            workdir / "replica", options=("--replicaof", "127.0.0.1", str(self.primary.port))
-        )
+        self.replicas = [
+            RedisServer(
+                workdir / f"replica-{n}",
+                options=("--replicaof", "127.0.0.1", str(self.primary.port)),
+            )
+            for n in range(replicas)
+        ]
+        self.replica = self.replicas[0]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
@@ -225,8 +230,9 @@ class SentinelSet:
 
     def start(self) -> None:
         self.primary.start()
-        self.replica.start()
-        self.replica.wait_replicating()
+        for replica in self.replicas:
+            replica.start()
+            replica.wait_replicating()
         binary = shutil.which("redis-server")
         assert binary is not None
         for number, port in enumerate(self.sentinel_ports):
@@ -248,7 +254,7 @@ class SentinelSet:
             _wait_for(functools.partial(self._sentinel_knows_the_replica, port))
 
     def _sentinel_knows_the_replica(self, port: int) -> bool:
-        return "'slaves': 1, 'sentinels': 3" in _info(port, "sentinel")
+        return f"'slaves': {len(self.replicas)}, 'sentinels': 3" in _info(port, "sentinel")
 
     def _sentinel(self) -> redis.Redis:
         return redis.Redis(port=self.sentinel_ports[0], socket_timeout=2)
@@ -268,12 +274,23 @@ class SentinelSet:
         _wait_for(lambda: self.primary_port() != before, timeout=30)
         _wait_for(lambda: "role:master" in _info(self.primary_port(), "replication"), timeout=30)
 
+    def wait_promoted(self) -> None:
+        """After the primary was killed: until the sentinels name a replica, it takes writes,
+        and (with more than one) another replicates it."""
+        ports = {replica.port for replica in self.replicas}
+        _wait_for(lambda: self.primary_port() in ports, timeout=60)
+        new = self.primary_port()
+        _wait_for(lambda: "role:master" in _info(new, "replication"), timeout=30)
+        if len(self.replicas) > 1:
+            _wait_for(lambda: "connected_slaves:1" in _info(new, "replication"), timeout=60)
+
     def stop(self) -> None:
         for process in self.sentinels:
             process.terminate()
             process.wait(timeout=10)
         self.sentinels = []
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.primary.stop()
 
 

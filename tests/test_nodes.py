@@ -427,20 +427,16 @@ async def test_a_send_answered_504_and_retried_with_its_key_arrives_once(
         redis.stop()
 
 
-async def test_a_sentinel_failover_while_sites_send_loses_and_doubles_nothing(
-    start_nodes: StartNodes,
-    stub: SiteStub,
+async def keyed_sends_through(
     http: aiohttp.ClientSession,
-    sentinel_set: SentinelSet,
-    sentinel_url: str,
+    nodes: tuple[ServiceProcess, ServiceProcess],
+    client: Client,
+    failure: Callable[[], Awaitable[None]],
 ) -> None:
-    """Two nodes behind Sentinel; a device on one, sends with keys to the other while the
-    sentinels move the primary. Every send answered 200 is delivered; once the nodes are
-    healthy again, every other one is retried with its key until answered 200; then each
-    message has reached the device exactly once."""
-    a, b = await start_nodes(2, REDIS_URL=sentinel_url, REDIS_TIMEOUT="2")
-    stub.answers["t1"] = ["user_1"]
-    client = await connect(a.url, "shop", "t1", "phone")
+    """A site sends with keys to the second node while ``failure`` happens; once both nodes
+    are healthy again it retries every send not answered 200 with its key, until answered
+    200. Then every message has reached the client (on the first node) exactly once, and
+    those answered 200 at once in send order."""
     answers: dict[int, int] = {}
     sending = True
 
@@ -448,27 +444,78 @@ async def test_a_sentinel_failover_while_sites_send_loses_and_doubles_nothing(
         number = 0
         while sending or number < 20:
             number += 1
-            answers[number] = (await keyed_send(http, b.url, number, f"k{number}"))[0]
+            answers[number] = (await keyed_send(http, nodes[1].url, number, f"k{number}"))[0]
             await asyncio.sleep(0.02)
 
     sender = asyncio.create_task(send_all())
     await asyncio.sleep(0.3)
-    await asyncio.to_thread(sentinel_set.failover)
-    await asyncio.sleep(0.5)
+    await failure()
     sending = False
     await sender
-    for node in (a, b):
+    for node in nodes:
         await node.wait_health(200, timeout=30)
     for number, status in sorted(answers.items()):
         for _ in range(50):
             if status == 200:
                 break
-            status = (await keyed_send(http, b.url, number, f"k{number}"))[0]
+            status = (await keyed_send(http, nodes[1].url, number, f"k{number}"))[0]
             await asyncio.sleep(0.2)
         assert status == 200, f"send {number} was never answered 200"
-    seen = await numbers_from(client, set(answers))
+    seen = await numbers_from(client, set(answers), timeout=30)
     await client.no_event_within(0.5)  # a negative check: nothing comes twice
     assert sorted(seen) == sorted(answers), "a message came twice"
-    first_answers = [n for n, s in sorted(answers.items()) if s == 200]
-    assert [n for n in seen if n in first_answers] == first_answers  # in send order
+    at_once = [number for number, status in sorted(answers.items()) if status == 200]
+    assert [number for number in seen if number in at_once] == at_once
+
+
+async def test_a_sentinel_failover_while_sites_send_loses_and_doubles_nothing(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    sentinel_set: SentinelSet,
+    sentinel_url: str,
+) -> None:
+    """Two nodes behind Sentinel; a planned failover (SENTINEL FAILOVER) while a site sends."""
+    # NODE_TIMEOUT as in production: longer than the failover (the tests' 2 s is not)
+    a, b = await start_nodes(2, REDIS_URL=sentinel_url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
+    stub.answers["t1"] = ["user_1"]
+    client = await connect(a.url, "shop", "t1", "phone")
+
+    async def failover() -> None:
+        await asyncio.to_thread(sentinel_set.failover)
+        await asyncio.sleep(0.5)  # sends go on after it too
+
+    await keyed_sends_through(http, (a, b), client, failover)
     await client.disconnect()
+
+
+async def test_the_primary_killed_with_min_replicas_loses_no_answered_send(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the Redis primary while a site sends, with min_replicas 1 and two
+    replicas: every send answered 200 had reached a replica, so it survives the promotion."""
+    deployment = SentinelSet(tmp_path / "sentinel-kill", replicas=2)
+    deployment.start()
+    try:
+        a, b = await start_nodes(
+            2,
+            REDIS_URL=deployment.url,
+            REDIS_TIMEOUT="2",
+            REDIS_MIN_REPLICAS="1",
+            NODE_TIMEOUT="30",  # as in production: longer than the failover
+        )
+        stub.answers["t1"] = ["user_1"]
+        client = await connect(a.url, "shop", "t1", "phone")
+
+        async def kill() -> None:
+            assert deployment.primary.process is not None
+            deployment.primary.process.kill()  # SIGKILL
+            await asyncio.to_thread(deployment.wait_promoted)
+
+        await keyed_sends_through(http, (a, b), client, kill)
+        await client.disconnect()
+    finally:
+        deployment.stop()
