@@ -159,3 +159,34 @@ async def test_with_min_replicas_a_send_not_replicated_in_time_is_a_504(tmp_path
         await store.close()
         replica.stop()
         primary.stop()
+
+
+async def test_the_originals_redis_block_with_a_password_and_a_user_connects(
+    tmp_path: Path,
+) -> None:
+    """The original hands its redis block (host, port, username, password, db) to its
+    client: the same block starts this service on a Redis that requires them."""
+    from socketio_webservice.storage import make_store
+    from socketio_webservice.webservice.config import load_config
+
+    server = RedisServer(tmp_path / "redis", options=("--requirepass", "s3cr:t@pw"))
+    server.start()
+    try:
+        await command(
+            f"redis://:s3cr%3At%40pw@127.0.0.1:{server.port}/0",
+            "ACL", "SETUSER", "app", "on", ">app:pw", "~*", "&*", "+@all",
+        )  # fmt: skip
+        (tmp_path / "config.yml").write_text(
+            "production:\n  redis:\n    host: 127.0.0.1\n"
+            f"    port: {server.port}\n    username: app\n    password: 'app:pw'\n    db: 2\n"
+        )
+        config = load_config({"SITES_FILE": ""}, str(tmp_path / "config.yml"), None)
+        store = make_store(redis_url=config.redis_url, device_ttl=60, node_id="n")
+        await store.open()
+        try:
+            await store.connect_device(SITE, "user_1", "phone", [])
+            assert len(await store.enqueue(SITE, ["user_1"], [], Message("n", [1]))) == 1
+        finally:
+            await store.close()
+    finally:
+        server.stop()

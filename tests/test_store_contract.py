@@ -459,7 +459,7 @@ async def test_the_sweep_takes_what_expired_out_of_the_indexes(
             await store.sweep()
             return await raw_index(store, store_redis_url) == ({"user_2"}, {"b"})
 
-        await until(swept)
+        await until(swept, timeout=15)
         assert await store.shared_room_members(SITE, "staff") == {"user_2"}
     finally:
         await store.close()
