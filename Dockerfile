@@ -34,6 +34,6 @@ USER 10001
 VOLUME ["/app/data"]
 EXPOSE 1337
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '1337') + '/healthcheck', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '1337') + '/livez', timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["socketio-webservice"]

@@ -278,9 +278,9 @@ async def test_a_client_that_stops_reading_is_dropped_and_keeps_its_queue(
 # --- store failures -------------------------------------------------------------------------
 
 
-async def healthcheck(harness: Harness) -> int:
+async def healthcheck(harness: Harness, path: str = "/healthcheck") -> int:
     assert harness.http is not None
-    async with harness.http.get(f"{harness.url}/healthcheck") as response:
+    async with harness.http.get(f"{harness.url}{path}") as response:
         return response.status
 
 
@@ -309,6 +309,8 @@ async def test_redis_refusing_writes_is_a_503_and_unhealthy_until_it_accepts_aga
         status, text = await harness.send("shop", ["user_1"], "n", 1)
         assert status == 503 and "Message not stored" in text
         assert await healthcheck(harness) == 503
+        assert await healthcheck(harness, "/readyz") == 503  # route no new clients here
+        assert await healthcheck(harness, "/livez") == 200  # but do not restart the node
         await client.disconnect()  # its release fails now, and must be retried
     finally:
         await admin.execute_command(*allow)

@@ -194,6 +194,26 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness, as /healthcheck: 200 while this node can store and "
+                    "deliver; 503 while the store refuses writes, the cross-node listener is "
+                    "down, or the node is shutting down",
+                    "responses": {
+                        "200": _answer("ok"),
+                        "503": _answer("unhealthy: the store refuses writes, or shutting down"),
+                    },
+                }
+            },
+            "/livez": {
+                "get": {
+                    "operationId": "livez",
+                    "summary": "Liveness: 200 while the process and its event loop answer, "
+                    "whatever the store",
+                    "responses": {"200": _answer("ok")},
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",

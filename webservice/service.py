@@ -116,6 +116,8 @@ class Service:
             self.node_id, self.namespaces, self.store, self.stats, self.sio.connection_count
         )
         self.app.router.add_get("/healthcheck", self.healthcheck)
+        self.app.router.add_get("/readyz", self.healthcheck)
+        self.app.router.add_get("/livez", self.livez)
         self.app.router.add_post("/send", self._send)
         self.app.router.add_get("/metrics", self.metrics_page)
         self.app.router.add_get("/openapi.json", self.openapi)
@@ -303,7 +305,14 @@ class Service:
             headers={"Content-Type": "application/javascript", "Cache-Control": "max-age=3600"},
         )
 
+    async def livez(self, request: web.Request) -> web.Response:
+        """Liveness: the process and its event loop answer. Not the store: an orchestrator
+        that restarts on this must not restart every node, dropping every socket, while
+        Redis is down (open sockets stay up through it; ``/readyz`` says not to send more)."""
+        return web.Response(text="ok")
+
     async def healthcheck(self, request: web.Request) -> web.Response:
+        """``/healthcheck`` (the original's) and ``/readyz``: whether to route to this node."""
         if self.draining:
             return web.Response(status=503, text="unhealthy: shutting down")
         try:
