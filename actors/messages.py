@@ -29,6 +29,12 @@ class Register:
 
 
 @dataclass(slots=True)
+class RegisterAgain:
+    """The other nodes took this one for dead and released its connections: count them in
+    the store again, then re-read the queues (signals were missed meanwhile)."""
+
+
+@dataclass(slots=True)
 class Attach:
     """The handshake is complete: greet the socket and send what its device missed."""
 
@@ -91,4 +97,15 @@ class Retry:
     delay: float
 
 
-ActorMessage = Register | Attach | Detach | Release | Deliver | Ack | ResyncAck | CatchUp | Retry
+ActorMessage = (
+    Register
+    | RegisterAgain
+    | Attach
+    | Detach
+    | Release
+    | Deliver
+    | Ack
+    | ResyncAck
+    | CatchUp
+    | Retry
+)

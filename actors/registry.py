@@ -31,6 +31,11 @@ class ActorRegistry:
             actor = self._spawn(user)
         actor.tell(message)
 
+    def tell_everyone(self, message: ActorMessage) -> None:
+        """Post to every actor here (every user with sockets on this node)."""
+        for actor in list(self.actors.values()):
+            actor.tell(message)
+
     def tell_if_present(self, user: str, message: ActorMessage) -> None:
         """Post only if the user has sockets here (nothing to do for anyone else)."""
         actor = self.actors.get(user)

@@ -32,6 +32,7 @@ from .messages import (
     Deliver,
     Detach,
     Register,
+    RegisterAgain,
     Release,
     ResyncAck,
     Retry,
@@ -56,6 +57,7 @@ class SocketInfo:
     authorization: str
     forget_on_disconnect: bool
     resync_due: bool = False  # its queue overflowed while away: it missed messages
+    shared_rooms: list[str] = field(default_factory=list)  # of the auth answer it connected with
 
 
 @dataclass(slots=True)
@@ -234,6 +236,8 @@ class UserActor:
                 await self._resync_ack(message)
             case Register():
                 await self._register(message)
+            case RegisterAgain():
+                await self._register_again()
             case Attach():
                 await self._attach(message.sid)
             case Detach():
@@ -278,10 +282,27 @@ class UserActor:
             message.authorization,
             message.forget_on_disconnect,
             resync_due=connected.overflowed,
+            shared_rooms=message.shared_rooms,
         )
         message.reply.set_result(connected.first)
         if connected.first:
             self.outbox.presence_changed(self.user, message.authorization, connected=True)
+
+    async def _register_again(self) -> None:
+        for info in list(self.sockets.values()):
+            try:
+                await self.store.connect_device(
+                    self.site, self.user, info.device, info.shared_rooms
+                )
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "site={} user={} device {} not registered again: {}",
+                    self.site,
+                    self.user,
+                    info.device,
+                    exc,
+                )
+        await self._catch_up(CatchUp())
 
     async def _attach(self, sid: str) -> None:
         info = self.sockets.get(sid)

@@ -194,6 +194,11 @@ class Store(Protocol):
         """Remove what expired (run every minute by the store itself): SQLite's rows, and on
         Redis the entries of expired devices and users in the sets that index them."""
 
+    taken_for_dead: bool
+    """Set by ``heartbeat`` when the other nodes had taken this one for dead (it was paused or
+    cut off past their timeout) and released its connections: the caller registers them again
+    (``connect_device`` for each socket) and clears it."""
+
     async def heartbeat(self) -> list[str]:
         """Say this node is alive, and release the connections of nodes that stopped saying so
         (killed or cut off), as if their sockets had disconnected. Returns those nodes."""

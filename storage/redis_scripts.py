@@ -307,7 +307,8 @@ return tonumber(redis.call('HGET', dev, 'seq') or seq)
 """)
 
 # KEYS: the nodes' heartbeat set, the expiring users and devices. ARGV: global prefix, this
-#   node, dead_after_ms, ttl_ms
+#   node, dead_after_ms, ttl_ms -> {1 if this node was not in the set (its first beat, or the
+#   others took it for dead), the ids of the dead nodes released}
 #   -> ids of the dead nodes released
 #   Records this node's heartbeat (Redis's clock, so nodes' clocks need not agree), then
 #   releases every connection of a node silent for dead_after_ms, as if each had disconnected.
@@ -315,7 +316,7 @@ HEARTBEAT = _script("""
 local nodes, exp_users, exp_devices = unpack(KEYS)
 local g, me, dead_after, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
-redis.call('ZADD', nodes, now, me)
+local absent = redis.call('ZADD', nodes, now, me)
 local cutoff = '(' .. string.format('%d', now - dead_after)
 local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', cutoff)
 for _, node in ipairs(dead) do
@@ -340,7 +341,7 @@ for _, node in ipairs(dead) do
   redis.call('DEL', held)
   redis.call('ZREM', nodes, node)
 end
-return dead
+return {absent, dead}
 """)
 
 # KEYS: the expiring users and devices. ARGV: how many of each to look at, at most

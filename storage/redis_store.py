@@ -72,6 +72,7 @@ class RedisStore(StoreBase):
             idempotency_ttl=idempotency_ttl,
         )
         self.policy_error = ""  # what is wrong with Redis's maxmemory-policy, if anything
+        self._beaten = False
         self._policy_checked_at = -POLICY_CHECK_EVERY
         self.url = url
         self.key_prefix = key_prefix
@@ -194,7 +195,7 @@ class RedisStore(StoreBase):
         """Also reads Redis's maxmemory-policy every ``POLICY_CHECK_EVERY`` seconds."""
         if time.monotonic() - self._policy_checked_at >= POLICY_CHECK_EVERY:
             await self._check_memory_policy()
-        dead = await self._run(
+        absent, dead = await self._run(
             "heartbeat",
             scripts.HEARTBEAT,
             [keys.nodes(self.key_prefix), *keys.expiring(self.key_prefix)],
@@ -203,6 +204,9 @@ class RedisStore(StoreBase):
             int(self.node_dead_after * 1000),
             self.device_ttl * 1000,
         )
+        if int(absent) and self._beaten:
+            self.taken_for_dead = True
+        self._beaten = True
         return [node.decode() for node in dead or []]
 
     async def sweep(self) -> None:

@@ -74,6 +74,7 @@ class StoreBase(ABC):
         )
         self._acks: WriteCoalescer[AckItem, int] = WriteCoalescer(self._write_acks)
         self._sweeper: asyncio.Task[None] | None = None
+        self.taken_for_dead = False
 
     # --- the contract's methods that are the same for both stores -------------------------
 

@@ -519,3 +519,35 @@ async def test_the_primary_killed_with_min_replicas_loses_no_answered_send(
         await client.disconnect()
     finally:
         deployment.stop()
+
+
+async def test_a_node_paused_past_the_node_timeout_registers_its_sockets_again(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+) -> None:
+    """The other node takes the paused one for dead and releases its connections; when it
+    wakes up its sockets are still open, and it counts them in the store again, so sends
+    made on the other node reach them live again."""
+    a, b = await start_nodes(2, REDIS_URL=redis_url)  # NODE_TIMEOUT 2 s
+    stub.answers["t1"] = ["user_1"]
+    client = await connect(a.url, "shop", "t1", "phone")
+    assert (await post_send(http, b.url, "shop", "user_1", "n", 1))[0] == 200
+    assert (await client.next()).numbers() == [1]
+    a.signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 20
+        while "released the connections of stopped nodes" not in b.logs():
+            assert time.monotonic() < deadline, b.logs()
+            await asyncio.sleep(0.1)
+    finally:
+        a.signal(signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while "registering them again" not in a.logs():
+        assert time.monotonic() < deadline, a.logs()
+        await asyncio.sleep(0.1)
+    for number in (2, 3):
+        assert (await post_send(http, b.url, "shop", "user_1", "n", number))[0] == 200
+    assert await numbers_from(client, {2, 3}) == [2, 3]
+    await client.disconnect()

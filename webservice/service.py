@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
+from ..actors.messages import RegisterAgain
 from ..sites import SiteConfig
 from ..storage import StoreUnavailable, make_store, redis_url
 from ..storage.redis_keys import socketio_channel
@@ -253,6 +254,15 @@ class Service:
             else:
                 if dead:
                     logger.warning("released the connections of stopped nodes {}", dead)
+                if self.store.taken_for_dead:
+                    self.store.taken_for_dead = False
+                    logger.warning(
+                        "the other nodes took this one for dead (no heartbeat for {} s) and "
+                        "released its connections: registering them again",
+                        self.config.node_timeout,
+                    )
+                    for namespace in self.namespaces.values():
+                        namespace.registry.tell_everyone(RegisterAgain())
             await asyncio.sleep(self.config.node_timeout / HEARTBEATS_PER_TIMEOUT)
 
     async def _watch_writers(self) -> None:
