@@ -70,8 +70,7 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 
 # KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
 #   held-devices set; the expiring users and devices. ARGV: deadline, site prefix, node
-#   field, user, device, max devices,
-#   shared rooms...
+#   field, user, device, max devices, shared rooms...
 #   -> {the user's connection count, this one included, or -1: refused (the user has max
 #      devices, all connected; nothing changed); 1 if the device's queue overflowed since it
 #      last connected (the flag is cleared), else 0; the devices retired to make room for
@@ -309,7 +308,6 @@ return tonumber(redis.call('HGET', dev, 'seq') or seq)
 # KEYS: the nodes' heartbeat set, the expiring users and devices. ARGV: global prefix, this
 #   node, dead_after_ms, ttl_ms -> {1 if this node was not in the set (its first beat, or the
 #   others took it for dead), the ids of the dead nodes released}
-#   -> ids of the dead nodes released
 #   Records this node's heartbeat (Redis's clock, so nodes' clocks need not agree), then
 #   releases every connection of a node silent for dead_after_ms, as if each had disconnected.
 HEARTBEAT = _script("""

@@ -354,16 +354,13 @@ def _connect_device(
         db.execute(f"DELETE FROM messages WHERE {DEVICE}", key)
         db.execute(f"DELETE FROM devices WHERE {DEVICE}", key)
     retired: list[str] = []
-    if (
-        expired is not None
-        or db.execute(f"SELECT 1 FROM devices WHERE {DEVICE}", key).fetchone() is None
-    ):
+    if db.execute(f"SELECT 1 FROM devices WHERE {DEVICE}", key).fetchone() is None:  # new
         others = db.execute(
-            f"SELECT device, conns, seen FROM devices WHERE site = :site AND user = :user "
+            f"SELECT device, conns FROM devices WHERE site = :site AND user = :user "
             f"AND {LIVE} ORDER BY seen",
             key,
         ).fetchall()
-        offline = [device for device, conns, _ in others if conns <= 0]
+        offline = [device for device, conns in others if conns <= 0]
         over = len(others) - max_devices + 1
         if over > len(offline):
             return Connected(first=False, overflowed=False, refused=True)

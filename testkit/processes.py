@@ -122,6 +122,19 @@ class RedisServer:
             self.process = None
 
 
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m webservice`` run to its end in ``cwd``, with only these environment
+    variables (the configuration errors and ``--check-config`` tests)."""
+    return subprocess.run(
+        [sys.executable, "-m", "webservice", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "", "PYTHONPATH": str(ROOT), **env},
+    )
+
+
 class ServiceProcess:
     """``python -m socketio_webservice`` with the given environment, on a free port."""
 

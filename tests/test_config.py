@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from socketio_webservice.webservice.config import ConfigError, load_config
+from testkit.processes import run_cli
 
 CONFIG = """
 production:
@@ -35,18 +34,6 @@ newsite:
   userRoomPrefix: user_
   updateUserUrl: http://newsite.example/users/:id
 """
-
-
-def run_service(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m webservice`` in ``cwd`` with only these environment variables."""
-    return subprocess.run(
-        [sys.executable, "-m", "webservice", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "", "PYTHONPATH": str(Path(__file__).parents[1]), **env},
-    )
 
 
 def write(tmp_path: Path, config: str = CONFIG, sites: str = SITES) -> tuple[str, str]:
@@ -150,7 +137,7 @@ def test_mistakes_name_the_key(
 
 def test_a_config_error_stops_start_up_with_one_line(tmp_path: Path) -> None:
     write(tmp_path, "production:\n  port: abc\n")
-    result = run_service(tmp_path)
+    result = run_cli(cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "config error: port must be a whole number, not 'abc'"
@@ -181,7 +168,7 @@ def yaml_bomb(levels: int, key: str = "port") -> str:
 def test_a_yaml_bomb_is_refused_at_once_in_one_short_line(tmp_path: Path, levels: int) -> None:
     write(tmp_path, yaml_bomb(levels))
     assert (tmp_path / "config.yml").stat().st_size < 1_000
-    result = run_service(tmp_path, "--check-config")
+    result = run_cli("--check-config", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and len(lines[0]) < 300, lines
@@ -245,7 +232,7 @@ def test_a_redis_url_that_cannot_work_is_one_line_with_the_password_masked(
     tmp_path: Path, url: str, says: str
 ) -> None:
     write(tmp_path, "production: {}\n")
-    result = run_service(tmp_path, "--check-config", REDIS_URL=url)
+    result = run_cli("--check-config", cwd=tmp_path, REDIS_URL=url)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("config error: REDIS_URL: ") and says in lines[0]

@@ -6,15 +6,13 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from testkit.processes import ROOT, ServiceProcess, write_sites
+from testkit.processes import ServiceProcess, run_cli, write_sites
 from tests.harness import SiteStub, connect, connect_error, post_send
 
 TOKEN = "tok-Secret-4711"
@@ -36,17 +34,6 @@ async def start_node(tmp_path: Path, stub: SiteStub, **env: str) -> ServiceProce
     )
     await node.start()
     return node
-
-
-def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "webservice", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "", "PYTHONPATH": str(ROOT), **env},
-    )
 
 
 async def test_json_logs_one_object_per_line_with_fields_and_no_secret(

@@ -4,8 +4,6 @@ primary that moves. Real redis-server processes, started here."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import redis.asyncio
 from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable
 from socketio_webservice.storage import redis_store as redis_store_module
 from socketio_webservice.storage.redis_store import RedisStore
-from testkit.processes import ROOT, RedisServer, free_port, write_sites
+from testkit.processes import RedisServer, free_port, run_cli, write_sites
 
 SITE = "shop"
 
@@ -41,18 +39,8 @@ def test_a_redis_that_may_evict_queues_stops_start_up_in_one_line(tmp_path: Path
     server.start()
     try:
         sites = write_sites(tmp_path, "http://127.0.0.1:9/auth")
-        result = subprocess.run(
-            [sys.executable, "-m", "webservice", "--sites", str(sites)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={
-                "PATH": "",
-                "PYTHONPATH": str(ROOT),
-                "REDIS_URL": server.url,
-                "PORT": str(free_port()),
-            },
+        result = run_cli(
+            "--sites", str(sites), cwd=tmp_path, REDIS_URL=server.url, PORT=str(free_port())
         )
     finally:
         server.stop()

@@ -225,13 +225,12 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                     body = await request.read()
             except TimeoutError:
                 return web.Response(status=408, text="body not received in time")
+            socket = self.sockets.get(request.query.get("sid", ""))
             if len(body) > self.max_http_buffer_size:
-                socket = self.sockets.get(request.query.get("sid", ""))
                 if socket is not None:
                     self.drop(socket, "a POST over the packet limit")
                 return web.Response(status=413, text="payload over the packet limit")
             request[_BODY] = body
-            socket = self.sockets.get(request.query.get("sid", ""))
             if socket is not None:
                 if socket.closed or socket.closing:  # python-engineio: a KeyError, a 500
                     return web.Response(status=400, text="session closed")
@@ -403,13 +402,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         if isinstance(data, str) and data.startswith("3/") and eio_sid not in self._binary_packet:
             match = ACK_PACKET.match(data)
             if match is not None:
-                sid = self.manager.sid_from_eio_sid(eio_sid, match[1])
-                callbacks = self.manager.callbacks.get(sid)
-                callback = callbacks.pop(int(match[2]), None) if callbacks else None
-                if callback is not None:
-                    callback()
-                else:
-                    self._unknown_ack(eio_sid)
+                self._acked(eio_sid, match[1], int(match[2]))
                 return
         if isinstance(data, str) and data[:1] == "0" and self._is_legacy(eio_sid):
             data = connect_with_auth(data)
@@ -426,18 +419,18 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_ack(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
         """An ack not taken by the short cut above (binary, or an odd spelling)."""
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        self._acked(eio_sid, namespace or "/", id)
+
+    def _acked(self, eio_sid: str, namespace: str, ack_id: Any) -> None:
+        """Run the ack's callback. An ack of nothing we sent (a stale id after a reconnect,
+        or made up) is ignored, and said once per connection, where python-socketio logs a
+        line for every one."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         callbacks = self.manager.callbacks.get(sid)
-        callback = callbacks.pop(id, None) if callbacks else None
+        callback = callbacks.pop(ack_id, None) if callbacks else None
         if callback is not None:
             callback()
-        else:
-            self._unknown_ack(eio_sid)
-
-    def _unknown_ack(self, eio_sid: str) -> None:
-        """An ack of nothing we sent (a stale id after a reconnect, or made up): ignored, and
-        said once per connection, where python-socketio logs a line for every one."""
-        if eio_sid not in self._told_ignored:
+        elif eio_sid not in self._told_ignored:
             self._told_ignored.add(eio_sid)
             logger.debug("client {} acked an id it was not sent: ignored", eio_sid)
 
