@@ -325,7 +325,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
-        self.closed_sessions = 0  # Engine.IO sessions ended since start (for the GC policy)
+        self._closed_sessions = 0  # Engine.IO sessions ended since start
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
@@ -335,7 +335,8 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         return len(self.eio.sockets)
 
     def closed_session_count(self) -> int:
-        return self.closed_sessions
+        """Engine.IO sessions ended on this node since it started (for the GC policy)."""
+        return self._closed_sessions
 
     def connection_count(self, namespace: str) -> int:
         """Sockets connected to ``namespace`` on this node."""
@@ -466,7 +467,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
             )
 
     async def _handle_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
-        self.closed_sessions += 1
+        self._closed_sessions += 1
         self._joined.discard(eio_sid)
         self._unjoined_packets.pop(eio_sid, None)
         self._told_ignored.discard(eio_sid)
