@@ -153,6 +153,27 @@ def stored_count(deliveries: Sequence[Delivery]) -> int:
 
 DEFAULT_IDEMPOTENCY_TTL = 86_400
 
+ORIGINAL_ID_DIGITS = 20  # a 64-bit id in decimal: padded to this, string order is number order
+
+
+class ImportedMessage(NamedTuple):
+    """A message the Node original had queued for a device: its id there (a 64-bit flake id,
+    time-ordered) and the message."""
+
+    original_id: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What ``import_queue`` did with a device's messages: ``stored``; ``known``, skipped as
+    imported before (their id is not above the device's import mark); ``full``, skipped
+    because the queue holds ``max_queue`` (the device is flagged as overflowed: it resyncs)."""
+
+    stored: int
+    known: int
+    full: int
+
 
 @dataclass(frozen=True, slots=True)
 class HeadAck:
@@ -268,3 +289,24 @@ class Store(Protocol):
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
         """Messages stored and not yet acked, per site. Reads every queue: for the status
         page and /metrics, which cache it, not for a hot path."""
+
+    async def attach(self) -> None:
+        """Connect for a tool that runs beside the service (``import-original``): unlike
+        ``open``, no recovery of connection counts, no heartbeat, no sweeping."""
+
+    async def import_queue(
+        self,
+        site: str,
+        user: str,
+        device: str,
+        messages: Sequence[ImportedMessage],
+        ttl: int | None,
+    ) -> Imported:
+        """Append what the Node original had queued for ``device`` of ``user`` (sorted by
+        original id) to its queue, as if this service had stored it, in one atomic step.
+
+        The device is created if it is new. Messages whose original id is not above the
+        device's import mark (the highest id imported for it) are skipped, so importing
+        again adds nothing. An offline device is kept for the later of its own expiry and
+        ``ttl`` seconds (what the original's list had left; ``None``: ``device_ttl``; 0:
+        never); a connected one keeps none."""

@@ -305,6 +305,58 @@ redis.call('ZREMRANGEBYLEX', evt, lo, hi)
 return tonumber(redis.call('HGET', dev, 'seq') or seq)
 """)
 
+# KEYS: the device's hash, messages, event index; the user's hash and devices; the expiring
+#   devices. ARGV: site prefix, user, device, ttl_ms (0: never), max_queue, then (original id
+#   padded to ORIGINAL_ID_DIGITS, event, record) per message, in original id order
+#   -> {stored, known (not above the device's import mark), full (the queue held max_queue)}
+IMPORT_QUEUE = _script("""
+local dev, msg, evt, ukey, devices, exp_devices = unpack(KEYS)
+local p, user, device = ARGV[1], ARGV[2], ARGV[3]
+local ttl, max_queue = tonumber(ARGV[4]), tonumber(ARGV[5])
+local created = redis.call('EXISTS', dev) == 0
+if created then
+  redis.call('DEL', msg, evt)
+  redis.call('HSET', dev, 'conns', 0, 'seq', 0, 'seen', now_us())
+end
+local set_existed = redis.call('EXISTS', devices) == 1
+redis.call('SADD', devices, device)
+local mark = redis.call('HGET', dev, 'imported') or ''
+local last, stored, known, full = mark, 0, 0, 0
+local queued = redis.call('HLEN', msg)
+for i = 6, #ARGV, 3 do
+  local id = ARGV[i]
+  if id <= mark then  -- ids of one width: string order is number order
+    known = known + 1
+  else
+    last = id
+    if queued >= max_queue then
+      full = full + 1
+      redis.call('HSET', dev, 'overflow', 1)
+    else
+      local seq = redis.call('HINCRBY', dev, 'seq', 1)
+      redis.call('HSET', msg, seq, ARGV[i + 2])
+      redis.call('ZADD', evt, 0, event_member(ARGV[i + 1], seq))
+      queued, stored = queued + 1, stored + 1
+    end
+  end
+end
+redis.call('HSET', dev, 'imported', last)
+if tonumber(redis.call('HGET', dev, 'conns') or '0') <= 0 then
+  local left, keep = redis.call('PTTL', dev), ttl
+  if not created then
+    if left < 0 or ttl == 0 then keep = 0 else keep = math.max(left, ttl) end
+  end
+  device_gone(keep, exp_devices, p, user, device)
+  if tonumber(redis.call('HGET', ukey, 'conns') or '0') <= 0 then
+    -- an offline user's device set lasts as long as its longest-lived device
+    local set_left = redis.call('PTTL', devices)
+    if keep == 0 or (set_existed and set_left < 0) then redis.call('PERSIST', devices)
+    else redis.call('PEXPIRE', devices, math.max(set_left, keep)) end
+  end
+end
+return {stored, known, full}
+""")
+
 # KEYS: the nodes' heartbeat set, the expiring users and devices. ARGV: global prefix, this
 #   node, dead_after_ms, ttl_ms -> {1 if this node was not in the set (its first beat, or the
 #   others took it for dead), the ids of the dead nodes released}

@@ -23,6 +23,7 @@ from .base import (
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
+    ORIGINAL_ID_DIGITS,
     AckItem,
     Backlog,
     Connected,
@@ -30,6 +31,8 @@ from .base import (
     Delivery,
     EnqueueItem,
     HeadAck,
+    Imported,
+    ImportedMessage,
     OutcomeUnknown,
     Repeated,
     StoredMessage,
@@ -89,6 +92,11 @@ class RedisStore(StoreBase):
         if self.policy_error:
             raise StoreUnavailable(self.policy_error)
         self.start_sweeping()
+
+    async def attach(self) -> None:
+        await self._check_memory_policy()
+        if self.policy_error:
+            raise StoreUnavailable(self.policy_error)
 
     async def _check_memory_policy(self) -> None:
         """Every queue of an offline device carries a TTL, so under any eviction policy but
@@ -295,6 +303,26 @@ class RedisStore(StoreBase):
                 )
             i += 2 * full
         return results
+
+    async def _import_queue(
+        self, site: str, user: str, device: str, messages: Sequence[ImportedMessage], ttl: int
+    ) -> Imported:
+        p = self._prefix(site)
+        args: list[Any] = [p, escape(user), escape(device), ttl * 1000, self.max_queue]
+        for imported in messages:
+            message = imported.message
+            args += (
+                f"{imported.original_id:0{ORIGINAL_ID_DIGITS}d}",
+                message.event,
+                message.encode(),
+            )
+        names = [
+            *keys.device_keys(p, user, device),
+            *keys.user_keys(p, user)[:2],
+            keys.expiring(self.key_prefix)[1],
+        ]
+        stored, known, full = await self._run("import_queue", scripts.IMPORT_QUEUE, names, *args)
+        return Imported(stored=int(stored), known=int(known), full=int(full))
 
     async def _read_queues(self, items: Sequence[ReadItem]) -> list[Backlog]:
         """Queues read together (devices reconnecting at once) share a round trip."""

@@ -25,11 +25,12 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .redis_url import RedisAddress, parse
 
+FAILURES = (RedisError, OSError)  # what a command may raise: Redis down, or an error reply
 CLOCK_READ_EVERY = 30.0  # seconds: Redis's clock against ours, for scripts' deadlines
 
 

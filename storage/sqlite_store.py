@@ -25,6 +25,7 @@ from .base import (
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
+    ORIGINAL_ID_DIGITS,
     RECORDED_DELIVERIES,
     AckItem,
     Backlog,
@@ -33,6 +34,8 @@ from .base import (
     Delivery,
     EnqueueItem,
     HeadAck,
+    Imported,
+    ImportedMessage,
     Repeated,
     StoredMessage,
     StoreUnavailable,
@@ -48,6 +51,7 @@ CREATE TABLE IF NOT EXISTS devices (
     overflow INTEGER NOT NULL DEFAULT 0,
     queued INTEGER NOT NULL DEFAULT 0,
     seen REAL NOT NULL DEFAULT 0,
+    imported TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (site, user, device)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
@@ -108,6 +112,11 @@ class SQLiteStore(StoreBase):
         self._file_id: tuple[int, int] | None = None  # (device, inode) of the file we opened
 
     async def open(self) -> None:
+        await self.attach()
+        await self._transaction("recover", self._recover_connections)
+        self.start_sweeping()
+
+    async def attach(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -123,8 +132,6 @@ class SQLiteStore(StoreBase):
                 reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
             raise StoreUnavailable(f"SQLite {self.path}: {reason}") from None
         await self._transaction("migrate", _migrate)
-        await self._transaction("recover", self._recover_connections)
-        self.start_sweeping()
 
     async def _close(self) -> None:
         if self._db is not None:
@@ -258,6 +265,20 @@ class SQLiteStore(StoreBase):
             )
         return deliveries
 
+    async def _import_queue(
+        self, site: str, user: str, device: str, messages: Sequence[ImportedMessage], ttl: int
+    ) -> Imported:
+        now = time.time()
+        key = {"site": site, "user": user, "device": device, "now": now}
+        items = [
+            (f"{m.original_id:0{ORIGINAL_ID_DIGITS}d}", m.message.event, m.message.encode())
+            for m in messages
+        ]
+        expires_at = now + ttl if ttl > 0 else None
+        return await self._transaction(
+            "import_queue", _import_queue, key, items, expires_at, self.max_queue
+        )
+
     async def _read_queues(self, items: Sequence[ReadItem]) -> list[Backlog]:
         now = time.time()
         keys = [
@@ -331,6 +352,8 @@ def _migrate(db: Db) -> None:
         db.execute("ALTER TABLE devices ADD COLUMN overflow INTEGER NOT NULL DEFAULT 0")
     if "seen" not in columns:
         db.execute("ALTER TABLE devices ADD COLUMN seen REAL NOT NULL DEFAULT 0")
+    if "imported" not in columns:
+        db.execute("ALTER TABLE devices ADD COLUMN imported TEXT NOT NULL DEFAULT ''")
     if "queued" not in columns:
         db.execute("ALTER TABLE devices ADD COLUMN queued INTEGER NOT NULL DEFAULT 0")
         db.execute(
@@ -474,6 +497,64 @@ def _enqueue(
             {**params, "stored": len(rows), "deliveries": orjson.dumps(recorded).decode()},
         )
     return rows, full
+
+
+def _import_queue(
+    db: Db,
+    key: dict[str, Any],
+    items: Sequence[tuple[str, str, bytes]],
+    expires_at: float | None,
+    max_queue: int,
+) -> Imported:
+    """See ``Store.import_queue``; ``items``: (padded original id, event, record), in order."""
+    row = db.execute(
+        f"SELECT conns, expires_at, seq, queued, imported FROM devices WHERE {DEVICE} AND {LIVE}",
+        key,
+    ).fetchone()
+    created = row is None
+    if created:  # new, or expired (gone, as a Redis key would be)
+        db.execute(f"DELETE FROM messages WHERE {DEVICE}", key)
+        db.execute(f"DELETE FROM devices WHERE {DEVICE}", key)
+        row = (0, None, 0, 0, "")
+    conns, old_expiry, seq, queued, mark = row
+    stored: list[tuple[int, str, bytes]] = []
+    known, full, last = 0, 0, mark
+    for original_id, event, record in items:
+        if original_id <= mark:
+            known += 1
+            continue
+        last = original_id
+        if queued + len(stored) >= max_queue:
+            full += 1
+            continue
+        stored.append((seq + len(stored) + 1, event, record))
+    if conns > 0:
+        keep = None
+    elif created:
+        keep = expires_at
+    elif old_expiry is None or expires_at is None:
+        keep = None
+    else:
+        keep = max(old_expiry, expires_at)
+    db.execute(
+        "INSERT INTO devices (site, user, device, seq, queued, overflow, imported, expires_at, "
+        "seen) VALUES (:site, :user, :device, :seq, :queued, :overflow, :imported, :keep, :now) "
+        "ON CONFLICT DO UPDATE SET seq = :seq, queued = :queued, imported = :imported, "
+        "expires_at = :keep, overflow = MAX(overflow, :overflow)",
+        {
+            **key,
+            "seq": seq + len(stored),
+            "queued": queued + len(stored),
+            "overflow": 1 if full else 0,
+            "imported": last,
+            "keep": keep,
+        },
+    )
+    db.executemany(
+        "INSERT INTO messages (site, user, device, seq, event, record) VALUES (?, ?, ?, ?, ?, ?)",
+        [(key["site"], key["user"], key["device"], *message) for message in stored],
+    )
+    return Imported(stored=len(stored), known=known, full=full)
 
 
 def _connections(db: Db, site: str, user: str, device: str) -> int:

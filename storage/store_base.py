@@ -26,6 +26,8 @@ from .base import (
     Delivery,
     EnqueueItem,
     HeadAck,
+    Imported,
+    ImportedMessage,
     Message,
     PartlyStored,
     StoredMessage,
@@ -139,6 +141,19 @@ class StoreBase(ABC):
     async def shared_room_members(self, site: str, room: str) -> set[str]:
         return await self._room_members(site, room.lower())
 
+    async def import_queue(
+        self,
+        site: str,
+        user: str,
+        device: str,
+        messages: Sequence[ImportedMessage],
+        ttl: int | None,
+    ) -> Imported:
+        ordered = sorted(messages, key=lambda imported: imported.original_id)
+        return await self._import_queue(
+            site, user, device, ordered, self.device_ttl if ttl is None else ttl
+        )
+
     async def close(self) -> None:
         """Finish every coalesced write submitted so far, then let go of the store."""
         if self._sweeper is not None:
@@ -164,6 +179,9 @@ class StoreBase(ABC):
 
     @abstractmethod
     async def open(self) -> None: ...
+
+    @abstractmethod
+    async def attach(self) -> None: ...
 
     @abstractmethod
     async def _close(self) -> None: ...
@@ -216,3 +234,9 @@ class StoreBase(ABC):
     @abstractmethod
     async def _room_members(self, site: str, room: str) -> set[str]:
         """``room`` is lower case already."""
+
+    @abstractmethod
+    async def _import_queue(
+        self, site: str, user: str, device: str, messages: Sequence[ImportedMessage], ttl: int
+    ) -> Imported:
+        """``messages`` sorted by original id; ``ttl`` in seconds, 0: never expire."""

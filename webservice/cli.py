@@ -11,6 +11,7 @@ from typing import Any
 
 from loguru import logger
 
+from . import import_original
 from .config import Config, ConfigError, describe, load_config
 from .demo import add_demo_site, install_demo_routes
 from .gc_policy import collect_after_churn, tune_gc
@@ -34,6 +35,9 @@ environment variables (they override config.yml; see README.md, Configuration):
   MAX_SEND_BODY, ...       every limit, by its name in upper case (README, Limits)
 
 signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the sites and reopens the log file.
+
+import-original --from <Redis URL of the Node original> [--site S] [--dry-run]
+  carries over what the original had queued for offline devices (docs/switching.md)
 """
 
 
@@ -139,7 +143,10 @@ async def _reload(service: Service, reload: Callable[[], Config | None]) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["import-original"]:
+        sys.exit(import_original.main(arguments[1:]))
+    args = parse_args(arguments)
     try:
         config = read_config(args)
     except ConfigError as exc:

@@ -18,7 +18,7 @@ from loguru import logger
 
 from ..actors.messages import RegisterAgain
 from ..sites import SiteConfig
-from ..storage import StoreUnavailable, make_store, redis_url
+from ..storage import Store, StoreUnavailable, make_store, redis_url
 from ..storage.redis_keys import socketio_channel
 from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
@@ -57,6 +57,25 @@ def same_rooms(old: SiteConfig, new: SiteConfig) -> bool:
     return (old.user_room_prefix, old.public_channel) == (new.user_room_prefix, new.public_channel)
 
 
+def store_for(config: Config, node_id: str) -> Store:
+    """The store ``config`` names (the service's, and import-original's)."""
+    return make_store(
+        redis_url=config.redis_url,
+        redis_key_prefix=config.redis_key_prefix,
+        redis_min_replicas=config.redis_min_replicas,
+        sqlite_path=config.sqlite_path,
+        device_ttl=config.device_ttl,
+        node_id=node_id,
+        max_queue=config.max_queue,
+        max_devices=config.limits.max_devices_per_user,
+        step_ms=config.limits.store_step_ms,
+        idempotency_ttl=config.idempotency_ttl,
+        sqlite_synchronous=config.sqlite_synchronous,
+        node_dead_after=config.node_timeout,
+        redis_timeout=config.redis_timeout,
+    )
+
+
 class StartupError(Exception):
     """The service cannot start here (port taken, store unreachable, ...): one line says why."""
 
@@ -68,21 +87,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node_id = uuid.uuid4().hex[:12]
-        self.store = make_store(
-            redis_url=config.redis_url,
-            redis_key_prefix=config.redis_key_prefix,
-            redis_min_replicas=config.redis_min_replicas,
-            sqlite_path=config.sqlite_path,
-            device_ttl=config.device_ttl,
-            node_id=self.node_id,
-            max_queue=config.max_queue,
-            max_devices=config.limits.max_devices_per_user,
-            step_ms=config.limits.store_step_ms,
-            idempotency_ttl=config.idempotency_ttl,
-            sqlite_synchronous=config.sqlite_synchronous,
-            node_dead_after=config.node_timeout,
-            redis_timeout=config.redis_timeout,
-        )
+        self.store = store_for(config, self.node_id)
         options: dict[str, Any] = {
             # Given as loggers, the libraries add no handler of their own: their lines go
             # through ours (one format, redacted, JSON where asked) and are not printed twice.
