@@ -1,38 +1,54 @@
 """Every Redis key and channel this service uses: the grammar, once, for Python and for Lua.
 
-User and device names are escaped (``%``, ``:`` and tab) so that no two (user, device) pairs
-can name the same key. The Python helpers take names as the service knows them and escape
-them; the Lua functions of :data:`LUA_PRELUDE`, generated from the same constants, take the
-escaped names the scripts receive. No key is spelt anywhere else.
+A user's keys live in one of ``BUCKETS`` buckets, chosen by a hash of its site and name, and a
+bucket is a Redis Cluster hash tag (``{b17}``): every key of the bucket is in one slot, so a
+script that works on one bucket runs on one Redis whatever the cluster looks like, and a
+user's devices, queues, rooms, and the bucket's own indexes (which node holds which device,
+what expires when, who holds a shared room) change together, atomically. A send to many
+users is one script per bucket on Redis Cluster, one script in all on a single Redis.
 
-    {prefix}{site}:dev:{user}:{device}   HASH  seq (last assigned), conns (all nodes),
-                                               overflow, n:{node} (connections on that node)
-    {prefix}{site}:msg:{user}:{device}   HASH  seq -> record (flags byte + JSON [event, *args])
-    {prefix}{site}:evt:{user}:{device}   ZSET  "event\\0<seq, 20 digits>", score 0: per-event order
-    {prefix}{site}:user:{user}           HASH  conns
-    {prefix}{site}:devices:{user}        SET   device names
-    {prefix}{site}:rooms:{user}          SET   shared rooms (lower case) from the latest auth
-    {prefix}{site}:members:{room}        SET   users holding the shared room
-    {prefix}{site}:idem:{key}            STRING how many devices the message sent with this
-                                               idempotency key reached (expires)
-    {prefix}expiring:users               ZSET  "{site prefix}\t{user}", score: when the user's
-                                               keys expire (ms); the sweep then takes it out of
-                                               its rooms' member sets
-    {prefix}expiring:devices             ZSET  "{site prefix}\t{user}\t{device}", likewise: the
-                                               sweep takes it out of its user's device set
-    {prefix}nodes                        ZSET  node id, score: its last heartbeat (ms, Redis time)
-    {prefix}node:{node}:devices          SET   "{site prefix}\\t{user}\\t{device}" it holds, so
-                                               a dead node's connections can be released
-    {prefix}health:{node}                STRING the write probe of /healthcheck
-    {prefix}deliver:{node}               pub/sub channel: deliveries for devices on that node
-    {prefix}socketio                     pub/sub channel: python-socketio's broadcasts
+User and device names are escaped (``%``, ``:``, tab, braces) so that no two (user, device)
+pairs can name the same key. The Python helpers take names as the service knows them and
+escape them; the Lua functions of :data:`LUA_PRELUDE`, generated from the same constants, take
+the escaped names the scripts receive, and ``p``, a bucket's prefix for one site. No key is
+spelt anywhere else.
+
+    {prefix}{b<n>}:{site}:dev:{user}:{device}   HASH  seq (last assigned), conns (all nodes),
+                                                      overflow, seen, imported, n:{node}
+                                                      (connections on that node)
+    {prefix}{b<n>}:{site}:msg:{user}:{device}   HASH  seq -> record (flags byte + JSON)
+    {prefix}{b<n>}:{site}:evt:{user}:{device}   ZSET  "event\\0<seq, 20 digits>": per-event order
+    {prefix}{b<n>}:{site}:user:{user}           HASH  conns
+    {prefix}{b<n>}:{site}:devices:{user}        SET   device names
+    {prefix}{b<n>}:{site}:rooms:{user}          SET   shared rooms (lower case), latest auth
+    {prefix}{b<n>}:{site}:members:{room}        SET   the bucket's users holding the room
+    {prefix}{b<n>}:{site}:idem:{key}            STRING what the part of a message sent with
+                                                      this idempotency key stored (expires)
+    {prefix}{b<n>}:expiring:users               ZSET  "{p}\\t{user}", score: when the user's
+                                                      keys expire (ms); the sweep then takes
+                                                      it out of its rooms' members
+    {prefix}{b<n>}:expiring:devices             ZSET  "{p}\\t{user}\\t{device}", likewise: the
+                                                      sweep takes it out of its device set
+    {prefix}{b<n>}:node:{node}:devices          SET   "{p}\\t{user}\\t{device}" the node holds
+                                                      a connection of, so that a dead node's
+                                                      connections can be released
+    {prefix}{{site}:{room}}:buckets             HASH  bucket -> version: the buckets that may
+                                                      hold members of the room (a superset)
+    {prefix}nodes                               ZSET  node id, score: last heartbeat (Redis ms)
+    {prefix}layout                              STRING the layout's version (``LAYOUT``)
+    {prefix}health:{node}                       STRING the write probe of /healthcheck
+    {prefix}deliver:{node}                      channel: deliveries for devices on that node
+    {prefix}socketio                            channel: python-socketio's broadcasts
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 
 DEFAULT_PREFIX = "sws:"
+LAYOUT = "2"  # 1: one prefix per site, no buckets (0.1.0); converted by ``redis_layout``
+BUCKETS = 1024
 SEQ_DIGITS = 20
 SEP = ":"
 HELD_SEP = "\t"
@@ -48,22 +64,49 @@ NODE_FIELD = "n:"  # the field of a device hash counting its connections on one 
 # hundred characters (limits), so the cache stays under ~10 MB whatever clients send.
 @lru_cache(maxsize=32_768)
 def escape(name: str) -> str:
-    return name.replace("%", "%25").replace(":", "%3A").replace("\t", "%09")
+    return (
+        name.replace("%", "%25")
+        .replace(":", "%3A")
+        .replace("\t", "%09")
+        .replace("{", "%7B")
+        .replace("}", "%7D")
+    )
 
 
 @lru_cache(maxsize=32_768)
 def unescape(name: str) -> str:
-    return name.replace("%09", "\t").replace("%3A", ":").replace("%25", "%")
+    return (
+        name.replace("%7D", "}")
+        .replace("%7B", "{")
+        .replace("%09", "\t")
+        .replace("%3A", ":")
+        .replace("%25", "%")
+    )
 
 
-@lru_cache(maxsize=256)  # one per configured site
-def site_prefix(prefix: str, site: str) -> str:
-    """The part every key of ``site`` starts with: a script's ``p``."""
-    return f"{prefix}{escape(site)}{SEP}"
+def bucket_of(escaped_site: str, escaped_user: str) -> int:
+    """The bucket of a user (of escaped names: the converter reads them from old keys)."""
+    return zlib.crc32(f"{escaped_site}\0{escaped_user}".encode()) % BUCKETS
+
+
+def bucket_tag(prefix: str, bucket: int) -> str:
+    """What every key of ``bucket`` starts with: a script's ``g``."""
+    return f"{prefix}{{b{bucket}}}{SEP}"
+
+
+@lru_cache(maxsize=65_536)
+def user_prefix(prefix: str, site: str, user: str) -> str:
+    """The bucket prefix for ``site`` of ``user``'s bucket: a script's ``p``."""
+    escaped_site = escape(site)
+    return f"{bucket_tag(prefix, bucket_of(escaped_site, escape(user)))}{escaped_site}{SEP}"
+
+
+def site_in_bucket(prefix: str, bucket: int, site: str) -> str:
+    return f"{bucket_tag(prefix, bucket)}{escape(site)}{SEP}"
 
 
 def device_keys(p: str, user: str, device: str) -> tuple[str, str, str]:
-    """The device's hash, its messages and its per-event index, under site prefix ``p``."""
+    """The device's hash, its messages and its per-event index, under bucket prefix ``p``."""
     tail = f"{escape(user)}{SEP}{escape(device)}"
     return f"{p}{DEVICE}{SEP}{tail}", f"{p}{MESSAGES}{SEP}{tail}", f"{p}{EVENTS}{SEP}{tail}"
 
@@ -80,18 +123,23 @@ def user_key(p: str, escaped_user: str) -> str:
 
 
 def idempotency(p: str, key: str) -> str:
-    """The record of a message sent with an Idempotency-Key (and its index in the send)."""
+    """The record of one bucket's part of a message sent with an Idempotency-Key."""
     return f"{p}{IDEMPOTENCY}{SEP}{escape(key)}"
 
 
 def members(p: str, room: str) -> str:
-    """``room`` as stored: lower case (shared rooms compare case-insensitively)."""
+    """The bucket's members of ``room``, as stored: lower case."""
     return f"{p}{MEMBERS}{SEP}{escape(room)}"
 
 
-def messages_pattern(p: str) -> str:
+def room_buckets(prefix: str, site: str, room: str) -> str:
+    """The buckets that may hold members of ``room`` (its own hash tag)."""
+    return f"{prefix}{{{escape(site)}{SEP}{escape(room)}}}{SEP}buckets"
+
+
+def messages_pattern(prefix: str, site: str) -> str:
     """A SCAN pattern for every message hash of a site (site names hold no glob character)."""
-    return f"{p}{MESSAGES}{SEP}*"
+    return f"{prefix}{{b*}}{SEP}{escape(site)}{SEP}{MESSAGES}{SEP}*"
 
 
 def event_member(event: str, seq: int) -> str:
@@ -102,13 +150,48 @@ def nodes(prefix: str) -> str:
     return f"{prefix}nodes"
 
 
-def expiring(prefix: str) -> tuple[str, str]:
-    """The users and the devices whose keys expire, by when (see the sweep)."""
-    return f"{prefix}{EXPIRING}{SEP}users", f"{prefix}{EXPIRING}{SEP}devices"
+def layout(prefix: str) -> str:
+    return f"{prefix}layout"
 
 
-def node_devices(prefix: str, node: str) -> str:
-    return f"{prefix}{NODE}{SEP}{node}{SEP}{DEVICES}"
+def layout_lock(prefix: str) -> str:
+    """Held by the node that converts an earlier layout."""
+    return f"{prefix}layout-lock"
+
+
+# Layout 1 (release 0.1.0): {prefix}{site}:{kind}:{user}[:{device} | room], with names escaped
+# for %, : and tab only; {prefix}expiring:users|devices, {prefix}node:{node}:devices, whose
+# entries start with the site's prefix {prefix}{site}:. Read once, by ``redis_layout``.
+LAYOUT_1_KINDS = (DEVICE, MESSAGES, EVENTS, USER, DEVICES, ROOMS, MEMBERS, IDEMPOTENCY)
+
+
+def layout_1_unescape(name: str) -> str:
+    return name.replace("%09", "\t").replace("%3A", ":").replace("%25", "%")
+
+
+def layout_1_key(prefix: str, key: str) -> tuple[str, str, str] | None:
+    """(kind, site, rest) of a per-site key of layout 1, names as stored (escaped); for
+    the global ones, (``expiring``, ``users``/``devices``, "") or (``node``, node, "")."""
+    if not key.startswith(prefix) or "{" in key:
+        return None
+    name = key[len(prefix) :]
+    if name in (f"{EXPIRING}{SEP}users", f"{EXPIRING}{SEP}devices"):
+        return EXPIRING, name.split(SEP)[1], ""
+    if name.startswith(f"{NODE}{SEP}") and name.endswith(f"{SEP}{DEVICES}"):
+        return NODE, name[len(NODE) + 1 : -len(DEVICES) - 1], ""
+    parts = name.split(SEP, 2)
+    if len(parts) == 3 and parts[1] in LAYOUT_1_KINDS:
+        return parts[1], parts[0], parts[2]
+    return None
+
+
+def expiring(g: str) -> tuple[str, str]:
+    """The bucket's users and devices whose keys expire, by when (see the sweep)."""
+    return f"{g}{EXPIRING}{SEP}users", f"{g}{EXPIRING}{SEP}devices"
+
+
+def node_devices(g: str, node: str) -> str:
+    return f"{g}{NODE}{SEP}{node}{SEP}{DEVICES}"
 
 
 def node_field(node: str) -> str:
@@ -125,6 +208,11 @@ def deliver_channel(prefix: str, node: str) -> str:
 
 def socketio_channel(prefix: str) -> str:
     return f"{prefix}socketio"
+
+
+def bucket_of_prefix(p: str) -> str:
+    """``g`` of a bucket prefix ``p`` (what precedes the site)."""
+    return p[: p.index("}") + 2]
 
 
 def _lua(text: str) -> str:
@@ -151,8 +239,6 @@ local function user_keys(p, user)
 end
 local function members_key(p, room) return p .. {_lua(MEMBERS + SEP)} .. room end
 local function user_key(p, user) return p .. {_lua(USER + SEP)} .. user end
-local function node_devices_key(g, node) return g .. {_lua(NODE + SEP)} .. node ..
-  {_lua(SEP + DEVICES)} end
 local function node_field(node) return {_lua(NODE_FIELD)} .. node end
 local NODE_FIELD = {_lua(NODE_FIELD)}
 local function held_entry(p, user, device)

@@ -1,10 +1,17 @@
 """The Lua scripts behind every Redis store decision, each one atomic.
 
 Each starts with ``redis_keys.LUA_PRELUDE``, the key grammar, and builds no key name of its
-own. The keys a script knows before it runs come as ``KEYS``; those it finds in sets as it
-goes (the members of a room, the devices of a user) it builds from ``p``, a site's key prefix,
-in ARGV. Every script touches one site's keys, except HEARTBEAT (one node, every site) and
-the batched ENQUEUE and ACK (several sends or acks, each of one site). Times are in
+own. Each works on one bucket (``redis_keys``: one hash slot), except BEAT, FORGET_NODE and
+PRUNE_ROOM, which work on one key of their own, and, on a single Redis, the batched ENQUEUE
+and ACK, which take parts of several buckets in one call (on Redis Cluster, one call per
+bucket). The keys a script can name before it runs come as ``KEYS``; those it finds in sets as
+it goes (a user's devices, a room's members in the bucket) it builds from ``p``, the bucket's
+prefix for a site, in ARGV: they are in the bucket's slot by construction.
+
+**Reads before writes.** While Redis Cluster moves a slot to another master, a key already
+moved (or not yet created) is not there: a command on it fails the script. So every script
+reads each key it will write before its first write: if the slot is moving, it fails having
+changed nothing, and is run again once the move is done (``redis_wire``). Times are in
 milliseconds; a ttl of 0 means never expire.
 """
 
@@ -68,9 +75,9 @@ def _script(body: str, with_deadline: bool = False) -> Script:
     return Script(head + body, with_deadline=with_deadline)
 
 
-# KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the node's
-#   held-devices set; the expiring users and devices. ARGV: deadline, site prefix, node
-#   field, user, device, max devices, shared rooms...
+# KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the bucket's
+#   held-devices set of this node, expiring users and devices. ARGV: deadline, bucket prefix,
+#   node field, user, device, max devices, shared rooms...
 #   -> {the user's connection count, this one included, or -1: refused (the user has max
 #      devices, all connected; nothing changed); 1 if the device's queue overflowed since it
 #      last connected (the flag is cleared), else 0; the devices retired to make room for
@@ -80,33 +87,35 @@ CONNECT_DEVICE = _script(
 local dev, msg, evt, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_devices = tonumber(ARGV[6])
-local retired = {}
+-- reads
+local expired, retire = {}, {}
 if redis.call('EXISTS', dev) == 0 then  -- new to the user: it needs a place among max_devices
   local live, offline = 0, {}
   for _, other in ipairs(redis.call('SMEMBERS', devices)) do
-    local odev = device_keys(p, user, other)
+    local odev, omsg, oevt = device_keys(p, user, other)
     if other == device then
-    elseif redis.call('EXISTS', odev) == 0 then
-      redis.call('SREM', devices, other)  -- expired
+    elseif redis.call('EXISTS', odev, omsg, oevt) == 0 or redis.call('EXISTS', odev) == 0 then
+      expired[#expired + 1] = other
     else
       live = live + 1
-      if tonumber(redis.call('HGET', odev, 'conns') or '0') <= 0 then
-        offline[#offline + 1] = {tonumber(redis.call('HGET', odev, 'seen') or '0'), other}
-      end
+      local conns, seen = unpack(redis.call('HMGET', odev, 'conns', 'seen'))
+      if tonumber(conns or '0') <= 0 then offline[#offline + 1] = {tonumber(seen or '0'), other} end
     end
   end
   local over = live - max_devices + 1
   if over > #offline then return {-1, 0, ''} end
-  if over > 0 then
-    table.sort(offline, function(a, b) return a[1] < b[1] end)
-    for k = 1, over do
-      local name = offline[k][2]
-      redis.call('DEL', device_keys(p, user, name))
-      redis.call('SREM', devices, name)
-      redis.call('ZREM', exp_devices, held_entry(p, user, name))
-      retired[#retired + 1] = name
-    end
-  end
+  table.sort(offline, function(a, b) return a[1] < b[1] end)
+  for k = 1, math.max(over, 0) do retire[k] = offline[k][2] end
+end
+local old_rooms = redis.call('SMEMBERS', rooms)
+for _, room in ipairs(old_rooms) do redis.call('EXISTS', members_key(p, room)) end
+for i = 7, #ARGV do redis.call('EXISTS', members_key(p, ARGV[i])) end
+-- writes
+for _, name in ipairs(expired) do redis.call('SREM', devices, name) end
+for _, name in ipairs(retire) do
+  redis.call('DEL', device_keys(p, user, name))
+  redis.call('SREM', devices, name)
+  redis.call('ZREM', exp_devices, held_entry(p, user, name))
 end
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
@@ -119,7 +128,7 @@ redis.call('ZREM', exp_devices, held_entry(p, user, device))
 redis.call('SADD', devices, device)
 redis.call('PERSIST', devices)
 redis.call('ZREM', exp_users, user_entry(p, user))
-for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+for _, room in ipairs(old_rooms) do
   redis.call('SREM', members_key(p, room), user)
 end
 redis.call('DEL', rooms)
@@ -129,12 +138,12 @@ for i = 7, #ARGV do
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
-return {conns, overflowed, table.concat(retired, '\t')}
+return {conns, overflowed, table.concat(retire, '\t')}
 """,
     with_deadline=True,
 )
 
-# KEYS: as CONNECT_DEVICE. ARGV: deadline, site prefix, node field, user, device, ttl_ms,
+# KEYS: as CONNECT_DEVICE. ARGV: deadline, bucket prefix, node field, user, device, ttl_ms,
 #   forget (0/1) -> the user's connection count left
 DISCONNECT_DEVICE = _script(
     """
@@ -168,23 +177,27 @@ return left
     with_deadline=True,
 )
 
-# ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, then groups of (site prefix, event,
-#   record, idempotency key or "", n_users, n_rooms, users..., shared rooms...), one per
-#   message, stored in this order (the devices are found in sets); the messages after the one
-#   that ends past step_ms are left for the next call
-#   -> how many messages were handled; then for each: n, then user, device, seq, nodes
+# KEYS: for each part in order, a key of its bucket (so that Redis Cluster routes and checks
+#   the call), then its idempotency record if it has a key. ARGV: deadline,
+#   max_queue, step_ms, idempotency ttl_ms, then one group per part of a message: (bucket
+#   prefix, event, record, has a key (0/1), last part of its message (0/1), n_users, n_rooms,
+#   users..., shared rooms...). A part is one bucket's share of a message: its users, and the
+#   rooms whose members in the bucket it reaches. The parts are stored in this order; after a
+#   message whose last part ends past step_ms, the rest is left for the next call.
+#   -> how many parts were handled; then for each: n, then user, device, seq, nodes
 #      (comma-separated ids of the nodes where the device is connected) for each of the n
 #      devices that stored it; then m, then user, device for each of the m devices whose
-#      queue is full and overflowed just now. A message whose idempotency key is recorded
-#      stores nothing: -1, how many devices the first attempt stored it for, then n and
-#      its n deliveries as above (recorded when there were at most RECORDED_DELIVERIES).
+#      queue is full and overflowed just now; then r, then the r rooms that have no members
+#      in the bucket. A part whose idempotency record exists stores nothing: -1, how many
+#      devices the first attempt stored it for, then n and its n deliveries as above
+#      (recorded when there were at most RECORDED_DELIVERIES), then 0, 0.
 ENQUEUE = _script(
     f"local RECORDED_DELIVERIES = {RECORDED_DELIVERIES}"
     + """
 local max_queue, step_ms, idem_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local function holders_of(dev)
+local function holders_of(fields)
   local holders = {}
-  for _, f in ipairs(redis.call('HKEYS', dev)) do
+  for _, f in ipairs(fields) do
     if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
       holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
     end
@@ -192,15 +205,17 @@ local function holders_of(dev)
   return table.concat(holders, ',')
 end
 local started = now_ms()
-local out, i = {0}, 5
+local out, i, key_at = {0}, 5, 1
 while i <= #ARGV do
-  if out[1] > 0 and now_ms() - started >= step_ms then break end
   out[1] = out[1] + 1
-  local p, event, record, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local n_users, n_rooms = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-  local first_user, first_room = i + 6, i + 6 + n_users
+  local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local idem = ARGV[i + 3] == '1' and KEYS[key_at + 1] or nil
+  key_at = key_at + (idem and 2 or 1)
+  local last_part = ARGV[i + 4] == '1'
+  local n_users, n_rooms = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
+  local first_user, first_room = i + 7, i + 7 + n_users
   i = first_room + n_rooms
-  local prior = idem ~= '' and redis.call('GET', idem)
+  local prior = idem and redis.call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
     local entries = {}
@@ -209,47 +224,70 @@ while i <= #ARGV do
     for k = 2, #entries do
       local user, device, seq = string.match(entries[k], '^([^\t]*)\t([^\t]*)\t(%d+)$')
       out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = tonumber(seq)
-      out[#out + 1] = holders_of((device_keys(p, user, device)))
+      out[#out + 1] = holders_of(redis.call('HKEYS', (device_keys(p, user, device))))
     end
+    out[#out + 1] = 0; out[#out + 1] = 0
   else
-    local targets, seen = {}, {}
+    -- reads
+    local targets, seen, empty_rooms = {}, {}, {}
     local function add(user)
       if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
     end
     for k = first_user, first_room - 1 do add(ARGV[k]) end
+    local stale = {}
     for k = first_room, first_room + n_rooms - 1 do
       local room = members_key(p, ARGV[k])
-      for _, user in ipairs(redis.call('SMEMBERS', room)) do
+      local found = redis.call('SMEMBERS', room)
+      if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
+      for _, user in ipairs(found) do
         if redis.call('EXISTS', user_key(p, user)) == 1 then add(user)
-        else redis.call('SREM', room, user) end
+        else stale[#stale + 1] = {room, user} end
       end
     end
-    local count_at = #out + 1
-    out[count_at] = 0
-    local full = {}
+    local devices_of, plans = {}, {}
     for _, user in ipairs(targets) do
       local _, devices = user_keys(p, user)
+      devices_of[user] = devices
       for _, device in ipairs(redis.call('SMEMBERS', devices)) do
         local dev, msg, evt = device_keys(p, user, device)
         local ttl = redis.call('PTTL', dev)
         if ttl == -2 then
-          redis.call('SREM', devices, device)
-        elseif redis.call('HLEN', msg) >= max_queue then
-          if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
-            full[#full + 1] = user; full[#full + 1] = device
-          end
+          plans[#plans + 1] = {user, device, 'gone'}
         else
-          local seq = redis.call('HINCRBY', dev, 'seq', 1)
-          redis.call('HSET', msg, seq, record)
-          redis.call('ZADD', evt, 0, event_member(event, seq))
-          if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
-          out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-          out[#out + 1] = holders_of(dev)
-          out[count_at] = out[count_at] + 1
+          redis.call('EXISTS', evt)
+          local full = redis.call('HLEN', msg) >= max_queue
+          plans[#plans + 1] = {user, device, full and 'full' or 'store', ttl,
+            redis.call('HKEYS', dev)}
         end
       end
     end
-    if idem ~= '' then
+    -- writes
+    for _, entry in ipairs(stale) do redis.call('SREM', entry[1], entry[2]) end
+    local count_at = #out + 1
+    out[count_at] = 0
+    local full = {}
+    for _, plan in ipairs(plans) do
+      local user, device, what = plan[1], plan[2], plan[3]
+      local dev, msg, evt = device_keys(p, user, device)
+      if what == 'gone' then
+        redis.call('SREM', devices_of[user], device)
+      elseif what == 'full' then
+        if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
+          full[#full + 1] = user; full[#full + 1] = device
+        end
+      else
+        local seq = redis.call('HINCRBY', dev, 'seq', 1)
+        redis.call('HSET', msg, seq, record)
+        redis.call('ZADD', evt, 0, event_member(event, seq))
+        if plan[4] > 0 then
+          redis.call('PEXPIRE', msg, plan[4]); redis.call('PEXPIRE', evt, plan[4])
+        end
+        out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
+        out[#out + 1] = holders_of(plan[5])
+        out[count_at] = out[count_at] + 1
+      end
+    end
+    if idem then
       local record_of = {out[count_at]}
       if out[count_at] <= RECORDED_DELIVERIES then
         for k = count_at + 1, #out, 4 do
@@ -260,7 +298,10 @@ while i <= #ARGV do
     end
     out[#out + 1] = #full / 2
     for _, name in ipairs(full) do out[#out + 1] = name end
+    out[#out + 1] = #empty_rooms
+    for _, room in ipairs(empty_rooms) do out[#out + 1] = room end
   end
+  if last_part and now_ms() - started >= step_ms then break end
 end
 return out
 """,
@@ -293,6 +334,7 @@ local seq, event = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', msg, seq) == 0 then return -1 end
 local lo, hi = '[' .. event .. '\\0', '(' .. event .. '\\1'
 local head = redis.call('ZRANGEBYLEX', evt, lo, hi, 'LIMIT', 0, 1)[1]
+local last = tonumber(redis.call('HGET', dev, 'seq') or seq)
 if head == event_member(event, seq) then
   redis.call('HDEL', msg, seq)
   redis.call('ZREM', evt, head)
@@ -302,12 +344,132 @@ for _, member in ipairs(redis.call('ZRANGEBYLEX', evt, lo, hi)) do
   redis.call('HDEL', msg, tostring(tonumber(string.sub(member, #event + 2))))
 end
 redis.call('ZREMRANGEBYLEX', evt, lo, hi)
-return tonumber(redis.call('HGET', dev, 'seq') or seq)
+return last
 """)
 
-# KEYS: the device's hash, messages, event index; the user's hash and devices; the expiring
-#   devices. ARGV: site prefix, user, device, ttl_ms (0: never), max_queue, then (original id
-#   padded to ORIGINAL_ID_DIGITS, event, record) per message, in original id order
+# KEYS: the nodes' heartbeat set. ARGV: this node, dead_after_ms
+#   -> {1 if this node was not in the set (its first beat, or the others took it for dead),
+#       the ids of the nodes silent for dead_after_ms (Redis's clock: nodes' clocks need not
+#       agree)}: their connections are to be released (RELEASE_NODE), then FORGET_NODE.
+BEAT = _script("""
+local nodes = KEYS[1]
+local me, dead_after = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+local absent = redis.call('ZADD', nodes, now, me)
+local cutoff = '(' .. string.format('%d', now - dead_after)
+return {absent, redis.call('ZRANGEBYSCORE', nodes, '-inf', cutoff)}
+""")
+
+# KEYS: the bucket's held-devices set of a dead node, expiring users and devices.
+#   ARGV: the dead node, ttl_ms -> how many devices were released
+#   Each connection the node held in the bucket is released as if it had disconnected.
+RELEASE_NODE = _script("""
+local held, exp_users, exp_devices = unpack(KEYS)
+local node, ttl = ARGV[1], tonumber(ARGV[2])
+-- reads
+local entries = redis.call('SMEMBERS', held)
+redis.call('EXISTS', exp_users, exp_devices)
+local counts = {}
+for k, entry in ipairs(entries) do
+  local p, user, device = split_held(entry)
+  local dev, msg, evt = device_keys(p, user, device)
+  local ukey, devices, rooms = user_keys(p, user)
+  redis.call('EXISTS', dev, msg, evt, ukey, devices, rooms)
+  counts[k] = tonumber(redis.call('HGET', dev, node_field(node)) or '0')
+end
+-- writes
+for k, entry in ipairs(entries) do
+  local count = counts[k]
+  if count > 0 then
+    local p, user, device = split_held(entry)
+    local dev = device_keys(p, user, device)
+    redis.call('HDEL', dev, node_field(node))
+    if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
+      redis.call('HSET', dev, 'conns', 0)
+      device_gone(ttl, exp_devices, p, user, device)
+    end
+    local ukey = user_keys(p, user)
+    if redis.call('EXISTS', ukey) == 1 and redis.call('HINCRBY', ukey, 'conns', -count) <= 0 then
+      redis.call('HSET', ukey, 'conns', 0)
+      user_gone(ttl, exp_users, p, user)
+    end
+  end
+end
+redis.call('DEL', held)
+return #entries
+""")
+
+# KEYS: the nodes' heartbeat set. ARGV: a dead node whose connections were all released.
+FORGET_NODE = _script("""
+return redis.call('ZREM', KEYS[1], ARGV[1])
+""")
+
+# KEYS: the bucket's expiring users and devices. ARGV: how many of each to look at, at most
+#   -> {how many set entries were removed, how many due entries were looked at, then the
+#       rooms (as "p\troom") left without members in the bucket}
+#   A device whose keys expired leaves its user's device set; a user whose keys expired leaves
+#   the member set of each of its shared rooms (its rooms set outlives it for this).
+SWEEP = _script("""
+local exp_users, exp_devices = unpack(KEYS)
+local limit, now = tonumber(ARGV[1]), now_ms()
+-- reads
+local due_devices = redis.call('ZRANGEBYSCORE', exp_devices, '-inf', now, 'LIMIT', 0, limit)
+local due_users = redis.call('ZRANGEBYSCORE', exp_users, '-inf', now, 'LIMIT', 0, limit)
+local gone_devices, gone_users, left = {}, {}, {}
+for _, entry in ipairs(due_devices) do
+  local p, user, device = split_held(entry)
+  local _, devices = user_keys(p, user)
+  if redis.call('EXISTS', (device_keys(p, user, device))) == 0
+    and redis.call('SISMEMBER', devices, device) == 1 then
+    gone_devices[#gone_devices + 1] = {devices, device}
+  end
+end
+for _, entry in ipairs(due_users) do
+  local p, user = split_user_entry(entry)
+  local ukey, _, rooms = user_keys(p, user)
+  if redis.call('EXISTS', ukey) == 0 then
+    local held = redis.call('SMEMBERS', rooms)
+    for _, room in ipairs(held) do
+      local key = members_key(p, room)
+      if left[key] == nil then left[key] = redis.call('SCARD', key) end
+    end
+    gone_users[#gone_users + 1] = {p, user, rooms, held}
+  end
+end
+-- writes
+local removed, emptied = 0, {}
+for _, gone in ipairs(gone_devices) do removed = removed + redis.call('SREM', gone[1], gone[2]) end
+for _, gone in ipairs(gone_users) do
+  local p, user, rooms, held = unpack(gone)
+  for _, room in ipairs(held) do
+    local key = members_key(p, room)
+    if left[key] > 0 and redis.call('SREM', key, user) == 1 then
+      removed = removed + 1
+      left[key] = left[key] - 1
+      if left[key] == 0 then emptied[#emptied + 1] = p .. '\t' .. room end
+    end
+  end
+  redis.call('DEL', rooms)
+end
+for _, entry in ipairs(due_devices) do redis.call('ZREM', exp_devices, entry) end
+for _, entry in ipairs(due_users) do redis.call('ZREM', exp_users, entry) end
+local out = {removed, #due_devices + #due_users}
+for _, room in ipairs(emptied) do out[#out + 1] = room end
+return out
+""")
+
+# KEYS: a room's bucket index. ARGV: bucket, the version read before the bucket was seen
+#   without members -> 1 if the bucket left the index (no connect added a member since)
+PRUNE_ROOM = _script("""
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+""")
+
+# KEYS: the device's hash, messages, event index; the user's hash and devices; the bucket's
+#   expiring devices. ARGV: bucket prefix, user, device, ttl_ms (0: never), max_queue, then
+#   (original id padded to ORIGINAL_ID_DIGITS, event, record) per message, in original id order
 #   -> {stored, known (not above the device's import mark), full (the queue held max_queue)}
 IMPORT_QUEUE = _script("""
 local dev, msg, evt, ukey, devices, exp_devices = unpack(KEYS)
@@ -357,70 +519,10 @@ end
 return {stored, known, full}
 """)
 
-# KEYS: the nodes' heartbeat set, the expiring users and devices. ARGV: global prefix, this
-#   node, dead_after_ms, ttl_ms -> {1 if this node was not in the set (its first beat, or the
-#   others took it for dead), the ids of the dead nodes released}
-#   Records this node's heartbeat (Redis's clock, so nodes' clocks need not agree), then
-#   releases every connection of a node silent for dead_after_ms, as if each had disconnected.
-HEARTBEAT = _script("""
-local nodes, exp_users, exp_devices = unpack(KEYS)
-local g, me, dead_after, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local absent = redis.call('ZADD', nodes, now, me)
-local cutoff = '(' .. string.format('%d', now - dead_after)
-local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', cutoff)
-for _, node in ipairs(dead) do
-  local held = node_devices_key(g, node)
-  for _, entry in ipairs(redis.call('SMEMBERS', held)) do
-    local p, user, device = split_held(entry)
-    local dev = device_keys(p, user, device)
-    local count = tonumber(redis.call('HGET', dev, node_field(node)) or '0')
-    if count > 0 then
-      redis.call('HDEL', dev, node_field(node))
-      if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
-        redis.call('HSET', dev, 'conns', 0)
-        device_gone(ttl, exp_devices, p, user, device)
-      end
-      local ukey = user_keys(p, user)
-      if redis.call('EXISTS', ukey) == 1 and redis.call('HINCRBY', ukey, 'conns', -count) <= 0 then
-        redis.call('HSET', ukey, 'conns', 0)
-        user_gone(ttl, exp_users, p, user)
-      end
-    end
-  end
-  redis.call('DEL', held)
-  redis.call('ZREM', nodes, node)
-end
-return {absent, dead}
-""")
-
-# KEYS: the expiring users and devices. ARGV: how many of each to look at, at most
-#   -> {how many set entries were removed, how many due entries were looked at}
-#   A device whose keys expired leaves its user's device set; a user whose keys expired leaves
-#   the member set of each of its shared rooms (its rooms set outlives it for this).
-SWEEP = _script("""
-local exp_users, exp_devices = unpack(KEYS)
-local limit, now, removed, looked = tonumber(ARGV[1]), now_ms(), 0, 0
-for _, entry in ipairs(redis.call('ZRANGEBYSCORE', exp_devices, '-inf', now, 'LIMIT', 0, limit)) do
-  looked = looked + 1
-  local p, user, device = split_held(entry)
-  if redis.call('EXISTS', (device_keys(p, user, device))) == 0 then
-    local _, devices = user_keys(p, user)
-    removed = removed + redis.call('SREM', devices, device)
-  end
-  redis.call('ZREM', exp_devices, entry)
-end
-for _, entry in ipairs(redis.call('ZRANGEBYSCORE', exp_users, '-inf', now, 'LIMIT', 0, limit)) do
-  looked = looked + 1
-  local p, user = split_user_entry(entry)
-  local ukey, _, rooms = user_keys(p, user)
-  if redis.call('EXISTS', ukey) == 0 then
-    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
-      removed = removed + redis.call('SREM', members_key(p, room), user)
-    end
-    redis.call('DEL', rooms)
-  end
-  redis.call('ZREM', exp_users, entry)
-end
-return {removed, looked}
+# KEYS: a key of an earlier layout, its name in this one -> 1 if it was there and is renamed
+#   (the converter's; it may have expired since the converter found it)
+RENAME_OLD = _script("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
 """)

@@ -1,12 +1,14 @@
-"""Redis store: for production, and for several nodes sharing one Redis.
+"""Redis store: for production, and for several nodes sharing one Redis or one Redis Cluster.
 
-Each decision is one Lua script (see ``redis_scripts``), so it is atomic across nodes and costs
-one round trip however many devices a /send reaches. No ``KEYS``: every key a script touches is
-found from the sets that index it (``redis_keys``).
+Each decision is one Lua script per bucket (see ``redis_keys`` and ``redis_scripts``), atomic
+across nodes: on a single Redis a /send is one script however many devices it reaches; on
+Redis Cluster it is one script per bucket it reaches, run on their primaries in parallel. No
+``KEYS``: every key a script touches is found from the sets that index it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -17,6 +19,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_keys as keys
+from . import redis_layout
 from . import redis_scripts as scripts
 from .base import (
     DEFAULT_IDEMPOTENCY_TTL,
@@ -38,13 +41,15 @@ from .base import (
     StoredMessage,
     StoreUnavailable,
 )
-from .redis_keys import DEFAULT_PREFIX, escape, unescape
-from .redis_wire import RedisWire, Script, WriteInDoubt, late
+from .redis_keys import BUCKETS, DEFAULT_PREFIX, escape, unescape
+from .redis_wire import ClusterWire, RedisWire, Script, WriteInDoubt, late, wire_for
 from .store_base import ReadItem, StoreBase
 
 T = TypeVar("T")
 # Redis refusing writes, not a bug of ours: out of memory, a replica, a failed snapshot, loading.
 REFUSALS = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "NOREPLICAS", "MASTERDOWN")
+# Redis Cluster still moving a slot, or failing over, when the wire stopped retrying.
+ELSEWHERE = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "non local key")
 DEFAULT_TIMEOUT = 5.0  # seconds: commands this long without any reply mean Redis is down
 DEFAULT_NODE_DEAD_AFTER = 30.0  # seconds: a node without a heartbeat this long is dead
 SWEEP_BATCH, SWEEP_ROUNDS = 500, 20  # entries per script, scripts per sweep
@@ -80,23 +85,29 @@ class RedisStore(StoreBase):
         self.url = url
         self.key_prefix = key_prefix
         self.node_dead_after = node_dead_after
-        self.wire = RedisWire.from_url(url, timeout)
+        self.wire: RedisWire | ClusterWire = wire_for(url, timeout)
         self.min_replicas = min_replicas
         self.timeout = timeout
         # WAIT holds its connection until the replicas answer: sends wait on one of their own,
         # and connects and acks do not wait behind them.
-        self.send_wire = RedisWire.from_url(url, timeout) if min_replicas else self.wire
+        self.send_wire = wire_for(url, timeout) if min_replicas else self.wire
 
     async def open(self) -> None:
+        await self.attach()
         await self.heartbeat()
-        if self.policy_error:
-            raise StoreUnavailable(self.policy_error)
         self.start_sweeping()
 
     async def attach(self) -> None:
+        await self._call("connect", self.wire.start)
+        if self.send_wire is not self.wire:
+            await self._call("connect", self.send_wire.start)
         await self._check_memory_policy()
         if self.policy_error:
             raise StoreUnavailable(self.policy_error)
+        await self._call(
+            "upgrade",
+            lambda: redis_layout.upgrade(self.wire, self.key_prefix, self.node_dead_after),
+        )
 
     async def _check_memory_policy(self) -> None:
         """Every queue of an offline device carries a TTL, so under any eviction policy but
@@ -104,14 +115,19 @@ class RedisStore(StoreBase):
         error (managed services default to volatile-lru). INFO, not CONFIG GET: managed
         services allow the one and not the other."""
         self._policy_checked_at = time.monotonic()
-        info = await self._call("probe", lambda: self.wire.command(b"INFO", b"memory"))
+
+        async def infos() -> list[Any]:
+            primaries = self.wire.primaries()
+            return list(await asyncio.gather(*(w.command(b"INFO", b"memory") for w in primaries)))
+
+        policies = {
+            line.split(":", 1)[1].strip()
+            for info in await self._call("probe", infos)
+            for line in info.decode().splitlines()
+            if line.startswith("maxmemory_policy:")
+        }
         policy = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in info.decode().splitlines()
-                if line.startswith("maxmemory_policy:")
-            ),
-            "noeviction",
+            (policy for policy in sorted(policies) if policy != "noeviction"), "noeviction"
         )
         error = (
             ""
@@ -150,6 +166,8 @@ class RedisStore(StoreBase):
                 for wire in {self.wire, self.send_wire}:
                     wire.clock_doubtful()
                 raise StoreUnavailable(f"Redis answered too late: {exc}") from exc
+            if any(word in str(exc) for word in ELSEWHERE):
+                raise StoreUnavailable(f"Redis Cluster is moving: {str(exc)[:200]}") from exc
             if not any(word in str(exc) for word in REFUSALS):
                 raise  # a script error, say: a bug, not an outage
             reason = str(exc).split(". script:")[0]
@@ -165,11 +183,16 @@ class RedisStore(StoreBase):
         every write of the send connection so far). Not within most of the Redis timeout:
         the send's outcome is unknown (the primary has it; a failover now would lose it)."""
         wait_ms = int(self.timeout * 800)
-        reached = await self._call(
-            "replicate",
-            lambda: self.send_wire.command(b"WAIT", self.min_replicas, wait_ms),
-        )
-        if int(reached) < self.min_replicas:
+
+        async def wait() -> int:  # on each primary: the send's parts may be on any of them
+            primaries = self.send_wire.primaries()
+            counts = await asyncio.gather(
+                *(w.command(b"WAIT", self.min_replicas, wait_ms) for w in primaries)
+            )
+            return min(int(count) for count in counts)
+
+        reached = await self._call("replicate", wait)
+        if reached < self.min_replicas:
             raise OutcomeUnknown(
                 f"stored on the Redis primary, but {reached} of {self.min_replicas} replicas "
                 f"confirmed it within {wait_ms} ms"
@@ -178,69 +201,142 @@ class RedisStore(StoreBase):
     async def _run(self, name: str, script: Script, keys: Sequence[str], *args: Any) -> Any:
         return await self._call(name, lambda: self.wire.run_script(script, keys, args))
 
-    def _prefix(self, site: str) -> str:
-        return keys.site_prefix(self.key_prefix, site)
+    async def _scripts(
+        self, name: str, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        return await self._call(name, lambda: self.wire.run_scripts(calls))
+
+    async def _release(self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]) -> None:
+        await self._scripts("heartbeat", calls)
+
+    def _p(self, site: str, user: str) -> str:
+        return keys.user_prefix(self.key_prefix, site, user)
 
     async def ping(self) -> None:
-        """A write, not a PING: Redis answers PING while it refuses writes (out of memory, a
-        read-only replica), and then nothing can be stored."""
-        key = keys.health(self.key_prefix, self.node_id)
-        await self._call("probe", lambda: self.wire.command(b"SET", key, b"1", b"PX", 60_000))
+        """A write, not a PING, on every primary: Redis answers PING while it refuses writes
+        (out of memory, a read-only replica), and then nothing can be stored."""
+        probes: dict[int, str] = {}
+        for bucket in range(BUCKETS):  # one bucket each primary serves
+            key = keys.bucket_tag(self.key_prefix, bucket) + keys.health("", self.node_id)
+            probes.setdefault(id(self.wire.node_wire(key)), key)
+        commands = [(b"SET", key, b"1", b"PX", 60_000) for key in probes.values()]
+        await self._call("probe", lambda: self.wire.pipeline(commands))
         if self.policy_error:
             raise StoreUnavailable(self.policy_error)
 
     def _device_keys(self, site: str, user: str, device: str) -> list[str]:
         """What CONNECT_DEVICE and DISCONNECT_DEVICE take as KEYS."""
-        p = self._prefix(site)
+        p = self._p(site, user)
+        g = keys.bucket_of_prefix(p)
         return [
             *keys.device_keys(p, user, device),
             *keys.user_keys(p, user),
-            keys.node_devices(self.key_prefix, self.node_id),
-            *keys.expiring(self.key_prefix),
+            keys.node_devices(g, self.node_id),
+            *keys.expiring(g),
         ]
 
     async def heartbeat(self) -> list[str]:
         """Also reads Redis's maxmemory-policy every ``POLICY_CHECK_EVERY`` seconds."""
         if time.monotonic() - self._policy_checked_at >= POLICY_CHECK_EVERY:
             await self._check_memory_policy()
+        nodes = keys.nodes(self.key_prefix)
         absent, dead = await self._run(
-            "heartbeat",
-            scripts.HEARTBEAT,
-            [keys.nodes(self.key_prefix), *keys.expiring(self.key_prefix)],
-            self.key_prefix,
-            self.node_id,
-            int(self.node_dead_after * 1000),
-            self.device_ttl * 1000,
+            "heartbeat", scripts.BEAT, [nodes], self.node_id, int(self.node_dead_after * 1000)
         )
         if int(absent) and self._beaten:
             self.taken_for_dead = True
         self._beaten = True
-        return [node.decode() for node in dead or []]
+        released = [node.decode() for node in dead or []]
+        for node in released:
+            calls = [
+                (
+                    scripts.RELEASE_NODE,
+                    [keys.node_devices(g, node), *keys.expiring(g)],
+                    [node, self.device_ttl * 1000],
+                )
+                for g in (keys.bucket_tag(self.key_prefix, b) for b in range(BUCKETS))
+            ]
+            await self._release(calls)
+            await self._run("heartbeat", scripts.FORGET_NODE, [nodes], node)
+        return released
 
     async def sweep(self) -> None:
         """Takes expired devices out of their users' sets and expired users out of their
-        rooms' members, at most ``SWEEP_BATCH`` of each per script, for a bounded time."""
+        rooms' members, at most ``SWEEP_BATCH`` of each per bucket and script, for a bounded
+        number of rounds; a room left without members in a bucket leaves the room's index."""
+        due = list(range(BUCKETS))
         for _ in range(SWEEP_ROUNDS):
-            removed, looked = await self._run(
-                "sweep", scripts.SWEEP, keys.expiring(self.key_prefix), SWEEP_BATCH
-            )
-            self.stats.swept += int(removed)
-            if int(looked) < SWEEP_BATCH:
+            calls = [
+                (scripts.SWEEP, keys.expiring(keys.bucket_tag(self.key_prefix, b)), [SWEEP_BATCH])
+                for b in due
+            ]
+            replies = await self._scripts("sweep", calls)
+            emptied: list[tuple[int, str]] = []
+            again = []
+            for bucket, (removed, looked, *rooms) in zip(due, replies, strict=True):
+                self.stats.swept += int(removed)
+                if int(looked) >= SWEEP_BATCH:
+                    again.append(bucket)
+                emptied += [(bucket, room.decode()) for room in rooms]
+            if emptied:
+                await self._prune(emptied)
+            if not again:
                 return
+            due = again
+
+    async def _prune(self, emptied: Sequence[tuple[int, str]]) -> None:
+        """Take buckets out of rooms' indexes where a connect added no member since: the
+        version is read before the members are counted (see PRUNE_ROOM)."""
+        found = []
+        for bucket, entry in emptied:
+            p, _, room = entry.partition(keys.HELD_SEP)
+            site = unescape(p[len(keys.bucket_tag(self.key_prefix, bucket)) : -1])
+            idx = keys.room_buckets(self.key_prefix, site, unescape(room))
+            found.append((bucket, idx, keys.members(p, unescape(room))))
+        versions = await self._call(
+            "sweep", lambda: self.wire.pipeline([(b"HGET", idx, b) for b, idx, _ in found])
+        )
+        counts = await self._call(
+            "sweep", lambda: self.wire.pipeline([(b"SCARD", members) for _, _, members in found])
+        )
+        calls = [
+            (scripts.PRUNE_ROOM, [idx], [bucket, version])
+            for (bucket, idx, _), version, count in zip(found, versions, counts, strict=True)
+            if version is not None and int(count) == 0
+        ]
+        if calls:
+            await self._call("sweep", lambda: self.wire.run_scripts(calls))
 
     async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
-        """Connections arriving together (a node restart, a network blip) share a round trip."""
-
+        """Connections arriving together (a node restart, a network blip) share a round trip.
+        Each room's index then lists the user's bucket (after the script: see PRUNE_ROOM)."""
         node = keys.node_field(self.node_id)
         calls = [
             (
                 scripts.CONNECT_DEVICE,
                 self._device_keys(site, user, device),
-                [self._prefix(site), node, escape(user), escape(device), self.max_devices]
+                [self._p(site, user), node, escape(user), escape(device), self.max_devices]
                 + [escape(room) for room in shared_rooms],
             )
             for site, user, device, shared_rooms in items
         ]
+        indexed = [
+            (
+                b"HINCRBY",
+                keys.room_buckets(self.key_prefix, site, room),
+                _bucket(self._p(site, user)),
+                1,
+            )
+            for site, user, _device, shared_rooms in items
+            for room in shared_rooms
+        ]
+
+        async def connect() -> list[Any]:
+            replies = await self.wire.run_scripts(calls)
+            if indexed:
+                await self.wire.pipeline(indexed)
+            return replies
+
         return [
             Connected(
                 first=int(conns) == 1,
@@ -250,9 +346,7 @@ class RedisStore(StoreBase):
                 if retired
                 else "",
             )
-            for conns, overflowed, retired in await self._call(
-                "connect_device", lambda: self.wire.run_scripts(calls)
-            )
+            for conns, overflowed, retired in await self._call("connect_device", connect)
         ]
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
@@ -260,7 +354,7 @@ class RedisStore(StoreBase):
             "disconnect_device",
             scripts.DISCONNECT_DEVICE,
             self._device_keys(site, user, device),
-            self._prefix(site),
+            self._p(site, user),
             keys.node_field(self.node_id),
             escape(user),
             escape(device),
@@ -270,44 +364,204 @@ class RedisStore(StoreBase):
         return int(left) <= 0
 
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
-        """The messages of concurrent /sends, in submit order, as many as one script stores
-        in ``step_ms``."""
-        args: list[Any] = [self.max_queue, self.step_ms, self.idempotency_ttl * 1000]
-        for site, users, shared_rooms, message in items:
-            p = self._prefix(site)
-            idem = keys.idempotency(p, message.idempotency_id) if message.idempotency_id else ""
-            args += (p, message.event, message.encode(), idem)
-            args += (len(users), len(shared_rooms))
-            args += map(escape, users)
-            args += map(escape, shared_rooms)
-        flat = await self._call(
-            "enqueue", lambda: self.send_wire.run_script(scripts.ENQUEUE, [], args)
+        """The messages of concurrent /sends, in submit order. On a single Redis, one script
+        stores as many as fit in ``step_ms``; on Redis Cluster, each message in one script
+        per bucket it reaches, every bucket's primary at once, all of ``items``."""
+        indexes = await self._room_indexes(
+            {(site, room) for site, _users, rooms, _message in items for room in rooms}
         )
+        plan = [self._parts(item, indexes) for item in items]
+        if isinstance(self.wire, RedisWire):
+            return await self._enqueue_one_redis(items, plan, indexes)
+        return await self._enqueue_cluster(items, plan, indexes)
+
+    async def _room_indexes(
+        self, rooms: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[int, bytes]]:
+        """The buckets that may hold members of each room, with their versions."""
+        if not rooms:
+            return {}
+        ordered = sorted(rooms)
+        found = await self._call(
+            "enqueue",
+            lambda: self.wire.pipeline(
+                [(b"HGETALL", keys.room_buckets(self.key_prefix, s, r)) for s, r in ordered]
+            ),
+        )
+        return {
+            room: {int(found_room[i]): found_room[i + 1] for i in range(0, len(found_room), 2)}
+            for room, found_room in zip(ordered, found, strict=True)
+        }
+
+    def _parts(
+        self, item: EnqueueItem, indexes: dict[tuple[str, str], dict[int, bytes]]
+    ) -> list[tuple[list[str], list[Any], str]]:
+        """One message's parts, one per bucket it reaches: (KEYS, ARGV group, bucket prefix)."""
+        site, users, rooms, message = item
+        by_bucket: dict[str, tuple[list[str], list[str]]] = {}
+        for user in users:
+            by_bucket.setdefault(self._p(site, user), ([], []))[0].append(escape(user))
+        for room in rooms:
+            for bucket in indexes.get((site, room), {}):
+                p = keys.site_in_bucket(self.key_prefix, bucket, site)
+                by_bucket.setdefault(p, ([], []))[1].append(escape(room))
+        record = message.encode()
+        parts = []
+        for n, (p, (part_users, part_rooms)) in enumerate(sorted(by_bucket.items())):
+            anchor = (
+                f"{p}{keys.DEVICES}{keys.SEP}{part_users[0]}"
+                if part_users
+                else f"{p}{keys.MEMBERS}{keys.SEP}{part_rooms[0]}"
+            )
+            names = [anchor]
+            if message.idempotency_id:
+                names.append(keys.idempotency(p, message.idempotency_id))
+            group = [
+                p,
+                message.event,
+                record,
+                "1" if message.idempotency_id else "0",
+                "1" if n == len(by_bucket) - 1 else "0",
+                len(part_users),
+                len(part_rooms),
+                *part_users,
+                *part_rooms,
+            ]
+            parts.append((names, group, p))
+        return parts
+
+    def _enqueue_args(self) -> list[Any]:
+        return [self.max_queue, self.step_ms, self.idempotency_ttl * 1000]
+
+    async def _enqueue_one_redis(
+        self,
+        items: Sequence[EnqueueItem],
+        plan: list[list[tuple[list[str], list[Any], str]]],
+        indexes: dict[tuple[str, str], dict[int, bytes]],
+    ) -> list[list[Delivery]]:
+        names: list[str] = []
+        args = self._enqueue_args()
+        for parts in plan:
+            for part_names, group, _p in parts:
+                names += part_names
+                args += group
+        flat: list[Any] = []
+        if names:
+            flat = await self._call(
+                "enqueue", lambda: self.send_wire.run_script(scripts.ENQUEUE, names, args)
+            )
+            if self.min_replicas:
+                await self._replicated()
+        handled = int(flat[0]) if flat else 0
+        answers = _part_answers(flat, handled)
+        results: list[list[Delivery]] = []
+        at = 0
+        for item, parts in zip(items, plan, strict=True):
+            if at + len(parts) > handled and parts:
+                break
+            results.append(
+                await self._message_result(item, parts, answers[at : at + len(parts)], indexes)
+            )
+            at += len(parts)
+        return results
+
+    async def _enqueue_cluster(
+        self,
+        items: Sequence[EnqueueItem],
+        plan: list[list[tuple[list[str], list[Any], str]]],
+        indexes: dict[tuple[str, str], dict[int, bytes]],
+    ) -> list[list[Delivery]]:
+        by_slot: dict[int | None, list[tuple[int, int]]] = {}  # slot -> (message, part) in order
+        for m, parts in enumerate(plan):
+            for k, (names, _group, _p) in enumerate(parts):
+                by_slot.setdefault(self.wire.slot_of(names[0]), []).append((m, k))
+        answers: dict[tuple[int, int], _PartAnswer] = {}
+
+        async def run_slot(order: list[tuple[int, int]]) -> None:
+            while order:
+                names: list[str] = []
+                args = self._enqueue_args()
+                for m, k in order:
+                    names += plan[m][k][0]
+                    args += plan[m][k][1]
+                flat = await self.send_wire.run_script(scripts.ENQUEUE, names, args)
+                handled = int(flat[0])
+                for key, answer in zip(order, _part_answers(flat, handled), strict=False):
+                    answers[key] = answer
+                order = order[handled:]
+
+        async def run_all() -> None:
+            outcomes = await asyncio.gather(
+                *(run_slot(order) for order in by_slot.values()), return_exceptions=True
+            )
+            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            if errors:
+                if answers:  # some parts stored: a retry with the same key completes the rest
+                    raise WriteInDoubt(f"a part of the send failed: {errors[0]}") from errors[0]
+                raise errors[0]
+
+        await self._call("enqueue", run_all)
         if self.min_replicas:
             await self._replicated()
-        results: list[list[Delivery]] = []
-        i = 1
-        for site, _users, _rooms, _message in items[: int(flat[0])]:
-            count, i = int(flat[i]), i + 1
-            if count < 0:  # an idempotent repeat: the first attempt's count and deliveries
-                stored, count, i = int(flat[i]), int(flat[i + 1]), i + 2
-                results.append(Repeated(stored, _deliveries(flat, i, count)))
-                i += 4 * count
-                continue
-            results.append(_deliveries(flat, i, count))
-            i += 4 * count
-            full, i = int(flat[i]), i + 1
-            for j in range(i, i + 2 * full, 2):
-                self.stats.overflowed(
-                    site, unescape(flat[j].decode()), unescape(flat[j + 1].decode()), self.max_queue
-                )
-            i += 2 * full
-        return results
+        return [
+            await self._message_result(
+                item, parts, [answers[(m, k)] for k in range(len(parts))], indexes
+            )
+            for m, (item, parts) in enumerate(zip(items, plan, strict=True))
+        ]
+
+    async def _message_result(
+        self,
+        item: EnqueueItem,
+        parts: list[tuple[list[str], list[Any], str]],
+        answers: list[_PartAnswer],
+        indexes: dict[tuple[str, str], dict[int, bytes]],
+    ) -> list[Delivery]:
+        site = item[0]
+        deliveries: list[Delivery] = []
+        repeated, stored_before = False, 0
+        empty: list[tuple[int, str]] = []
+        for (_names, _group, p), answer in zip(parts, answers, strict=True):
+            deliveries += answer.deliveries
+            if answer.repeated is not None:
+                repeated = True
+                stored_before += answer.repeated
+            else:
+                stored_before += len(answer.deliveries)
+            for user, device in answer.full:
+                self.stats.overflowed(site, user, device, self.max_queue)
+            empty += [(_bucket(p), room) for room in answer.empty_rooms]
+        if empty:
+            await self._prune_after_send(site, empty, indexes)
+        if repeated:
+            return Repeated(stored_before, deliveries)
+        return deliveries
+
+    async def _prune_after_send(
+        self,
+        site: str,
+        empty: list[tuple[int, str]],
+        indexes: dict[tuple[str, str], dict[int, bytes]],
+    ) -> None:
+        """A bucket a send found without members of a room leaves the room's index, unless a
+        connect bumped its version since the send read the index. Best effort: a bucket left
+        in an index costs a look, never a message."""
+        calls = []
+        for bucket, room in empty:
+            version = indexes.get((site, unescape(room)), {}).get(bucket)
+            if version is not None:
+                idx = keys.room_buckets(self.key_prefix, site, unescape(room))
+                calls.append((scripts.PRUNE_ROOM, [idx], [bucket, version]))
+        if calls:
+            try:
+                await self._call("enqueue", lambda: self.wire.run_scripts(calls))
+            except StoreUnavailable:
+                pass
 
     async def _import_queue(
         self, site: str, user: str, device: str, messages: Sequence[ImportedMessage], ttl: int
     ) -> Imported:
-        p = self._prefix(site)
+        p = self._p(site, user)
         args: list[Any] = [p, escape(user), escape(device), ttl * 1000, self.max_queue]
         for imported in messages:
             message = imported.message
@@ -319,7 +573,7 @@ class RedisStore(StoreBase):
         names = [
             *keys.device_keys(p, user, device),
             *keys.user_keys(p, user)[:2],
-            keys.expiring(self.key_prefix)[1],
+            keys.expiring(keys.bucket_of_prefix(p))[1],
         ]
         stored, known, full = await self._run("import_queue", scripts.IMPORT_QUEUE, names, *args)
         return Imported(stored=int(stored), known=int(known), full=int(full))
@@ -329,7 +583,7 @@ class RedisStore(StoreBase):
 
         commands: list[tuple[Any, ...]] = []
         for site, user, device, _ in items:
-            dev, msg, _ = keys.device_keys(self._prefix(site), user, device)
+            dev, msg, _ = keys.device_keys(self._p(site, user), user, device)
             commands += [(b"HGET", dev, b"seq"), (b"HGETALL", msg)]
         flat = await self._call("read_queue", lambda: self.wire.pipeline(commands))
         backlogs = []
@@ -342,23 +596,30 @@ class RedisStore(StoreBase):
         return backlogs
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
-        names: list[str] = []
-        args: list[Any] = []
-        for site, user, device, acked in items:
-            _, msg, evt = keys.device_keys(self._prefix(site), user, device)
+        """Every ack of this moment: one script (on Redis Cluster, one per bucket)."""
+        groups: dict[int | None, tuple[list[int], list[str], list[Any]]] = {}
+        for i, (site, user, device, acked) in enumerate(items):
+            _, msg, evt = keys.device_keys(self._p(site, user), user, device)
+            indexes, names, args = groups.setdefault(self.wire.slot_of(msg), ([], [], []))
+            indexes.append(i)
             names += [msg, evt]
             args.append(len(acked))
             for seq, event in acked:
                 args += [seq, keys.event_member(event, seq)]
-        removed = await self._run("ack", scripts.ACK, names, *args)
-        return [int(count) for count in removed]
+        calls = [(scripts.ACK, names, args) for _, names, args in groups.values()]
+        replies = await self._call("ack", lambda: self.wire.run_scripts(calls))
+        removed = [0] * len(items)
+        for (indexes, _, _), counts in zip(groups.values(), replies, strict=True):
+            for i, count in zip(indexes, counts, strict=True):
+                removed[i] = int(count)
+        return removed
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         through = int(
             await self._run(
                 "ack_head",
                 scripts.ACK_HEAD,
-                keys.device_keys(self._prefix(site), user, device),
+                keys.device_keys(self._p(site, user), user, device),
                 seq,
                 event,
             )
@@ -368,42 +629,95 @@ class RedisStore(StoreBase):
         return HeadAck(cleared=True, cleared_through=through)
 
     async def _room_members(self, site: str, room: str) -> set[str]:
-        prefix = self._prefix(site)
-        key = keys.members(prefix, room)
-        found = await self._call("room_members", lambda: self.wire.command(b"SMEMBERS", key))
-        members = [member.decode() for member in found]
-        exists = [(b"EXISTS", keys.user_key(prefix, name)) for name in members]
-        alive = await self._call("room_members", lambda: self.wire.pipeline(exists))
-        return {unescape(name) for name, live in zip(members, alive, strict=True) if live}
+        (buckets,) = (await self._room_indexes({(site, room)})).values()
+        prefixes = [keys.site_in_bucket(self.key_prefix, b, site) for b in sorted(buckets)]
+        found = await self._call(
+            "room_members",
+            lambda: self.wire.pipeline([(b"SMEMBERS", keys.members(p, room)) for p in prefixes]),
+        )
+        candidates = [
+            (p, m.decode()) for p, members in zip(prefixes, found, strict=True) for m in members
+        ]
+        alive = await self._call(
+            "room_members",
+            lambda: self.wire.pipeline([(b"EXISTS", keys.user_key(p, m)) for p, m in candidates]),
+        )
+        return {unescape(name) for (_, name), live in zip(candidates, alive, strict=True) if live}
 
     async def alive_nodes(self) -> list[str]:
+        nodes = keys.nodes(self.key_prefix)
+
         async def read() -> list[Any]:
-            seconds, micros = await self.wire.command(b"TIME")
+            wire = self.wire.node_wire(nodes)
+            seconds, micros = await wire.command(b"TIME")
             now = int(seconds) * 1000 + int(micros) // 1000
             since = now - int(self.node_dead_after * 1000)
-            nodes = keys.nodes(self.key_prefix)
-            return list(await self.wire.command(b"ZRANGEBYSCORE", nodes, since, b"+inf"))
+            return list(await wire.command(b"ZRANGEBYSCORE", nodes, since, b"+inf"))
 
         return sorted(node.decode() for node in await self._call("alive_nodes", read))
 
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
         depths = {}
         for site in sites:
-            pattern = keys.messages_pattern(self._prefix(site))
+            pattern = keys.messages_pattern(self.key_prefix, site)
 
             async def count(pattern: str = pattern) -> int:
-                total, cursor = 0, b"0"
-                while True:
-                    cursor, found = await self.wire.command(
-                        b"SCAN", cursor, b"MATCH", pattern, b"COUNT", 1000
-                    )
-                    if found:
-                        total += sum(await self.wire.pipeline([(b"HLEN", k) for k in found]))
-                    if cursor == b"0":
-                        return total
+                total = 0
+                for wire in self.wire.primaries():
+                    cursor = b"0"
+                    while True:
+                        cursor, found = await wire.command(
+                            b"SCAN", cursor, b"MATCH", pattern, b"COUNT", 1000
+                        )
+                        if found:
+                            total += sum(await wire.pipeline([(b"HLEN", k) for k in found]))
+                        if cursor == b"0":
+                            break
+                return total
 
             depths[site] = await self._call("queue_depths", count)
         return depths
+
+
+def _bucket(p: str) -> int:
+    """The bucket of a bucket prefix: ``{prefix}{b<n>}:...``."""
+    return int(p[p.index("{b") + 2 : p.index("}")])
+
+
+class _PartAnswer:
+    """What ENQUEUE answered for one part."""
+
+    __slots__ = ("deliveries", "empty_rooms", "full", "repeated")
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.full: list[tuple[str, str]] = []
+        self.empty_rooms: list[str] = []
+        self.repeated: int | None = None  # a part recorded before: what it stored then
+
+
+def _part_answers(flat: list[Any], handled: int) -> list[_PartAnswer]:
+    """ENQUEUE's flat answer, per part."""
+    answers = []
+    i = 1
+    for _ in range(handled):
+        answer = _PartAnswer()
+        count, i = int(flat[i]), i + 1
+        if count < 0:
+            answer.repeated, count, i = int(flat[i]), int(flat[i + 1]), i + 2
+        answer.deliveries = _deliveries(flat, i, count)
+        i += 4 * count
+        full, i = int(flat[i]), i + 1
+        answer.full = [
+            (unescape(flat[j].decode()), unescape(flat[j + 1].decode()))
+            for j in range(i, i + 2 * full, 2)
+        ]
+        i += 2 * full
+        empty, i = int(flat[i]), i + 1
+        answer.empty_rooms = [flat[j].decode() for j in range(i, i + empty)]
+        i += empty
+        answers.append(answer)
+    return answers
 
 
 def _deliveries(flat: list[Any], at: int, count: int) -> list[Delivery]:

@@ -5,6 +5,9 @@ the node bus and python-socketio's manager.
     unix://[user:password@]/path/to/socket[?db=N]
     redis+sentinel://[user:password@]host[:port],host[:port],.../service[/db]
                                                      rediss+sentinel:// for TLS; port 26379
+    redis+cluster://[user:password@]host[:port],host[:port],...
+                                                     rediss+cluster:// for TLS; any node of
+                                                     the cluster is enough to start
 
 With Sentinel the credentials and TLS are the primary's (and its replicas'); the sentinels
 are asked without. python-socketio's own order, ``.../db/service``, is read too.
@@ -17,13 +20,16 @@ from urllib.parse import unquote, urlsplit
 
 PLAIN = ("redis", "rediss", "unix")
 SENTINEL = ("redis+sentinel", "rediss+sentinel")
+CLUSTER = ("redis+cluster", "rediss+cluster")
 SENTINEL_PORT = 26379
+CLUSTER_PORT = 6379
 
 
 @dataclass(frozen=True, slots=True)
 class RedisAddress:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()  # none: a plain URL, given to redis-py whole
+    cluster_nodes: tuple[tuple[str, int], ...] = ()  # Redis Cluster: the nodes to start from
     service: str = ""
     db: int = 0
     username: str | None = None
@@ -34,8 +40,19 @@ class RedisAddress:
     def is_sentinel(self) -> bool:
         return bool(self.sentinels)
 
+    @property
+    def is_cluster(self) -> bool:
+        return bool(self.cluster_nodes)
+
     def for_socketio(self) -> str:
-        """The URL in python-socketio's spelling (its manager reads ``.../db/service``)."""
+        """The URL in python-socketio's spelling (its manager reads ``.../db/service``). For
+        Redis Cluster, the first node's: a PUBLISH there reaches the subscribers of every
+        node (python-socketio's manager has no cluster mode)."""
+        if self.is_cluster:
+            host, port = self.cluster_nodes[0]
+            auth = self.url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+            scheme = "rediss" if self.tls else "redis"
+            return f"{scheme}://{auth + '@' if auth else ''}{host}:{port}/0"
         if not self.is_sentinel:
             return self.url
         rest = self.url.partition("://")[2]
@@ -56,8 +73,11 @@ def parse(url: str) -> RedisAddress:
     scheme = parts.scheme
     if scheme in SENTINEL:
         return _sentinel(url)
+    if scheme in CLUSTER:
+        return _cluster(url)
     if scheme not in PLAIN:
-        raise ValueError(f"unknown scheme {scheme!r} (known: {', '.join(PLAIN + SENTINEL)})")
+        known = ", ".join(PLAIN + SENTINEL + CLUSTER)
+        raise ValueError(f"unknown scheme {scheme!r} (known: {known})")
     if scheme == "unix":
         if not parts.path:
             raise ValueError("a unix:// URL needs the socket's path")
@@ -76,18 +96,39 @@ def parse(url: str) -> RedisAddress:
     return RedisAddress(url, db=int(database or 0), tls=scheme == "rediss")
 
 
+def _hosts(hosts: str, default_port: int, what: str) -> list[tuple[str, int]]:
+    found = []
+    for entry in hosts.split(","):
+        host, colon, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        if not host:
+            raise ValueError(f"no host in the {what} {entry!r}")
+        if colon and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"the {what} {entry!r} has no valid port")
+        found.append((host, int(port) if colon else default_port))
+    return found
+
+
+def _cluster(url: str) -> RedisAddress:
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    auth, _, hosts = netloc.rpartition("@")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError("Redis Cluster has one database: no /db in a redis+cluster:// URL")
+    user, _, password = auth.partition(":")
+    return RedisAddress(
+        url,
+        cluster_nodes=tuple(_hosts(hosts, CLUSTER_PORT, "cluster node")),
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        tls=scheme == "rediss+cluster",
+    )
+
+
 def _sentinel(url: str) -> RedisAddress:
     scheme, _, rest = url.partition("://")
     netloc, _, path = rest.partition("/")
     auth, _, hosts = netloc.rpartition("@")
-    sentinels = []
-    for entry in hosts.split(","):
-        host, colon, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
-        if not host:
-            raise ValueError(f"no host in the sentinel {entry!r}")
-        if colon and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ValueError(f"the sentinel {entry!r} has no valid port")
-        sentinels.append((host, int(port) if colon else SENTINEL_PORT))
+    sentinels = _hosts(hosts, SENTINEL_PORT, "sentinel")
     segments = [unquote(segment) for segment in path.split("/") if segment]
     if len(segments) == 2 and segments[0].isdigit() and not segments[1].isdigit():
         segments.reverse()  # python-socketio's order: db, then service

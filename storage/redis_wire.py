@@ -23,7 +23,9 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -203,8 +205,39 @@ def connection_pool(url: str, **options: Any) -> aioredis.ConnectionPool:
 
 
 def client(url: str, **options: Any) -> aioredis.Redis:
-    """A redis-py client for ``url`` (the node bus's publishes and subscription)."""
+    """A redis-py client for ``url`` (the node bus's publishes and subscription); for Redis
+    Cluster, one of its nodes' (a plain PUBLISH reaches every node's subscribers)."""
+    address = parse(url)
+    if address.is_cluster:
+        url = address.for_socketio()
     return aioredis.Redis(connection_pool=connection_pool(url, **options))
+
+
+async def subscriber(
+    url: str, channel: str, wire: RedisWire | ClusterWire, **options: Any
+) -> tuple[aioredis.Redis, bool]:
+    """A redis-py client to listen on ``channel`` with, and whether to use sharded pub/sub
+    (Redis Cluster: the client is the primary's that serves the channel's slot now, so only
+    that primary carries the channel's messages)."""
+    if isinstance(wire, ClusterWire):
+        node = await wire.node_of(channel)
+        kwargs = {**node.connection_kwargs, **options}
+        pool = aioredis.ConnectionPool(connection_class=node.connection_class, **kwargs)
+        return aioredis.Redis(connection_pool=pool), True
+    return client(url, **options), False
+
+
+async def publish(wire: RedisWire | ClusterWire, channel: str, data: bytes) -> None:
+    """PUBLISH; SPUBLISH on Redis Cluster, to the primary of the channel's slot."""
+    await wire.command(b"SPUBLISH" if isinstance(wire, ClusterWire) else b"PUBLISH", channel, data)
+
+
+def wire_for(url: str, timeout: float) -> RedisWire | ClusterWire:
+    """The store's connection: one Redis (plain or behind Sentinel), or a Redis Cluster."""
+    address = parse(url)
+    if address.is_cluster:
+        return ClusterWire(address, timeout)
+    return RedisWire.from_url(url, timeout)
 
 
 def _sentinel(address: RedisAddress, options: dict[str, Any]) -> Sentinel:
@@ -239,6 +272,23 @@ class RedisWire:
         if self._connection is not None:
             self._connection.clock_doubtful()
 
+    # What a store asks of its wire whether it is one Redis or a cluster (see ClusterWire).
+
+    async def start(self) -> None:
+        """Nothing to learn first: the connection opens with the first command."""
+
+    def slot_of(self, key: str | bytes) -> int | None:
+        """None: every key is on this one Redis, any script may take keys of any bucket."""
+        return None
+
+    def node_wire(self, key: str | bytes) -> RedisWire:
+        """The wire of the Redis that holds ``key``: for commands that name no key (TIME)."""
+        return self
+
+    def primaries(self) -> list[RedisWire]:
+        """One wire per primary: for what each must answer (INFO, SCAN, a write probe)."""
+        return [self]
+
     async def command(self, *args: Any) -> Any:
         """One command's reply; an error reply is raised as redis-py's ResponseError."""
         (reply,) = await self.pipeline([args])
@@ -248,7 +298,11 @@ class RedisWire:
         """The replies of commands written at once, in order. The first error reply is raised
         once all have replied. A lost connection fails them all: whether Redis ran them is not
         known."""
-        return _raise_first_error(await self._exchange(lambda _: commands))
+        return _raise_first_error(await self.replies(commands))
+
+    async def replies(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """``pipeline``'s replies, error replies among them."""
+        return await self._exchange(lambda _: commands)
 
     async def run_scripts(
         self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
@@ -256,6 +310,12 @@ class RedisWire:
         """Scripts run in order, each by SHA1; the ones Redis does not know yet (a new
         connection, a restarted Redis, ``SCRIPT FLUSH``) were not run, and run again by body,
         which also loads them."""
+        return _raise_first_error(await self.script_replies(calls))
+
+    async def script_replies(
+        self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """``run_scripts``'s replies, error replies among them."""
         replies = await self._exchange(
             lambda connection: [
                 script.call(keys, args, connection.deadline()) for script, keys, args in calls
@@ -272,7 +332,7 @@ class RedisWire:
                 )
             )
             replies = [next(again) if _missing_script(reply) else reply for reply in replies]
-        return _raise_first_error(replies)
+        return replies
 
     async def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         (reply,) = await self.run_scripts([(script, keys, args)])
@@ -349,3 +409,182 @@ class RedisWire:
         if self._connection is not None:
             await self._release(self._connection)
             self._connection = None
+
+
+# Replies that mean "this slot is not served here, now": the call changed nothing (a script
+# is checked before it runs, and reads every key before it writes: redis_scripts).
+_ELSEWHERE = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+REDIRECT_PATIENCE = 0.05  # seconds before the first retry of a redirected call; doubled
+
+
+def _elsewhere(reply: Any) -> bool:
+    text = str(reply) if isinstance(reply, ResponseError) else ""
+    return text.startswith(_ELSEWHERE) or "non local key" in text
+
+
+class _NodePool:
+    """What RedisWire needs of a pool, for one node of a cluster: how to open a connection."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.connection_class = node.connection_class
+        self.connection_kwargs = dict(node.connection_kwargs)
+
+
+class ClusterWire:
+    """Redis Cluster: redis-py keeps the map of slots to primaries (its NodesManager reads
+    ``CLUSTER SLOTS`` at start, and again here after a redirection or a lost node), and each
+    primary gets one of our wires. A call goes to the primary of its first key's slot; one
+    that comes back MOVED, ASK, TRYAGAIN or CLUSTERDOWN (a slot moved, is moving, or a
+    failover is under way) changed nothing, and is sent again once the map is read again,
+    until ``timeout``."""
+
+    def __init__(self, address: RedisAddress, timeout: float) -> None:
+        options: dict[str, Any] = {
+            "username": address.username,
+            "password": address.password,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "require_full_coverage": False,
+        }
+        if address.tls:
+            options["ssl"] = True
+        self._cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.cluster_nodes],
+            **options,
+        )
+        self._timeout = timeout
+        self._wires: dict[str, RedisWire] = {}
+        self._started = False
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            await self._cluster.initialize()
+        except (RedisError, OSError) as exc:
+            raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+        self._started = True
+
+    def slot_of(self, key: str | bytes) -> int | None:
+        return int(key_slot(key.encode() if isinstance(key, str) else key))
+
+    def node_wire(self, key: str | bytes) -> RedisWire:
+        return self._wire_of_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    def primaries(self) -> list[RedisWire]:
+        return [self._wire_of(node) for node in self._cluster.get_primaries()]
+
+    async def node_of(self, key: str) -> ClusterNode:
+        """The primary serving ``key``'s slot, the map read again first."""
+        if self._started:
+            await self._refresh()
+        else:
+            await self.start()
+        return self._cluster.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+
+    def _wire_of_slot(self, slot: int) -> RedisWire:
+        return self._wire_of(self._cluster.nodes_manager.get_node_from_slot(slot))
+
+    def _wire_of(self, node: ClusterNode) -> RedisWire:
+        wire = self._wires.get(node.name)
+        if wire is None:
+            pool: Any = _NodePool(node)
+            wire = self._wires[node.name] = RedisWire(pool, self._timeout)
+        return wire
+
+    async def _refresh(self) -> None:
+        """Read the slot map again; callers arriving meanwhile share the one reading."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(
+                self._cluster.nodes_manager.initialize()
+            )
+            self._refreshing.add_done_callback(_retrieve)
+        try:
+            await asyncio.shield(self._refreshing)
+        except (RedisError, OSError) as exc:
+            raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+
+    async def _routed(
+        self,
+        items: Sequence[Any],
+        key_of: Callable[[Any], Any],
+        send: Callable[[RedisWire, list[Any]], Any],
+    ) -> list[Any]:
+        """Replies to ``items``, each sent to its key's primary (those of one primary at
+        once, the primaries in parallel); redirected ones again, with the map read again."""
+        if not self._started:
+            await self.start()
+        replies: list[Any] = [None] * len(items)
+        waiting = list(range(len(items)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        pause = REDIRECT_PATIENCE
+        while True:
+            groups: dict[int, tuple[RedisWire, list[int]]] = {}
+            for index in waiting:
+                wire = self.node_wire(key_of(items[index]))
+                groups.setdefault(id(wire), (wire, []))[1].append(index)
+            try:
+                answers = await asyncio.gather(
+                    *(send(wire, [items[i] for i in indexes]) for wire, indexes in groups.values())
+                )
+            except (RedisConnectionError, RedisTimeoutError):
+                await self._forget_map()
+                raise
+            for (_, indexes), answer in zip(groups.values(), answers, strict=True):
+                for index, reply in zip(indexes, answer, strict=True):
+                    replies[index] = reply
+            waiting = [index for index in waiting if _elsewhere(replies[index])]
+            if not waiting or loop.time() + pause > deadline:
+                return replies
+            await asyncio.sleep(pause)
+            pause *= 2
+            await self._refresh()
+
+    async def _forget_map(self) -> None:
+        """A primary went away (killed, failed over): the next call reads the map first."""
+        try:
+            await self._refresh()
+        except RedisConnectionError:
+            pass
+
+    async def run_scripts(
+        self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        return _raise_first_error(await self.script_replies(calls))
+
+    async def script_replies(
+        self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        return await self._routed(
+            calls, lambda call: call[1][0], lambda wire, group: wire.script_replies(group)
+        )
+
+    async def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        (reply,) = await self.run_scripts([(script, keys, args)])
+        return reply
+
+    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Each command goes to its key's primary (its second word is the key)."""
+        return _raise_first_error(
+            await self._routed(
+                commands, lambda command: command[1], lambda wire, group: wire.replies(group)
+            )
+        )
+
+    async def command(self, *args: Any) -> Any:
+        (reply,) = await self.pipeline([args])
+        return reply
+
+    def clock_doubtful(self) -> None:
+        for wire in self._wires.values():
+            wire.clock_doubtful()
+
+    def reset(self, reason: str) -> None:
+        for wire in self._wires.values():
+            wire.reset(reason)
+
+    async def close(self) -> None:
+        for wire in self._wires.values():
+            await wire.close()
+        closing = getattr(self._cluster, "aclose", None) or self._cluster.close
+        await closing()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import redis
+import redis.crc
 
 ROOT = Path(__file__).parents[1]
 
@@ -321,3 +322,161 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the Redis processes did not get ready in time")
         time.sleep(0.05)
+
+
+class RedisClusterSet:
+    """A Redis Cluster of real redis-server processes: ``masters`` primaries, each with
+    ``replicas`` replicas, made with ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.workdir = workdir
+        self.replicas_each = replicas
+        self.servers = [
+            RedisServer(
+                workdir / f"node-{n}",
+                options=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-port",  # not port + 10000: a free port may be above 55535
+                    str(free_port()),
+                ),
+            )
+            for n in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.servers[0].port}"
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        self.cli(
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{server.port}" for server in self.servers),
+            "--cluster-replicas",
+            str(self.replicas_each),
+            "--cluster-yes",
+        )
+        _wait_for(self._settled, timeout=30)
+
+    def _settled(self) -> bool:
+        """Every node sees the cluster ok, and every replica replicates."""
+        for server in self.alive():
+            if "cluster_state:ok" not in self.cli("-p", str(server.port), "cluster", "info"):
+                return False
+            replication = _info(server.port, "replication")
+            if "role:slave" in replication and "master_link_status:up" not in replication:
+                return False
+        return True
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            ["redis-cli", *(("-h", "127.0.0.1") if "--cluster" not in args else ()), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {result.stderr}{result.stdout}")
+        return result.stdout
+
+    def primaries(self) -> list[RedisServer]:
+        return [s for s in self.alive() if "role:master" in _info(s.port, "replication")]
+
+    def alive(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.process is not None and s.process.poll() is None]
+
+    def _nodes(self) -> list[list[str]]:
+        """CLUSTER NODES, as a live node sees it: one list of words per node."""
+        text = self.cli("-p", str(self.alive()[0].port), "cluster", "nodes")
+        return [line.split() for line in text.splitlines() if line.strip()]
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The server whose slots hold ``key`` now."""
+        slot = redis.crc.key_slot(key.encode())
+        for words in self._nodes():
+            if "master" not in words[2] or "fail" in words[2]:
+                continue
+            for ranges in words[8:]:
+                low, _, high = ranges.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(words[1].split("@")[0].rpartition(":")[2])
+                    return next(s for s in self.servers if s.port == port)
+        raise RuntimeError(f"no primary serves slot {slot}")
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        ids = {int(w[1].split("@")[0].rpartition(":")[2]): w[0] for w in self._nodes()}
+        for words in self._nodes():
+            if "slave" in words[2] and words[3] == ids[primary.port]:
+                port = int(words[1].split("@")[0].rpartition(":")[2])
+                return next(s for s in self.servers if s.port == port)
+        raise RuntimeError(f"{primary.port} has no replica")
+
+    def failover(self, key: str) -> None:
+        """A planned failover (CLUSTER FAILOVER on its replica) of the primary of ``key``;
+        returns once the replica serves the slot and the cluster is ok."""
+        replica = self.replica_of(self.primary_of(key))
+        self.cli("-p", str(replica.port), "cluster", "failover")
+        _wait_for(lambda: self._serves(replica, key), timeout=30)
+
+    def move_slot_of(self, key: str) -> None:
+        """``redis-cli --cluster reshard`` of the primary's slots up to ``key``'s (its lowest
+        ones first) to another primary; returns once the other serves ``key``."""
+        source = self.primary_of(key)
+        target = next(s for s in self.primaries() if s is not source)
+        words = {int(w[1].split("@")[0].rpartition(":")[2]): w for w in self._nodes()}
+        slot = redis.crc.key_slot(key.encode())
+        first = min(
+            int(ranges.partition("-")[0])
+            for ranges in words[source.port][8:]
+            if ranges[0].isdigit() and int(ranges.partition("-")[0]) <= slot
+        )
+        self.cli(
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{source.port}",
+            "--cluster-from",
+            words[source.port][0],
+            "--cluster-to",
+            words[target.port][0],
+            "--cluster-slots",
+            str(slot - first + 1),
+            "--cluster-yes",
+        )
+        _wait_for(lambda: self._serves(target, key), timeout=60)
+
+    def kill_primary_of(self, key: str) -> None:
+        """SIGKILL of the primary of ``key``; returns once its replica took over."""
+        primary = self.primary_of(key)
+        replica = self.replica_of(primary)
+        assert primary.process is not None
+        primary.process.kill()
+        primary.process.wait()
+        _wait_for(lambda: self._serves(replica, key), timeout=60)
+
+    def _serves(self, server: RedisServer, key: str) -> bool:
+        try:
+            return self.primary_of(key) is server and self._ok()
+        except RuntimeError:  # mid-failover: no node serves the slot yet
+            return False
+
+    def _ok(self) -> bool:
+        return all(
+            "cluster_state:ok" in self.cli("-p", str(s.port), "cluster", "info")
+            for s in self.alive()
+        )
+
+    def flush(self) -> None:
+        for server in self.primaries():
+            self.cli("-p", str(server.port), "flushall")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            if server.process is not None and server.process.poll() is None:
+                server.stop()

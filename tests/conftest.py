@@ -12,7 +12,7 @@ from loguru import logger
 
 from socketio_webservice import storage
 from socketio_webservice.storage import Store
-from testkit.processes import RedisServer, SentinelSet
+from testkit.processes import RedisClusterSet, RedisServer, SentinelSet
 
 if TYPE_CHECKING:
     from tests.browser import Browser
@@ -36,6 +36,22 @@ def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelS
     deployment.start()
     yield deployment
     deployment.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
+    """Three primaries with a replica each, for the tests that run on Redis Cluster."""
+    cluster = RedisClusterSet(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterSet) -> str:
+    """The cluster's URL, every primary emptied."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture
@@ -87,7 +103,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store_redis_url(store_kind: str, request: pytest.FixtureRequest) -> str | None:
     """The test Redis URL when the test runs on Redis; no Redis is touched for SQLite."""
-    if store_kind in ("redis", "sentinel"):
+    if store_kind in ("redis", "sentinel", "cluster"):
         url: str = request.getfixturevalue(f"{store_kind}_url")
         return url
     return None

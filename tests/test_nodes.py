@@ -12,8 +12,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from socketio_webservice.storage import redis_keys
 from socketio_webservice.storage.redis_store import RedisStore
-from testkit.processes import RedisServer, SentinelSet, ServiceProcess, free_port, write_sites
+from testkit.processes import (
+    RedisClusterSet,
+    RedisServer,
+    SentinelSet,
+    ServiceProcess,
+    free_port,
+    write_sites,
+)
 from tests.harness import Client, SiteStub, connect, connect_error, post_send
 
 StartNodes = Callable[..., Awaitable[list[ServiceProcess]]]
@@ -40,10 +48,17 @@ async def start_nodes(tmp_path: Path, stub: SiteStub) -> AsyncIterator[StartNode
     await asyncio.gather(*(node.stop() for node in started))
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def shared_url(request: pytest.FixtureRequest) -> str:
+    """What the nodes share: a single Redis, or a Redis Cluster (three primaries)."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
 @pytest.fixture
-async def observer(redis_url: str) -> AsyncIterator[RedisStore]:
+async def observer(shared_url: str) -> AsyncIterator[RedisStore]:
     """Reads queues straight from Redis, as a test's window on the store."""
-    store = RedisStore(redis_url, device_ttl=3600, node_id="observer")
+    store = RedisStore(shared_url, device_ttl=3600, node_id="observer")
     yield store
     await store.close()
 
@@ -80,10 +95,10 @@ async def test_a_send_on_one_node_reaches_a_device_on_another(
     start_nodes: StartNodes,
     stub: SiteStub,
     http: aiohttp.ClientSession,
-    redis_url: str,
+    shared_url: str,
     observer: RedisStore,
 ) -> None:
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     stub.answers["t1"] = ["user_1", "staff"]
     client = await connect(b.url, "shop", "t1", "phone", auto_ack=False)
     assert await post_send(http, a.url, "shop", "staff", "hello", 1) == (200, "OK")
@@ -99,9 +114,9 @@ async def test_a_device_moving_between_nodes_gets_its_batch_once(
     start_nodes: StartNodes,
     stub: SiteStub,
     http: aiohttp.ClientSession,
-    redis_url: str,
+    shared_url: str,
 ) -> None:
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     stub.answers["t1"] = ["user_1"]
     await (await connect(a.url, "shop", "t1", "phone")).disconnect()
     for i in range(3):
@@ -120,9 +135,9 @@ async def test_plain_broadcasts_reach_sockets_on_every_node(
     start_nodes: StartNodes,
     stub: SiteStub,
     http: aiohttp.ClientSession,
-    redis_url: str,
+    shared_url: str,
 ) -> None:
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     stub.answers.update({"x": ["weather"], "y": ["weather", "sports"]})
     on_a = await connect(a.url, "news", "x")
     on_b = await connect(b.url, "news", "y")
@@ -141,9 +156,9 @@ async def test_two_nodes_sending_to_one_user_at_once_keep_one_order(
     start_nodes: StartNodes,
     stub: SiteStub,
     http: aiohttp.ClientSession,
-    redis_url: str,
+    shared_url: str,
 ) -> None:
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     stub.answers["t1"] = ["user_1", "staff"]
     await (await connect(a.url, "shop", "t1", "offline")).disconnect()
     live = await connect(b.url, "shop", "t1", "online")
@@ -160,10 +175,10 @@ async def test_sigkill_of_a_node_mid_stream_loses_nothing(
     start_nodes: StartNodes,
     stub: SiteStub,
     http: aiohttp.ClientSession,
-    redis_url: str,
+    shared_url: str,
     observer: RedisStore,
 ) -> None:
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     users = [f"user_{i}" for i in range(5)]
     for user in users:
         stub.answers[user] = [user, "staff"]
@@ -208,10 +223,10 @@ async def test_sigterm_drains_and_exits_cleanly(
     start_nodes: StartNodes,
     stub: SiteStub,
     http: aiohttp.ClientSession,
-    redis_url: str,
+    shared_url: str,
     observer: RedisStore,
 ) -> None:
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     stub.answers["t1"] = ["user_1"]
     client = await connect(b.url, "shop", "t1", "phone")
     answered: set[int] = set()
@@ -371,11 +386,11 @@ async def test_an_ack_sent_while_redis_is_down_is_kept_and_applied_when_it_is_ba
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 async def test_legacy_clients_on_one_node_get_sends_made_on_another(
-    start_nodes: StartNodes, stub: SiteStub, redis_url: str, observer: RedisStore, version: str
+    start_nodes: StartNodes, stub: SiteStub, shared_url: str, observer: RedisStore, version: str
 ) -> None:
     from tests.test_js_client import assert_original_behaviour, run_scenario
 
-    a, b = await start_nodes(2, REDIS_URL=redis_url)
+    a, b = await start_nodes(2, REDIS_URL=shared_url)
     stub.answers["t1"] = ["user_1", "staff"]
     steps = await run_scenario(b.url, version, "upgrade", a.url)
     assert_original_behaviour(steps, "upgrade")
@@ -487,6 +502,76 @@ async def test_a_sentinel_failover_while_sites_send_loses_and_doubles_nothing(
 
     await keyed_sends_through(http, (a, b), client, failover)
     await client.disconnect()
+
+
+def user_1_key() -> str:
+    """A key in user_1's bucket: the primary the tests fail over is the one serving it."""
+    return redis_keys.user_keys(redis_keys.user_prefix("sws:", "shop", "user_1"), "user_1")[0]
+
+
+async def test_a_cluster_failover_while_sites_send_loses_and_doubles_nothing(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_cluster: RedisClusterSet,
+    cluster_url: str,
+) -> None:
+    """Two nodes on Redis Cluster; CLUSTER FAILOVER of the primary holding the user's queue
+    while a site sends."""
+    a, b = await start_nodes(2, REDIS_URL=cluster_url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
+    stub.answers["t1"] = ["user_1"]
+    client = await connect(a.url, "shop", "t1", "phone")
+
+    async def failover() -> None:
+        await asyncio.to_thread(redis_cluster.failover, user_1_key())
+        await asyncio.sleep(0.5)  # sends go on after it too
+
+    await keyed_sends_through(http, (a, b), client, failover)
+    await client.disconnect()
+
+
+async def test_a_slot_migration_while_sites_send_loses_and_doubles_nothing(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_cluster: RedisClusterSet,
+    cluster_url: str,
+) -> None:
+    """redis-cli --cluster reshard moves the slot of the user's queue to another primary
+    while a site sends to it and the device acks."""
+    a, b = await start_nodes(2, REDIS_URL=cluster_url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
+    stub.answers["t1"] = ["user_1"]
+    client = await connect(a.url, "shop", "t1", "phone")
+
+    async def reshard() -> None:
+        await asyncio.to_thread(redis_cluster.move_slot_of, user_1_key())
+
+    await keyed_sends_through(http, (a, b), client, reshard)
+    await client.disconnect()
+
+
+async def test_a_cluster_primary_killed_while_sites_send_loses_and_doubles_nothing(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the primary holding the user's queue; its replica takes over. Sends
+    answered 503/504 meanwhile are retried with their keys: each arrives once."""
+    cluster = RedisClusterSet(tmp_path / "cluster-kill")
+    cluster.start()
+    try:
+        a, b = await start_nodes(2, REDIS_URL=cluster.url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
+        stub.answers["t1"] = ["user_1"]
+        client = await connect(a.url, "shop", "t1", "phone")
+
+        async def kill() -> None:
+            await asyncio.to_thread(cluster.kill_primary_of, user_1_key())
+
+        await keyed_sends_through(http, (a, b), client, kill)
+        await client.disconnect()
+    finally:
+        cluster.stop()
 
 
 async def test_the_primary_killed_with_min_replicas_loses_no_answered_send(

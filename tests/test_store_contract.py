@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from socketio_webservice.storage import Message, Store, redis_wire
+from socketio_webservice.storage import Message, Store, redis_keys, redis_url, redis_wire
 from socketio_webservice.storage.sqlite_store import SQLiteStore
 from tests.conftest import make_store
 
 SITE = "shop"
 
 
-@pytest.fixture(params=["sqlite", "redis", "sentinel"])
+@pytest.fixture(params=["sqlite", "redis", "sentinel", "cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """The contract holds on SQLite, on a plain Redis, and on Redis behind Sentinel."""
+    """The contract holds on SQLite, on a plain Redis, on Redis behind Sentinel, and on
+    Redis Cluster."""
     kind: str = request.param
     return kind
 
@@ -424,10 +425,16 @@ async def test_an_sqlite_file_of_the_previous_release_keeps_its_queue_lengths(
 async def raw_index(store: Store, url: str | None) -> tuple[set[str], set[str]]:
     """The store's own index of room ``staff``'s members and of user_2's devices."""
     if url is not None:
-        client = redis_wire.client(url)
+        p1, p2 = (redis_keys.user_prefix("sws:", SITE, user) for user in ("user_1", "user_2"))
+        if redis_url.parse(url).is_cluster:
+            client = redis.asyncio.RedisCluster.from_url(url.replace("redis+cluster", "redis"))
+        else:
+            client = redis_wire.client(url)
         try:
-            members = await client.smembers("sws:shop:members:staff")
-            devices = await client.smembers("sws:shop:devices:user_2")
+            members = set()  # staff's members in the buckets of user_1 and user_2
+            for p in {p1, p2}:
+                members |= await client.smembers(redis_keys.members(p, "staff"))
+            devices = await client.smembers(redis_keys.user_keys(p2, "user_2")[1])
         finally:
             await client.aclose()
         return {m.decode() for m in members}, {d.decode() for d in devices}

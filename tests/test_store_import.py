@@ -15,7 +15,7 @@ SITE = "shop"
 BASE_ID = 7_390_000_000_000_000_000  # a flake id of 2026: above 2**62, below 2**64
 
 
-@pytest.fixture(params=["sqlite", "redis", "sentinel"])
+@pytest.fixture(params=["sqlite", "redis", "sentinel", "cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind

@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 from socketio_webservice.storage import Message, Store
 from socketio_webservice.storage.redis_store import RedisStore
 from socketio_webservice.storage.sqlite_store import SQLiteStore
-from testkit.processes import RedisServer, SentinelSet
+from testkit.processes import RedisClusterSet, RedisServer, SentinelSet
 
 SITE = "s"
 USERS = ["u1", "u2", "u3"]
@@ -181,7 +181,7 @@ MODEL_SETTINGS = settings(
 )
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis", "sentinel"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "sentinel", "cluster"])
 def test_store_keeps_the_delivery_model(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -196,6 +196,10 @@ def test_store_keeps_the_delivery_model(
             client.flushall()
             client.close()
             store = RedisStore(server.url, device_ttl=3600, node_id="model", max_queue=MAX_QUEUE)
+        elif kind == "cluster":
+            cluster: RedisClusterSet = request.getfixturevalue("redis_cluster")
+            cluster.flush()
+            store = RedisStore(cluster.url, device_ttl=3600, node_id="model", max_queue=MAX_QUEUE)
         else:  # behind Sentinel
             sentinels: SentinelSet = request.getfixturevalue("sentinel_set")
             client = redis.Redis(port=sentinels.primary_port())

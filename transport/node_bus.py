@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 from loguru import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -26,6 +27,9 @@ RECONNECT_FIRST = 0.1
 RECONNECT_MAX = 5.0
 STILL_DOWN_EVERY = 60.0  # seconds between lines saying the bus is still down
 SUBSCRIBE_TIMEOUT = 10.0
+PUBLISH_TIMEOUT = 5.0
+# No socket timeout: a subscriber waits for messages; health checks find dead links.
+LISTEN_OPTIONS = {"socket_connect_timeout": 5, "health_check_interval": 5, "socket_keepalive": True}
 
 OnDelivery = Callable[[str, Message, Sequence[Delivery]], None]
 
@@ -93,10 +97,8 @@ class RedisBus:
         self.key_prefix = key_prefix
         self.on_delivery: OnDelivery | None = None
         self.on_recovered: Callable[[], None] | None = None
-        # No socket timeout: a subscriber waits for messages; health checks find dead links.
-        self.redis = redis_wire.client(
-            url, socket_connect_timeout=5, health_check_interval=5, socket_keepalive=True
-        )
+        self.url = url
+        self.wire = redis_wire.wire_for(url, PUBLISH_TIMEOUT)
         self._healthy = False
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -114,14 +116,16 @@ class RedisBus:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-        await self.redis.aclose()
+        await self.wire.close()
 
     async def publish(
         self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
     ) -> None:
         try:
-            await self.redis.publish(
-                deliver_channel(self.key_prefix, node), encode(site, message, deliveries)
+            await redis_wire.publish(
+                self.wire,
+                deliver_channel(self.key_prefix, node),
+                encode(site, message, deliveries),
             )
             self.stats.signals_sent += 1
         except (RedisError, OSError) as exc:
@@ -137,9 +141,16 @@ class RedisBus:
         lost_at: float | None = None
         said_at = 0.0
         while True:
+            channel = deliver_channel(self.key_prefix, self.node_id)
             try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(deliver_channel(self.key_prefix, self.node_id))
+                client, sharded = await redis_wire.subscriber(
+                    self.url, channel, self.wire, **LISTEN_OPTIONS
+                )
+                async with client, client.pubsub() as pubsub:
+                    if sharded:  # Redis Cluster: the primary of the channel's slot only
+                        await pubsub.execute_command("SSUBSCRIBE", channel)
+                    else:
+                        await pubsub.subscribe(channel)
                     await self._confirmed(pubsub)
                     self._healthy = True
                     self._subscribed.set()
@@ -151,8 +162,12 @@ class RedisBus:
                         self.on_recovered()  # signals may have been missed meanwhile
                     while True:
                         item = await pubsub.get_message(timeout=1.0)
-                        if item is not None and item["type"] == "message":
+                        if item is None:
+                            continue
+                        if item["type"] in ("message", "smessage"):
                             self._receive(item["data"])
+                        elif item["type"] == "sunsubscribe":  # its slot moved elsewhere
+                            raise RedisConnectionError("the channel's slot moved")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -177,7 +192,7 @@ class RedisBus:
         deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
         while time.monotonic() < deadline:
             item = await pubsub.get_message(timeout=0.5)
-            if item is not None and item["type"] == "subscribe":
+            if item is not None and item["type"] in ("subscribe", "ssubscribe"):
                 return
         raise RedisTimeoutError("no subscription confirmed")
 

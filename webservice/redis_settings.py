@@ -18,7 +18,8 @@ from ..storage.redis_keys import DEFAULT_PREFIX as DEFAULT_KEY_PREFIX
 from ..storage.redis_url import parse
 
 __all__ = ["DEFAULT_KEY_PREFIX", "check_key_prefix", "check_url", "mask", "url_from_block"]
-KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:{}-]{1,64}$")  # no glob character: SCAN patterns use it
+# No glob character (SCAN patterns use it), no brace: the keys' hash tags follow it.
+KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class RedisSettingError(ValueError):
@@ -59,5 +60,5 @@ def check_url(url: str) -> None:
 def check_key_prefix(prefix: str) -> None:
     if not KEY_PREFIX.match(prefix):
         raise RedisSettingError(
-            f"{prefix[:80]!r} is not a key prefix: 1 to 64 letters, digits and _.:{{}}-"
+            f"{prefix[:80]!r} is not a key prefix: 1 to 64 letters, digits and _.:-"
         )
