@@ -31,7 +31,9 @@ def parse_args() -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--store", choices=["redis", "sqlite", "both"], default="both")
+    parser.add_argument(
+        "--store", choices=["redis", "redis-cluster", "sqlite", "both"], default="both"
+    )
     parser.add_argument("--clients", default="1000", help="N, or a comma-separated list")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--url", help="benchmark a running service instead of starting one")

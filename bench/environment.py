@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from testkit.processes import RedisServer, ServiceProcess, free_port, write_sites
+from testkit.processes import RedisClusterSet, RedisServer, ServiceProcess, free_port, write_sites
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -72,6 +72,11 @@ class Target:
     url: str
     service_pid: int | None
     redis_pid: int | None
+    more_redis_pids: tuple[int, ...] = ()  # Redis Cluster: the other primaries
+
+    @property
+    def redis_pids(self) -> tuple[int, ...]:
+        return ((self.redis_pid,) if self.redis_pid else ()) + self.more_redis_pids
 
 
 class Environment:
@@ -85,6 +90,7 @@ class Environment:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sws-bench-"))
         self.auth = AuthStub()
         self.redis: RedisServer | None = None
+        self.cluster: RedisClusterSet | None = None
         self.service: ServiceProcess | None = None
 
     async def start(self) -> Target:
@@ -94,6 +100,10 @@ class Environment:
             self.redis = RedisServer(self.workdir / "redis")
             self.redis.start()
             env["REDIS_URL"] = self.redis.url
+        elif self.store == "redis-cluster":  # three primaries, no replicas: their CPU only
+            self.cluster = RedisClusterSet(self.workdir / "cluster", replicas=0)
+            self.cluster.start()
+            env["REDIS_URL"] = self.cluster.url
         else:
             env["SQLITE_PATH"] = str(self.workdir / "bench.sqlite3")
             env["SQLITE_SYNCHRONOUS"] = self.sqlite_synchronous
@@ -105,13 +115,22 @@ class Environment:
         await self.service.start()
         assert self.service.process is not None
         redis_pid = self.redis.process.pid if self.redis and self.redis.process else None
-        return Target(self.service.url, self.service.process.pid, redis_pid)
+        primaries = tuple(
+            server.process.pid
+            for server in (self.cluster.servers if self.cluster else [])
+            if server.process is not None
+        )
+        if primaries:
+            redis_pid, primaries = primaries[0], primaries[1:]
+        return Target(self.service.url, self.service.process.pid, redis_pid, primaries)
 
     async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         await self.auth.stop()
 
 

@@ -115,8 +115,8 @@ class Meter:
     def start(self) -> None:
         if self.target.service_pid:
             self.service_start = cpu_seconds(self.target.service_pid)
-        if self.target.redis_pid:
-            self.redis_start = cpu_seconds(self.target.redis_pid)
+        if self.target.redis_pids:
+            self.redis_start = sum(map(cpu_seconds, self.target.redis_pids))
 
     async def settle(self) -> None:
         """Acks trail the receipts: wait until the service is idle again, so they count."""
@@ -135,8 +135,8 @@ class Meter:
         service = redis = None
         if self.target.service_pid:
             service = cpu_seconds(self.target.service_pid) - self.service_start
-        if self.target.redis_pid:
-            redis = cpu_seconds(self.target.redis_pid) - self.redis_start
+        if self.target.redis_pids:
+            redis = sum(map(cpu_seconds, self.target.redis_pids)) - self.redis_start
         return service, redis
 
 

@@ -48,7 +48,7 @@ from functools import lru_cache
 
 DEFAULT_PREFIX = "sws:"
 LAYOUT = "2"  # 1: one prefix per site, no buckets (0.1.0); converted by ``redis_layout``
-BUCKETS = 1024
+BUCKETS = 256
 SEQ_DIGITS = 20
 SEP = ":"
 HELD_SEP = "\t"

@@ -178,12 +178,13 @@ return left
 )
 
 # KEYS: for each part in order, a key of its bucket (so that Redis Cluster routes and checks
-#   the call), then its idempotency record if it has a key. ARGV: deadline,
-#   max_queue, step_ms, idempotency ttl_ms, then one group per part of a message: (bucket
-#   prefix, event, record, has a key (0/1), last part of its message (0/1), n_users, n_rooms,
-#   users..., shared rooms...). A part is one bucket's share of a message: its users, and the
-#   rooms whose members in the bucket it reaches. The parts are stored in this order; after a
-#   message whose last part ends past step_ms, the rest is left for the next call.
+#   the call), then its idempotency record if its message has a key.
+# ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, guarded (1 on Redis Cluster: read
+#   the event index before writing it, as a slot may be moving), then for each message:
+#   event, record, has a key (0/1), n_parts, then its parts: (bucket prefix, n_users,
+#   n_rooms, users..., shared rooms...). A part is one bucket's share of a message: its
+#   users, and the rooms whose members in the bucket it reaches. Messages are stored in this
+#   order; after one that ends past step_ms, the rest is left for the next call.
 #   -> how many parts were handled; then for each: n, then user, device, seq, nodes
 #      (comma-separated ids of the nodes where the device is connected) for each of the n
 #      devices that stored it; then m, then user, device for each of the m devices whose
@@ -195,6 +196,7 @@ ENQUEUE = _script(
     f"local RECORDED_DELIVERIES = {RECORDED_DELIVERIES}"
     + """
 local max_queue, step_ms, idem_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local guarded = ARGV[5] == '1'  -- Redis Cluster: a slot may be moving (reads before writes)
 local function holders_of(fields)
   local holders = {}
   for _, f in ipairs(fields) do
@@ -205,15 +207,18 @@ local function holders_of(fields)
   return table.concat(holders, ',')
 end
 local started = now_ms()
-local out, i, key_at = {0}, 5, 1
+local out, i, key_at = {0}, 6, 1
 while i <= #ARGV do
+ local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
+ local parts = tonumber(ARGV[i + 3])
+ i = i + 4
+ for _ = 1, parts do
   out[1] = out[1] + 1
-  local p, event, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local idem = ARGV[i + 3] == '1' and KEYS[key_at + 1] or nil
+  local p = ARGV[i]
+  local idem = keyed and KEYS[key_at + 1] or nil
   key_at = key_at + (idem and 2 or 1)
-  local last_part = ARGV[i + 4] == '1'
-  local n_users, n_rooms = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
-  local first_user, first_room = i + 7, i + 7 + n_users
+  local n_users, n_rooms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local first_user, first_room = i + 3, i + 3 + n_users
   i = first_room + n_rooms
   local prior = idem and redis.call('GET', idem)
   if prior then
@@ -228,50 +233,25 @@ while i <= #ARGV do
     end
     out[#out + 1] = 0; out[#out + 1] = 0
   else
-    -- reads
     local targets, seen, empty_rooms = {}, {}, {}
     local function add(user)
       if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
     end
     for k = first_user, first_room - 1 do add(ARGV[k]) end
-    local stale = {}
     for k = first_room, first_room + n_rooms - 1 do
       local room = members_key(p, ARGV[k])
       local found = redis.call('SMEMBERS', room)
       if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
-      for _, user in ipairs(found) do
-        if redis.call('EXISTS', user_key(p, user)) == 1 then add(user)
-        else stale[#stale + 1] = {room, user} end
-      end
+      for _, user in ipairs(found) do add(user) end  -- expired: no devices; swept later
     end
-    local devices_of, plans = {}, {}
-    for _, user in ipairs(targets) do
-      local _, devices = user_keys(p, user)
-      devices_of[user] = devices
-      for _, device in ipairs(redis.call('SMEMBERS', devices)) do
-        local dev, msg, evt = device_keys(p, user, device)
-        local ttl = redis.call('PTTL', dev)
-        if ttl == -2 then
-          plans[#plans + 1] = {user, device, 'gone'}
-        else
-          redis.call('EXISTS', evt)
-          local full = redis.call('HLEN', msg) >= max_queue
-          plans[#plans + 1] = {user, device, full and 'full' or 'store', ttl,
-            redis.call('HKEYS', dev)}
-        end
-      end
-    end
-    -- writes
-    for _, entry in ipairs(stale) do redis.call('SREM', entry[1], entry[2]) end
     local count_at = #out + 1
     out[count_at] = 0
     local full = {}
-    for _, plan in ipairs(plans) do
-      local user, device, what = plan[1], plan[2], plan[3]
-      local dev, msg, evt = device_keys(p, user, device)
-      if what == 'gone' then
-        redis.call('SREM', devices_of[user], device)
-      elseif what == 'full' then
+    local function apply(plan)  -- {devices, user, device, dev, msg, evt, ttl, full?, fields}
+      local devices, user, device, dev, msg, evt, ttl = unpack(plan, 1, 7)
+      if ttl == -2 then
+        redis.call('SREM', devices, device)
+      elseif plan[8] then
         if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
           full[#full + 1] = user; full[#full + 1] = device
         end
@@ -279,14 +259,28 @@ while i <= #ARGV do
         local seq = redis.call('HINCRBY', dev, 'seq', 1)
         redis.call('HSET', msg, seq, record)
         redis.call('ZADD', evt, 0, event_member(event, seq))
-        if plan[4] > 0 then
-          redis.call('PEXPIRE', msg, plan[4]); redis.call('PEXPIRE', evt, plan[4])
-        end
+        if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
         out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-        out[#out + 1] = holders_of(plan[5])
+        out[#out + 1] = holders_of(plan[9])
         out[count_at] = out[count_at] + 1
       end
     end
+    -- On Redis Cluster every read comes before the first write (see above): the plans wait.
+    local plans = {}
+    for _, user in ipairs(targets) do
+      local _, devices = user_keys(p, user)
+      for _, device in ipairs(redis.call('SMEMBERS', devices)) do
+        local dev, msg, evt = device_keys(p, user, device)
+        local plan = {devices, user, device, dev, msg, evt, redis.call('PTTL', dev)}
+        if plan[7] ~= -2 then
+          if guarded then redis.call('EXISTS', evt) end
+          plan[8] = redis.call('HLEN', msg) >= max_queue
+          plan[9] = redis.call('HKEYS', dev)
+        end
+        if guarded then plans[#plans + 1] = plan else apply(plan) end
+      end
+    end
+    for _, plan in ipairs(plans) do apply(plan) end
     if idem then
       local record_of = {out[count_at]}
       if out[count_at] <= RECORDED_DELIVERIES then
@@ -301,7 +295,8 @@ while i <= #ARGV do
     out[#out + 1] = #empty_rooms
     for _, room in ipairs(empty_rooms) do out[#out + 1] = room end
   end
-  if last_part and now_ms() - started >= step_ms then break end
+ end
+ if now_ms() - started >= step_ms then break end
 end
 return out
 """,

@@ -36,6 +36,7 @@ from .base import (
     HeadAck,
     Imported,
     ImportedMessage,
+    Message,
     OutcomeUnknown,
     Repeated,
     StoredMessage,
@@ -405,9 +406,8 @@ class RedisStore(StoreBase):
             for bucket in indexes.get((site, room), {}):
                 p = keys.site_in_bucket(self.key_prefix, bucket, site)
                 by_bucket.setdefault(p, ([], []))[1].append(escape(room))
-        record = message.encode()
         parts = []
-        for n, (p, (part_users, part_rooms)) in enumerate(sorted(by_bucket.items())):
+        for p, (part_users, part_rooms) in sorted(by_bucket.items()):
             anchor = (
                 f"{p}{keys.DEVICES}{keys.SEP}{part_users[0]}"
                 if part_users
@@ -416,22 +416,18 @@ class RedisStore(StoreBase):
             names = [anchor]
             if message.idempotency_id:
                 names.append(keys.idempotency(p, message.idempotency_id))
-            group = [
-                p,
-                message.event,
-                record,
-                "1" if message.idempotency_id else "0",
-                "1" if n == len(by_bucket) - 1 else "0",
-                len(part_users),
-                len(part_rooms),
-                *part_users,
-                *part_rooms,
-            ]
+            group = [p, len(part_users), len(part_rooms), *part_users, *part_rooms]
             parts.append((names, group, p))
         return parts
 
+    @staticmethod
+    def _message_args(message: Message, parts: int) -> list[Any]:
+        """What ENQUEUE takes once per message, before its parts."""
+        return [message.event, message.encode(), "1" if message.idempotency_id else "0", parts]
+
     def _enqueue_args(self) -> list[Any]:
-        return [self.max_queue, self.step_ms, self.idempotency_ttl * 1000]
+        guarded = "0" if isinstance(self.wire, RedisWire) else "1"
+        return [self.max_queue, self.step_ms, self.idempotency_ttl * 1000, guarded]
 
     async def _enqueue_one_redis(
         self,
@@ -441,7 +437,9 @@ class RedisStore(StoreBase):
     ) -> list[list[Delivery]]:
         names: list[str] = []
         args = self._enqueue_args()
-        for parts in plan:
+        for (_site, _users, _rooms, message), parts in zip(items, plan, strict=True):
+            if parts:
+                args += self._message_args(message, len(parts))
             for part_names, group, _p in parts:
                 names += part_names
                 args += group
@@ -481,9 +479,9 @@ class RedisStore(StoreBase):
             while order:
                 names: list[str] = []
                 args = self._enqueue_args()
-                for m, k in order:
+                for m, k in order:  # one part of each message in a slot: a bucket is a slot
                     names += plan[m][k][0]
-                    args += plan[m][k][1]
+                    args += self._message_args(items[m][3], 1) + plan[m][k][1]
                 flat = await self.send_wire.run_script(scripts.ENQUEUE, names, args)
                 handled = int(flat[0])
                 for key, answer in zip(order, _part_answers(flat, handled), strict=False):
