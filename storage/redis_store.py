@@ -489,6 +489,10 @@ class RedisStore(StoreBase):
                 order = order[handled:]
 
         async def run_all() -> None:
+            if len(by_slot) == 1:  # one bucket: no task to gather
+                (order,) = by_slot.values()
+                await run_slot(order)
+                return
             outcomes = await asyncio.gather(
                 *(run_slot(order) for order in by_slot.values()), return_exceptions=True
             )

@@ -454,6 +454,7 @@ class ClusterWire:
         )
         self._timeout = timeout
         self._wires: dict[str, RedisWire] = {}
+        self._by_slot: dict[int, RedisWire] = {}  # what the map said; cleared when read again
         self._started = False
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -468,7 +469,11 @@ class ClusterWire:
         return int(key_slot(key.encode() if isinstance(key, str) else key))
 
     def node_wire(self, key: str | bytes) -> RedisWire:
-        return self._wire_of_slot(key_slot(key.encode() if isinstance(key, str) else key))
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        wire = self._by_slot.get(slot)
+        if wire is None:
+            wire = self._by_slot[slot] = self._wire_of_slot(slot)
+        return wire
 
     def primaries(self) -> list[RedisWire]:
         return [self._wire_of(node) for node in self._cluster.get_primaries()]
@@ -502,6 +507,8 @@ class ClusterWire:
             await asyncio.shield(self._refreshing)
         except (RedisError, OSError) as exc:
             raise RedisConnectionError(f"Redis Cluster: {exc}") from exc
+        finally:
+            self._by_slot.clear()
 
     async def _routed(
         self,
@@ -524,9 +531,13 @@ class ClusterWire:
                 wire = self.node_wire(key_of(items[index]))
                 groups.setdefault(id(wire), (wire, []))[1].append(index)
             try:
-                answers = await asyncio.gather(
-                    *(send(wire, [items[i] for i in indexes]) for wire, indexes in groups.values())
-                )
+                if len(groups) == 1:  # the usual case: no task to gather
+                    ((wire, indexes),) = groups.values()
+                    answers = [await send(wire, [items[i] for i in indexes])]
+                else:
+                    answers = await asyncio.gather(
+                        *(send(w, [items[i] for i in group]) for w, group in groups.values())
+                    )
             except (RedisConnectionError, RedisTimeoutError):
                 await self._forget_map()
                 raise
