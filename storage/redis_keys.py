@@ -36,7 +36,8 @@ spelt anywhere else.
                                                       hold members of the room (a superset)
     {prefix}nodes                               ZSET  node id, score: last heartbeat (Redis ms)
     {prefix}layout                              STRING the layout's version (``LAYOUT``)
-    {prefix}health:{node}                       STRING the write probe of /healthcheck
+    {prefix}{b<n>}:health:{node}                STRING the write probe of /healthcheck (one
+                                                      bucket per primary)
     {prefix}deliver:{node}                      channel: deliveries for devices on that node
     {prefix}socketio                            channel: python-socketio's broadcasts
 """
