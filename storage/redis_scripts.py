@@ -410,19 +410,29 @@ local limit, now = tonumber(ARGV[1]), now_ms()
 -- reads
 local due_devices = redis.call('ZRANGEBYSCORE', exp_devices, '-inf', now, 'LIMIT', 0, limit)
 local due_users = redis.call('ZRANGEBYSCORE', exp_users, '-inf', now, 'LIMIT', 0, limit)
-local gone_devices, gone_users, left = {}, {}, {}
+local gone_devices, gone_users, left, later = {}, {}, {}, {}
+-- A key that is still there (due this very millisecond, or kept by a reconnect that did not
+-- clear its entry) keeps its entry, due again when its time is up; one without expiry, none.
+local function not_yet(zset, entry, key)
+  local ttl = redis.call('PTTL', key)
+  later[#later + 1] = {zset, entry, ttl >= 0 and now + ttl + 1 or nil}  -- -1: persisted
+end
 for _, entry in ipairs(due_devices) do
   local p, user, device = split_held(entry)
   local _, devices = user_keys(p, user)
-  if redis.call('EXISTS', (device_keys(p, user, device))) == 0
-    and redis.call('SISMEMBER', devices, device) == 1 then
+  local dev = device_keys(p, user, device)
+  if redis.call('EXISTS', dev) == 1 then
+    not_yet(exp_devices, entry, dev)
+  elseif redis.call('SISMEMBER', devices, device) == 1 then
     gone_devices[#gone_devices + 1] = {devices, device}
   end
 end
 for _, entry in ipairs(due_users) do
   local p, user = split_user_entry(entry)
   local ukey, _, rooms = user_keys(p, user)
-  if redis.call('EXISTS', ukey) == 0 then
+  if redis.call('EXISTS', ukey) == 1 then
+    not_yet(exp_users, entry, ukey)
+  else
     local held = redis.call('SMEMBERS', rooms)
     for _, room in ipairs(held) do
       local key = members_key(p, room)
@@ -448,6 +458,9 @@ for _, gone in ipairs(gone_users) do
 end
 for _, entry in ipairs(due_devices) do redis.call('ZREM', exp_devices, entry) end
 for _, entry in ipairs(due_users) do redis.call('ZREM', exp_users, entry) end
+for _, again in ipairs(later) do
+  if again[3] then redis.call('ZADD', again[1], again[3], again[2]) end
+end
 local out = {removed, #due_devices + #due_users}
 for _, room in ipairs(emptied) do out[#out + 1] = room end
 return out

@@ -4,6 +4,7 @@ a node killed or stopped, Redis going away, a SQLite node killed with SIGKILL.""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -547,6 +548,34 @@ async def test_a_slot_migration_while_sites_send_loses_and_doubles_nothing(
         await asyncio.to_thread(redis_cluster.move_slot_of, user_1_key())
 
     await keyed_sends_through(http, (a, b), client, reshard)
+    await client.disconnect()
+
+
+async def test_a_nodes_channel_moving_to_another_primary_loses_no_signal_for_good(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    redis_cluster: RedisClusterSet,
+    cluster_url: str,
+) -> None:
+    """The slot of the first node's sharded channel moves while the second node signals on
+    it: the first node subscribes again where it went and re-reads its devices' queues, so
+    what was signalled meanwhile still arrives, once."""
+    a, b = await start_nodes(2, REDIS_URL=cluster_url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
+    stub.answers["t1"] = ["user_1"]
+    client = await connect(a.url, "shop", "t1", "phone")
+    found = re.search(r"node (\w+) listening", a.logs())
+    assert found is not None, a.logs()
+    channel = redis_keys.deliver_channel("sws:", found.group(1))
+
+    async def move() -> None:
+        await asyncio.to_thread(redis_cluster.move_slot_of, channel)
+        deadline = time.monotonic() + 20
+        while "node bus: reconnected" not in a.logs():
+            assert time.monotonic() < deadline, a.logs()
+            await asyncio.sleep(0.05)
+
+    await keyed_sends_through(http, (a, b), client, move)
     await client.disconnect()
 
 
