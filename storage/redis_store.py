@@ -475,30 +475,36 @@ class RedisStore(StoreBase):
                 by_slot.setdefault(self.wire.slot_of(names[0]), []).append((m, k))
         answers: dict[tuple[int, int], _PartAnswer] = {}
 
-        async def run_slot(order: list[tuple[int, int]]) -> None:
-            while order:
-                names: list[str] = []
-                args = self._enqueue_args()
-                for m, k in order:  # one part of each message in a slot: a bucket is a slot
-                    names += plan[m][k][0]
-                    args += self._message_args(items[m][3], 1) + plan[m][k][1]
-                flat = await self.send_wire.run_script(scripts.ENQUEUE, names, args)
-                handled = int(flat[0])
-                for key, answer in zip(order, _part_answers(flat, handled), strict=False):
-                    answers[key] = answer
-                order = order[handled:]
-
         async def run_all() -> None:
-            if len(by_slot) == 1:  # one bucket: no task to gather
-                (order,) = by_slot.values()
-                await run_slot(order)
-                return
-            outcomes = await asyncio.gather(
-                *(run_slot(order) for order in by_slot.values()), return_exceptions=True
-            )
-            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            """Every slot's first step in one exchange per primary, then again for the slots
+            with messages left (a step is ``step_ms``)."""
+            waiting = {slot: order for slot, order in by_slot.items() if order}
+            errors: list[Exception] = []
+            while waiting and not errors:
+                calls = []
+                for order in waiting.values():
+                    names: list[str] = []
+                    args = self._enqueue_args()
+                    for m, k in order:  # one part of each message per slot: a bucket is one
+                        names += plan[m][k][0]
+                        args += self._message_args(items[m][3], 1) + plan[m][k][1]
+                    calls.append((scripts.ENQUEUE, names, args))
+                replies = await self.send_wire.script_replies(calls)
+                for (slot, order), flat in zip(list(waiting.items()), replies, strict=True):
+                    if isinstance(flat, Exception):
+                        errors.append(flat)
+                        del waiting[slot]
+                        continue
+                    handled = int(flat[0])
+                    for key, answer in zip(order, _part_answers(flat, handled), strict=False):
+                        answers[key] = answer
+                    if handled >= len(order):
+                        del waiting[slot]
+                    else:
+                        waiting[slot] = order[handled:]
             if errors:
-                if answers:  # some parts stored: a retry with the same key completes the rest
+                doubt = answers or any(isinstance(e, WriteInDoubt) for e in errors)
+                if doubt:  # some parts stored: a retry with the same key completes the rest
                     raise WriteInDoubt(f"a part of the send failed: {errors[0]}") from errors[0]
                 raise errors[0]
 

@@ -76,8 +76,10 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 
 def _raise_first_error(replies: list[Any]) -> list[Any]:
+    """Replies, unless one is an error: an error reply, or (Redis Cluster) the failure of
+    the connection it went out on."""
     for reply in replies:
-        if isinstance(reply, ResponseError):
+        if isinstance(reply, (ResponseError, RedisConnectionError, RedisTimeoutError)):
             raise reply
     return replies
 
@@ -530,20 +532,29 @@ class ClusterWire:
             for index in waiting:
                 wire = self.node_wire(key_of(items[index]))
                 groups.setdefault(id(wire), (wire, []))[1].append(index)
-            try:
-                if len(groups) == 1:  # the usual case: no task to gather
-                    ((wire, indexes),) = groups.values()
-                    answers = [await send(wire, [items[i] for i in indexes])]
-                else:
-                    answers = await asyncio.gather(
-                        *(send(w, [items[i] for i in group]) for w, group in groups.values())
-                    )
-            except (RedisConnectionError, RedisTimeoutError):
-                await self._forget_map()
-                raise
+            if len(groups) == 1:  # the usual case: no task to gather
+                ((wire, indexes),) = groups.values()
+                try:
+                    answers: list[Any] = [await send(wire, [items[i] for i in indexes])]
+                except (RedisConnectionError, RedisTimeoutError):
+                    await self._forget_map()
+                    raise
+            else:  # a primary that failed fails its own items only: the others' stand
+                answers = await asyncio.gather(
+                    *(send(w, [items[i] for i in group]) for w, group in groups.values()),
+                    return_exceptions=True,
+                )
+            lost = False
             for (_, indexes), answer in zip(groups.values(), answers, strict=True):
+                if isinstance(answer, (RedisConnectionError, RedisTimeoutError)):
+                    lost = True
+                    answer = [answer] * len(indexes)
+                elif isinstance(answer, BaseException):
+                    raise answer
                 for index, reply in zip(indexes, answer, strict=True):
                     replies[index] = reply
+            if lost:
+                await self._forget_map()
             waiting = [index for index in waiting if _elsewhere(replies[index])]
             if not waiting or loop.time() + pause > deadline:
                 return replies
