@@ -1,6 +1,9 @@
 """Upgrading a running deployment: a Redis written by release 0.1.0 (layout 1, one prefix per
-site; tests/fixtures/redis_layout_1.json is every key it wrote, with its type, value and time
-left) is converted when the first node of this release starts, and nothing queued is lost."""
+site) is converted when the first node of this release starts, and nothing queued is lost.
+
+tests/fixtures/redis_layout_1.json is every key the RedisStore of commit b721e5e (the last
+with layout 1) wrote for the calls ``load_layout_1`` describes, with its type, value and time
+left, read back with SCAN/TYPE/PTTL."""
 
 from __future__ import annotations
 
