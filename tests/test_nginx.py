@@ -75,6 +75,11 @@ async def test_the_proxy_logs_no_secret_and_keeps_the_operator_pages_inside(
             async with http.get(url + page) as response:
                 assert response.status == 404, page
     await client.disconnect()
+    # nginx logs a WebSocket request once the connection has closed: wait for that line.
+    deadline = asyncio.get_running_loop().time() + 10
+    while "/socket.io/" not in access_log.read_text():
+        assert asyncio.get_running_loop().time() < deadline, access_log.read_text()
+        await asyncio.sleep(0.05)
     lines = access_log.read_text().splitlines()
     assert any('"POST /send HTTP/1.1" 200' in line for line in lines), lines
     assert any("/socket.io/" in line for line in lines), lines
