@@ -33,6 +33,15 @@ def write_sites(directory: Path, auth_url: str) -> Path:
     return path
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (each ``free_port`` alone may return one twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -331,9 +340,12 @@ class RedisClusterSet:
     def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1) -> None:
         self.workdir = workdir
         self.replicas_each = replicas
+        count = masters * (1 + replicas)
+        ports = free_ports(2 * count)  # a client port and a cluster bus port each
         self.servers = [
             RedisServer(
                 workdir / f"node-{n}",
+                port=ports[2 * n],
                 options=(
                     "--cluster-enabled",
                     "yes",
@@ -342,10 +354,10 @@ class RedisClusterSet:
                     "--cluster-node-timeout",
                     "2000",
                     "--cluster-port",  # not port + 10000: a free port may be above 55535
-                    str(free_port()),
+                    str(ports[2 * n + 1]),
                 ),
             )
-            for n in range(masters * (1 + replicas))
+            for n in range(count)
         ]
 
     @property
