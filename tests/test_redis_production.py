@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable, redis_keys
+from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable
 from socketio_webservice.storage import redis_store as redis_store_module
 from socketio_webservice.storage.redis_store import RedisStore
-from testkit.processes import RedisClusterSet, RedisServer, free_port, run_cli, write_sites
+from testkit.processes import RedisServer, free_port, run_cli, write_sites
 
 SITE = "shop"
 
@@ -147,23 +147,6 @@ async def test_with_min_replicas_a_send_not_replicated_in_time_is_a_504(tmp_path
         await store.close()
         replica.stop()
         primary.stop()
-
-
-async def test_on_redis_cluster_min_replicas_waits_for_the_replica_of_the_users_primary(
-    redis_cluster: RedisClusterSet, cluster_url: str
-) -> None:
-    store = RedisStore(cluster_url, device_ttl=3600, node_id="node-a", timeout=1, min_replicas=1)
-    key = redis_keys.user_keys(redis_keys.user_prefix("sws:", SITE, "user_1"), "user_1")[0]
-    replica = redis_cluster.replica_of(redis_cluster.primary_of(key))
-    try:
-        await store.open()
-        await store.connect_device(SITE, "user_1", "phone", [])
-        deliveries = await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))
-        assert len(deliveries) == 1  # every primary's replica confirmed
-        with replica.frozen(), pytest.raises(OutcomeUnknown, match="0 of 1 replicas"):
-            await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[2]))
-    finally:
-        await store.close()
 
 
 async def test_the_originals_redis_block_with_a_password_and_a_user_connects(
