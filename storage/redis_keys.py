@@ -211,6 +211,11 @@ def socketio_channel(prefix: str) -> str:
     return f"{prefix}socketio"
 
 
+def bucket_number(p: str) -> int:
+    """The bucket of a bucket prefix ``{prefix}{b<n>}:...``."""
+    return int(p[p.index("{b") + 2 : p.index("}")])
+
+
 def bucket_of_prefix(p: str) -> str:
     """``g`` of a bucket prefix ``p`` (what precedes the site)."""
     return p[: p.index("}") + 2]

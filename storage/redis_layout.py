@@ -129,7 +129,7 @@ async def _convert(
                 user = member.decode()
                 p = _new_prefix(prefix, site, user)
                 commands.append((b"SADD", keys.members(p, room), escape(layout_1_unescape(user))))
-                commands.append((b"HINCRBY", room_index, _bucket(p), 1))
+                commands.append((b"HINCRBY", room_index, keys.bucket_number(p), 1))
             deletes.append(name)
         elif kind == keys.EXPIRING:
             users = site == "users"
@@ -157,7 +157,3 @@ async def _convert(
 
 def _pairs(flat: list[Any]) -> list[tuple[bytes, bytes]]:
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-
-def _bucket(p: str) -> int:
-    return int(p[p.index("{b") + 2 : p.index("}")])

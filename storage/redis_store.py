@@ -325,7 +325,7 @@ class RedisStore(StoreBase):
             (
                 b"HINCRBY",
                 keys.room_buckets(self.key_prefix, site, room),
-                _bucket(self._p(site, user)),
+                keys.bucket_number(self._p(site, user)),
                 1,
             )
             for site, user, _device, shared_rooms in items
@@ -538,7 +538,7 @@ class RedisStore(StoreBase):
                 stored_before += len(answer.deliveries)
             for user, device in answer.full:
                 self.stats.overflowed(site, user, device, self.max_queue)
-            empty += [(_bucket(p), room) for room in answer.empty_rooms]
+            empty += [(keys.bucket_number(p), room) for room in answer.empty_rooms]
         if empty:
             await self._prune_after_send(site, empty, indexes)
         if repeated:
@@ -685,11 +685,6 @@ class RedisStore(StoreBase):
 
             depths[site] = await self._call("queue_depths", count)
         return depths
-
-
-def _bucket(p: str) -> int:
-    """The bucket of a bucket prefix: ``{prefix}{b<n>}:...``."""
-    return int(p[p.index("{b") + 2 : p.index("}")])
 
 
 class _PartAnswer:
