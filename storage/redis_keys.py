@@ -16,8 +16,10 @@ spelt anywhere else.
     {prefix}{b<n>}:{site}:dev:{user}:{device}   HASH  seq (last assigned), conns (all nodes),
                                                       overflow, seen, imported, n:{node}
                                                       (connections on that node)
-    {prefix}{b<n>}:{site}:msg:{user}:{device}   HASH  seq -> record (flags byte + JSON)
-    {prefix}{b<n>}:{site}:evt:{user}:{device}   ZSET  "event\\0<seq, 20 digits>": per-event order
+    {prefix}{b<n>}:{site}:msg:{user}:{device}   HASH  "{seq}:{event}" -> record (flags byte +
+                                                      JSON); the event in the field name lets
+                                                      a resync ack find an event's messages
+                                                      without reading their payloads
     {prefix}{b<n>}:{site}:user:{user}           HASH  conns
     {prefix}{b<n>}:{site}:devices:{user}        SET   device names
     {prefix}{b<n>}:{site}:rooms:{user}          SET   shared rooms (lower case), latest auth
@@ -50,10 +52,10 @@ from functools import lru_cache
 DEFAULT_PREFIX = "sws:"
 LAYOUT = "2"  # 1: one prefix per site, no buckets (0.1.0); converted by ``redis_layout``
 BUCKETS = 256
-SEQ_DIGITS = 20
 SEP = ":"
 HELD_SEP = "\t"
-DEVICE, MESSAGES, EVENTS = "dev", "msg", "evt"
+DEVICE, MESSAGES = "dev", "msg"
+EVENTS = "evt"  # layout 1 only: a per-event index, now in the message field names
 USER, DEVICES, ROOMS, MEMBERS = "user", "devices", "rooms", "members"
 IDEMPOTENCY = "idem"
 NODE = "node"
@@ -106,10 +108,10 @@ def site_in_bucket(prefix: str, bucket: int, site: str) -> str:
     return f"{bucket_tag(prefix, bucket)}{escape(site)}{SEP}"
 
 
-def device_keys(p: str, user: str, device: str) -> tuple[str, str, str]:
-    """The device's hash, its messages and its per-event index, under bucket prefix ``p``."""
+def device_keys(p: str, user: str, device: str) -> tuple[str, str]:
+    """The device's hash and its messages, under bucket prefix ``p``."""
     tail = f"{escape(user)}{SEP}{escape(device)}"
-    return f"{p}{DEVICE}{SEP}{tail}", f"{p}{MESSAGES}{SEP}{tail}", f"{p}{EVENTS}{SEP}{tail}"
+    return f"{p}{DEVICE}{SEP}{tail}", f"{p}{MESSAGES}{SEP}{tail}"
 
 
 def user_keys(p: str, user: str) -> tuple[str, str, str]:
@@ -143,8 +145,13 @@ def messages_pattern(prefix: str, site: str) -> str:
     return f"{prefix}{{b*}}{SEP}{escape(site)}{SEP}{MESSAGES}{SEP}*"
 
 
-def event_member(event: str, seq: int) -> str:
-    return f"{event}\0{seq:0{SEQ_DIGITS}d}"
+def message_field(seq: int, event: str) -> str:
+    """A message's field in its device's message hash."""
+    return f"{seq}{SEP}{event}"
+
+
+def message_seq(field: bytes) -> int:
+    return int(field.partition(SEP.encode())[0])
 
 
 def nodes(prefix: str) -> str:
@@ -233,11 +240,9 @@ _USER_ENTRY_PATTERN = f"^([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*)$"
 
 # The same grammar for the scripts; every script starts with it (see ``redis_scripts``).
 LUA_PRELUDE = f"""
-local SEQ_DIGITS = {SEQ_DIGITS}
 local function device_keys(p, user, device)
   local tail = user .. {_lua(SEP)} .. device
-  return p .. {_lua(DEVICE + SEP)} .. tail, p .. {_lua(MESSAGES + SEP)} .. tail,
-    p .. {_lua(EVENTS + SEP)} .. tail
+  return p .. {_lua(DEVICE + SEP)} .. tail, p .. {_lua(MESSAGES + SEP)} .. tail
 end
 local function user_keys(p, user)
   return p .. {_lua(USER + SEP)} .. user, p .. {_lua(DEVICES + SEP)} .. user,
@@ -257,8 +262,10 @@ local function user_entry(p, user) return p .. {_lua(HELD_SEP)} .. user end
 local function split_user_entry(entry)
   return string.match(entry, {_lua(_USER_ENTRY_PATTERN)})
 end
-local function event_member(event, seq)
-  return event .. '\\0' .. string.format('%0' .. SEQ_DIGITS .. 'd', tonumber(seq))
+local function message_field(seq, event) return seq .. {_lua(SEP)} .. event end
+local function split_message_field(field)  -- seq (a number), event
+  local seq, event = string.match(field, {_lua("^(%d+)" + SEP + "(.*)$")})
+  return tonumber(seq), event
 end
 local function expire_all(ttl, ...)
   for _, k in ipairs({{...}}) do

@@ -103,12 +103,16 @@ async def _convert(
     commands: list[tuple[Any, ...]] = []
     deletes: list[str] = []
     for name, (kind, site, rest) in found:
-        if kind in (keys.DEVICE, keys.MESSAGES, keys.EVENTS):
+        if kind == keys.EVENTS:  # now in the message hash's field names
+            deletes.append(name)
+        elif kind in (keys.DEVICE, keys.MESSAGES):
             user, device = rest.split(keys.SEP)
             p = _new_prefix(prefix, site, user)
-            index = (keys.DEVICE, keys.MESSAGES, keys.EVENTS).index(kind)
-            new = keys.device_keys(p, layout_1_unescape(user), layout_1_unescape(device))[index]
-            renames.append((scripts.RENAME_OLD, [name, new], []))
+            dev, msg = keys.device_keys(p, layout_1_unescape(user), layout_1_unescape(device))
+            if kind == keys.DEVICE:
+                renames.append((scripts.RENAME_OLD, [name, dev], []))
+            else:
+                renames.append((scripts.CONVERT_QUEUE, [name, msg], []))
         elif kind in (keys.USER, keys.DEVICES, keys.ROOMS):
             p = _new_prefix(prefix, site, rest)
             index = (keys.USER, keys.DEVICES, keys.ROOMS).index(kind)

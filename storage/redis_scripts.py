@@ -42,8 +42,8 @@ ROOMS_GRACE_MS = 86_400_000
 _GONE = f"""
 local ROOMS_GRACE_MS = {ROOMS_GRACE_MS}
 local function device_gone(ttl, exp_devices, p, user, device)
-  local dev, msg, evt = device_keys(p, user, device)
-  expire_all(ttl, dev, msg, evt)
+  local dev, msg = device_keys(p, user, device)
+  expire_all(ttl, dev, msg)
   if ttl > 0 then redis.call('ZADD', exp_devices, now_ms() + ttl, held_entry(p, user, device)) end
 end
 local function user_gone(ttl, exp_users, p, user)
@@ -75,7 +75,7 @@ def _script(body: str, with_deadline: bool = False) -> Script:
     return Script(head + body, with_deadline=with_deadline)
 
 
-# KEYS: the device's hash, messages, event index; the user's hash, devices, rooms; the bucket's
+# KEYS: the device's hash and messages; the user's hash, devices, rooms; the bucket's
 #   held-devices set of this node, expiring users and devices. ARGV: deadline, bucket prefix,
 #   node field, user, device, max devices, shared rooms...
 #   -> {the user's connection count, this one included, or -1: refused (the user has max
@@ -84,7 +84,7 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 #      this new one, tab-separated (the least recently seen offline ones)}
 CONNECT_DEVICE = _script(
     """
-local dev, msg, evt, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
+local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_devices = tonumber(ARGV[6])
 -- reads
@@ -92,9 +92,9 @@ local expired, retire = {}, {}
 if redis.call('EXISTS', dev) == 0 then  -- new to the user: it needs a place among max_devices
   local live, offline = 0, {}
   for _, other in ipairs(redis.call('SMEMBERS', devices)) do
-    local odev, omsg, oevt = device_keys(p, user, other)
+    local odev, omsg = device_keys(p, user, other)
     if other == device then
-    elseif redis.call('EXISTS', odev, omsg, oevt) == 0 or redis.call('EXISTS', odev) == 0 then
+    elseif redis.call('EXISTS', odev, omsg) == 0 or redis.call('EXISTS', odev) == 0 then
       expired[#expired + 1] = other
     else
       live = live + 1
@@ -123,7 +123,7 @@ redis.call('HINCRBY', dev, 'conns', 1)
 redis.call('HINCRBY', dev, field, 1)
 redis.call('HSET', dev, 'seen', now_us())
 redis.call('SADD', held, held_entry(p, user, device))
-redis.call('PERSIST', dev); redis.call('PERSIST', msg); redis.call('PERSIST', evt)
+redis.call('PERSIST', dev); redis.call('PERSIST', msg)
 redis.call('ZREM', exp_devices, held_entry(p, user, device))
 redis.call('SADD', devices, device)
 redis.call('PERSIST', devices)
@@ -147,7 +147,7 @@ return {conns, overflowed, table.concat(retire, '\t')}
 #   forget (0/1) -> the user's connection count left
 DISCONNECT_DEVICE = _script(
     """
-local dev, msg, evt, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
+local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 if redis.call('EXISTS', dev) == 1 then
@@ -159,7 +159,7 @@ if redis.call('EXISTS', dev) == 1 then
   if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
     redis.call('HSET', dev, 'conns', 0)
     if forget then
-      redis.call('DEL', dev, msg, evt)
+      redis.call('DEL', dev, msg)
       redis.call('SREM', devices, device)
     else
       device_gone(ttl, exp_devices, p, user, device)
@@ -179,8 +179,8 @@ return left
 
 # KEYS: for each part in order, a key of its bucket (so that Redis Cluster routes and checks
 #   the call), then its idempotency record if its message has a key.
-# ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, guarded (1 on Redis Cluster: read
-#   the event index before writing it, as a slot may be moving), then for each message:
+# ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, guarded (1 on Redis Cluster: every
+#   device read before any is written, as a slot may be moving), then for each message:
 #   event, record, has a key (0/1), n_parts, then its parts: (bucket prefix, n_users,
 #   n_rooms, users..., shared rooms...). A part is one bucket's share of a message: its
 #   users, and the rooms whose members in the bucket it reaches. Messages are stored in this
@@ -246,22 +246,21 @@ while i <= #ARGV do
     end
     local count_at = #out + 1
     out[count_at] = 0
-    local full = {}
-    local function apply(plan)  -- {devices, user, device, dev, msg, evt, ttl, full?, fields}
-      local devices, user, device, dev, msg, evt, ttl = unpack(plan, 1, 7)
-      if ttl == -2 then
+    local full_devices = {}
+    local function apply(plan)  -- {devices, user, device, dev, msg, holders, full, ttl}
+      local devices, user, device, dev, msg, holders, full, ttl = unpack(plan, 1, 8)
+      if not holders then  -- the device expired
         redis.call('SREM', devices, device)
-      elseif plan[8] then
+      elseif full then
         if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
-          full[#full + 1] = user; full[#full + 1] = device
+          full_devices[#full_devices + 1] = user; full_devices[#full_devices + 1] = device
         end
       else
         local seq = redis.call('HINCRBY', dev, 'seq', 1)
-        redis.call('HSET', msg, seq, record)
-        redis.call('ZADD', evt, 0, event_member(event, seq))
-        if ttl > 0 then redis.call('PEXPIRE', msg, ttl); redis.call('PEXPIRE', evt, ttl) end
+        redis.call('HSET', msg, message_field(seq, event), record)
+        if ttl > 0 then redis.call('PEXPIRE', msg, ttl) end
         out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-        out[#out + 1] = holders_of(plan[9])
+        out[#out + 1] = holders
         out[count_at] = out[count_at] + 1
       end
     end
@@ -270,12 +269,14 @@ while i <= #ARGV do
     for _, user in ipairs(targets) do
       local _, devices = user_keys(p, user)
       for _, device in ipairs(redis.call('SMEMBERS', devices)) do
-        local dev, msg, evt = device_keys(p, user, device)
-        local plan = {devices, user, device, dev, msg, evt, redis.call('PTTL', dev)}
-        if plan[7] ~= -2 then
-          if guarded then redis.call('EXISTS', evt) end
-          plan[8] = redis.call('HLEN', msg) >= max_queue
-          plan[9] = redis.call('HKEYS', dev)
+        local dev, msg = device_keys(p, user, device)
+        local plan = {devices, user, device, dev, msg}
+        local fields = redis.call('HKEYS', dev)
+        if #fields > 0 then
+          local holders, queued = holders_of(fields), redis.call('HLEN', msg)
+          plan[6], plan[7] = holders, queued >= max_queue
+          -- An offline device's messages expire with it; its first one makes a new hash.
+          plan[8] = (queued == 0 and holders == '') and redis.call('PTTL', dev) or 0
         end
         if guarded then plans[#plans + 1] = plan else apply(plan) end
       end
@@ -290,8 +291,8 @@ while i <= #ARGV do
       end
       redis.call('SET', idem, table.concat(record_of, ':'), 'PX', idem_ttl)
     end
-    out[#out + 1] = #full / 2
-    for _, name in ipairs(full) do out[#out + 1] = name end
+    out[#out + 1] = #full_devices / 2
+    for _, name in ipairs(full_devices) do out[#out + 1] = name end
     out[#out + 1] = #empty_rooms
     for _, room in ipairs(empty_rooms) do out[#out + 1] = room end
   end
@@ -303,42 +304,47 @@ return out
     with_deadline=True,
 )
 
-# KEYS: (messages, event index) of each acking device, in pairs.
-# ARGV: for each device in turn, n, then (seq, event member) * n
-#   -> for each device, how many of its messages were still stored and are now removed
+# KEYS: the messages of each acking device. ARGV: for each device in turn, n, then the n
+#   fields of its acked messages -> for each device, how many were still stored and are now
+#   removed
 ACK = _script("""
-local out, k, i = {}, 1, 1
-while k <= #KEYS do
-  local msg, evt = KEYS[k], KEYS[k + 1]
-  local n, removed = tonumber(ARGV[i]), 0
-  for j = i + 1, i + 2 * n, 2 do
-    removed = removed + redis.call('HDEL', msg, ARGV[j])
-    redis.call('ZREM', evt, ARGV[j + 1])
+local out, i = {}, 1
+for k = 1, #KEYS do
+  local last, removed = i + tonumber(ARGV[i]), 0
+  for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
+    removed = removed + redis.call('HDEL', KEYS[k], unpack(ARGV, j, math.min(j + 999, last)))
   end
-  out[#out + 1] = removed
-  k, i = k + 2, i + 1 + 2 * n
+  out[k] = removed
+  i = last + 1
 end
 return out
 """)
 
-# KEYS: the device's hash, messages, event index. ARGV: seq, event
-#   -> -1 if removed as the head or not stored; else the device's last seq (event cleared)
+# KEYS: the device's hash and messages. ARGV: seq, event
+#   -> -1 if removed as the head (the event's oldest message) or not stored; else the
+#   device's last seq (the event's messages cleared). Reads the queue's field names, not its
+#   payloads: bounded by max_queue.
 ACK_HEAD = _script("""
-local dev, msg, evt = unpack(KEYS)
-local seq, event = ARGV[1], ARGV[2]
-if redis.call('HEXISTS', msg, seq) == 0 then return -1 end
-local lo, hi = '[' .. event .. '\\0', '(' .. event .. '\\1'
-local head = redis.call('ZRANGEBYLEX', evt, lo, hi, 'LIMIT', 0, 1)[1]
+local dev, msg = unpack(KEYS)
+local seq, event = tonumber(ARGV[1]), ARGV[2]
+local mine = message_field(seq, event)
+if redis.call('HEXISTS', msg, mine) == 0 then return -1 end
+local head, same = seq, {}
+for _, field in ipairs(redis.call('HKEYS', msg)) do
+  local other, other_event = split_message_field(field)
+  if other_event == event then
+    same[#same + 1] = field
+    if other < head then head = other end
+  end
+end
 local last = tonumber(redis.call('HGET', dev, 'seq') or seq)
-if head == event_member(event, seq) then
-  redis.call('HDEL', msg, seq)
-  redis.call('ZREM', evt, head)
+if head == seq then
+  redis.call('HDEL', msg, mine)
   return -1
 end
-for _, member in ipairs(redis.call('ZRANGEBYLEX', evt, lo, hi)) do
-  redis.call('HDEL', msg, tostring(tonumber(string.sub(member, #event + 2))))
+for j = 1, #same, 1000 do
+  redis.call('HDEL', msg, unpack(same, j, math.min(j + 999, #same)))
 end
-redis.call('ZREMRANGEBYLEX', evt, lo, hi)
 return last
 """)
 
@@ -367,9 +373,9 @@ redis.call('EXISTS', exp_users, exp_devices)
 local counts = {}
 for k, entry in ipairs(entries) do
   local p, user, device = split_held(entry)
-  local dev, msg, evt = device_keys(p, user, device)
+  local dev, msg = device_keys(p, user, device)
   local ukey, devices, rooms = user_keys(p, user)
-  redis.call('EXISTS', dev, msg, evt, ukey, devices, rooms)
+  redis.call('EXISTS', dev, msg, ukey, devices, rooms)
   counts[k] = tonumber(redis.call('HGET', dev, node_field(node)) or '0')
 end
 -- writes
@@ -475,17 +481,17 @@ end
 return 0
 """)
 
-# KEYS: the device's hash, messages, event index; the user's hash and devices; the bucket's
+# KEYS: the device's hash and messages; the user's hash and devices; the bucket's
 #   expiring devices. ARGV: bucket prefix, user, device, ttl_ms (0: never), max_queue, then
 #   (original id padded to ORIGINAL_ID_DIGITS, event, record) per message, in original id order
 #   -> {stored, known (not above the device's import mark), full (the queue held max_queue)}
 IMPORT_QUEUE = _script("""
-local dev, msg, evt, ukey, devices, exp_devices = unpack(KEYS)
+local dev, msg, ukey, devices, exp_devices = unpack(KEYS)
 local p, user, device = ARGV[1], ARGV[2], ARGV[3]
 local ttl, max_queue = tonumber(ARGV[4]), tonumber(ARGV[5])
 local created = redis.call('EXISTS', dev) == 0
 if created then
-  redis.call('DEL', msg, evt)
+  redis.call('DEL', msg)
   redis.call('HSET', dev, 'conns', 0, 'seq', 0, 'seen', now_us())
 end
 local set_existed = redis.call('EXISTS', devices) == 1
@@ -504,8 +510,7 @@ for i = 6, #ARGV, 3 do
       redis.call('HSET', dev, 'overflow', 1)
     else
       local seq = redis.call('HINCRBY', dev, 'seq', 1)
-      redis.call('HSET', msg, seq, ARGV[i + 2])
-      redis.call('ZADD', evt, 0, event_member(ARGV[i + 1], seq))
+      redis.call('HSET', msg, message_field(seq, ARGV[i + 1]), ARGV[i + 2])
       queued, stored = queued + 1, stored + 1
     end
   end
@@ -532,5 +537,23 @@ return {stored, known, full}
 RENAME_OLD = _script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+""")
+
+# KEYS: a layout 1 message hash (seq -> record), its name in this one. Its messages are
+#   written under this layout's field names (the event read from each record), with the time
+#   the old hash had left -> 1 if it was there and is converted
+CONVERT_QUEUE = _script("""
+local old, new = unpack(KEYS)
+local flat = redis.call('HGETALL', old)
+if #flat == 0 then return 0 end
+local ttl = redis.call('PTTL', old)
+for i = 1, #flat, 2 do
+  local record = flat[i + 1]
+  local event = string.sub(record, 2, string.find(record, '\\0', 2, true) - 1)
+  redis.call('HSET', new, message_field(flat[i], event), record)
+end
+if ttl > 0 then redis.call('PEXPIRE', new, ttl) end
+redis.call('DEL', old)
 return 1
 """)

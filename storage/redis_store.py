@@ -591,12 +591,13 @@ class RedisStore(StoreBase):
 
         commands: list[tuple[Any, ...]] = []
         for site, user, device, _ in items:
-            dev, msg, _ = keys.device_keys(self._p(site, user), user, device)
+            dev, msg = keys.device_keys(self._p(site, user), user, device)
             commands += [(b"HGET", dev, b"seq"), (b"HGETALL", msg)]
         flat = await self._call("read_queue", lambda: self.wire.pipeline(commands))
         backlogs = []
         for (*_, after_seq), last, records in zip(items, flat[::2], flat[1::2], strict=True):
-            ordered = sorted(zip(map(int, records[::2]), records[1::2], strict=True))
+            seqs = map(keys.message_seq, records[::2])
+            ordered = sorted(zip(seqs, records[1::2], strict=True))
             messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
             # The seq is read first: a message stored between the two reads is in ``records``.
             last_seq = max(int(last or 0), ordered[-1][0] if ordered else 0)
@@ -607,13 +608,12 @@ class RedisStore(StoreBase):
         """Every ack of this moment: one script (on Redis Cluster, one per bucket)."""
         groups: dict[int | None, tuple[list[int], list[str], list[Any]]] = {}
         for i, (site, user, device, acked) in enumerate(items):
-            _, msg, evt = keys.device_keys(self._p(site, user), user, device)
+            _, msg = keys.device_keys(self._p(site, user), user, device)
             indexes, names, args = groups.setdefault(self.wire.slot_of(msg), ([], [], []))
             indexes.append(i)
-            names += [msg, evt]
+            names.append(msg)
             args.append(len(acked))
-            for seq, event in acked:
-                args += [seq, keys.event_member(event, seq)]
+            args += [keys.message_field(seq, event) for seq, event in acked]
         calls = [(scripts.ACK, names, args) for _, names, args in groups.values()]
         replies = await self._call("ack", lambda: self.wire.run_scripts(calls))
         removed = [0] * len(items)
