@@ -168,6 +168,8 @@ class ServiceProcess:
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
             "NODE_TIMEOUT": "2",
+            "DRAIN_GRACE": "0",  # tests that drain set their own
+            "DRAIN_SPREAD": "0",
             **self.env,
         }
         with self.log.open("ab") as log:

@@ -98,6 +98,15 @@ def test_redis_timeout_comes_from_config_then_environment(tmp_path: Path) -> Non
     assert load_config({"REDIS_TIMEOUT": "9"}, config_file, sites_file).redis_timeout == 9
 
 
+def test_drain_times_come_from_config_then_environment(tmp_path: Path) -> None:
+    config_file, sites_file = write(tmp_path, "production: {}\n")
+    config = load_config({}, config_file, sites_file)
+    assert (config.drain_grace, config.drain_spread) == (5, 10)
+    config_file, sites_file = write(tmp_path, "production:\n  drain_grace: 0.5\n")
+    config = load_config({"DRAIN_SPREAD": "0"}, config_file, sites_file)
+    assert (config.drain_grace, config.drain_spread) == (0.5, 0)
+
+
 @pytest.mark.parametrize(
     ("config", "sites", "env", "key"),
     [
@@ -105,6 +114,9 @@ def test_redis_timeout_comes_from_config_then_environment(tmp_path: Path) -> Non
         ("production:\n  device_ttl: -1\n", SITES, {}, "device_ttl"),
         ("production:\n  max_queue: 0\n", SITES, {}, "max_queue"),
         ("production:\n  redis_timeout: 0\n", SITES, {}, "redis_timeout"),
+        ("production:\n  drain_grace: -1\n", SITES, {}, "drain_grace must be from 0"),
+        ("production: {}\n", SITES, {"DRAIN_SPREAD": "nan"}, "drain_spread"),
+        ("production: {}\n", SITES, {"DRAIN_SPREAD": "soon"}, "drain_spread"),
         ("production:\n  io:\n    pingTimout: 5\n", SITES, {}, "io.pingTimout"),
         ("production: {}\n", "s:\n  apiKey: k\n", {}, "s.authUrl"),
         ("production: {}\n", "s:\n  authUrl: http://a/b\n", {}, "s.apiKey"),

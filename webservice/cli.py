@@ -30,11 +30,14 @@ environment variables (they override config.yml; see README.md, Configuration):
   REDIS_URL                use Redis (several nodes) instead of SQLite
   SQLITE_PATH, SQLITE_SYNCHRONOUS
   DEVICE_TTL, MAX_QUEUE, AUTH_TIMEOUT, NODE_TIMEOUT, REDIS_TIMEOUT
+  DRAIN_GRACE, DRAIN_SPREAD  SIGTERM: seconds still serving (default 5), then seconds over
+                           which the sockets are closed (default 10)
   ADMIN_KEY                key of the /status page (no key: no page)
   LOG_FORMAT               text (default) or json: one JSON object per line
   MAX_SEND_BODY, ...       every limit, by its name in upper case (README, Limits)
 
-signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the sites and reopens the log file.
+signals: SIGTERM/SIGINT drain and stop (a second one: at once); SIGHUP reloads the sites
+and reopens the log file.
 
 import-original --from <Redis URL of the Node original> [--site S] [--dry-run]
   carries over what the original had queued for offline devices (docs/switching.md)
@@ -92,8 +95,15 @@ async def serve(service: Service, reload: Callable[[], Config | None]) -> int:
     stop = asyncio.Event()
     hangups: asyncio.Queue[None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
+    hurry = asyncio.Event()  # a second SIGTERM/SIGINT: drain without waiting
+
+    def on_stop_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     loop.add_signal_handler(signal.SIGHUP, hangups.put_nowait, None)
     try:
         await service.start()
@@ -120,7 +130,8 @@ async def serve(service: Service, reload: Callable[[], Config | None]) -> int:
         status = 1
     collector.cancel()
     logger.info("stopping: draining sends and closing sockets")
-    await service.stop()
+    config = service.config
+    await service.stop(config.drain_grace, config.drain_spread, hurry)
     logger.info("stopped")
     return status
 

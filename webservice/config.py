@@ -37,6 +37,9 @@ DEFAULT_SQLITE_PATH = "data/webservice.sqlite3"
 DEFAULT_AUTH_TIMEOUT = 10.0
 DEFAULT_NODE_TIMEOUT = DEFAULT_NODE_DEAD_AFTER  # Redis: a node silent this long is dead
 DEFAULT_REDIS_TIMEOUT = DEFAULT_TIMEOUT  # Redis: commands this long without a reply: down
+DEFAULT_DRAIN_GRACE = 5.0  # SIGTERM: seconds still serving, not ready, before the listener closes
+DEFAULT_DRAIN_SPREAD = 10.0  # then the seconds over which the open sockets are closed
+MAX_DRAIN_SECONDS = 3600
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.~-]+$")
 
 # Socket.IO server options of the original (``io:``) and how python-socketio names them.
@@ -85,6 +88,8 @@ class Config:
     auth_timeout: float = DEFAULT_AUTH_TIMEOUT
     node_timeout: float = DEFAULT_NODE_TIMEOUT
     redis_timeout: float = DEFAULT_REDIS_TIMEOUT
+    drain_grace: float = DEFAULT_DRAIN_GRACE
+    drain_spread: float = DEFAULT_DRAIN_SPREAD
     max_queue: int = DEFAULT_MAX_QUEUE
     socketio_options: dict[str, Any] = field(default_factory=dict)
     logging: LogConfig = field(default_factory=LogConfig)
@@ -116,6 +121,19 @@ def _int(value: Any, key: str, minimum: int = 0, maximum: int | None = None) -> 
         raise ConfigError(f"{key} must be at least {minimum}, not {number}")
     if maximum is not None and number > maximum:
         raise ConfigError(f"{key} must be at most {maximum}, not {number}")
+    return number
+
+
+def _seconds(value: Any, key: str) -> float:
+    """A duration in seconds, fractions allowed, from 0 to ``MAX_DRAIN_SECONDS``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number of seconds, not {shown(value)}")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of seconds, not {shown(value)}") from None
+    if not 0 <= number <= MAX_DRAIN_SECONDS:  # also refuses nan
+        raise ConfigError(f"{key} must be from 0 to {MAX_DRAIN_SECONDS} seconds, not {number}")
     return number
 
 
@@ -224,6 +242,8 @@ TOP_LEVEL_KEYS = frozenset(
         "auth_timeout",
         "node_timeout",
         "redis_timeout",
+        "drain_grace",
+        "drain_spread",
         "max_queue",
         "admin_key",
         "log_format",
@@ -393,6 +413,14 @@ def load_config(
                 minimum=1,
             )
         ),
+        drain_grace=_seconds(
+            env.get("DRAIN_GRACE") or section.get("drain_grace", DEFAULT_DRAIN_GRACE),
+            "drain_grace",
+        ),
+        drain_spread=_seconds(
+            env.get("DRAIN_SPREAD") or section.get("drain_spread", DEFAULT_DRAIN_SPREAD),
+            "drain_spread",
+        ),
         socketio_options=_socketio_options(io),
         serve_client=io.get("serveClient", True) is not False,
         logging=_logging(section, env),
@@ -427,6 +455,8 @@ def describe(config: Config) -> str:
         "auth_timeout": config.auth_timeout,
         "node_timeout": config.node_timeout,
         "redis_timeout": config.redis_timeout,
+        "drain_grace": config.drain_grace,
+        "drain_spread": config.drain_spread,
         "admin_key": masked if config.admin_key else "(none: no /status page)",
         "log": {
             "format": config.logging.format,

@@ -49,6 +49,7 @@ STATUS_PAGE = Path(__file__).parent / "static" / "status.html"
 HEALTH_TIMEOUT = 2.0
 DEFAULT_MAX_PACKET = 100_000  # bytes, io.maxHttpBufferSize
 DRAIN_TIMEOUT = 5.0
+DRAIN_STEP = 0.05  # seconds between two batches of sockets closed while draining
 HEARTBEATS_PER_TIMEOUT = 6  # a node is declared dead after missing this many heartbeats
 
 
@@ -250,6 +251,19 @@ class Service:
         if len(added) > SITES_NAMED:
             logger.info("{} more sites added", len(added) - SITES_NAMED)
 
+    async def _close_sockets_over(self, spread: float, hurry: asyncio.Event) -> None:
+        left = self.sio.session_count()
+        if spread > 0 and left:
+            logger.info("closing {} sockets over {} s", left, spread)
+        steps = max(int(spread / DRAIN_STEP), 1)
+        per_step = -(-left // steps)  # ceiling: every socket is closed by the last step
+        for _ in range(steps - 1):
+            if not left or hurry.is_set():
+                break
+            left = await self.sio.close_sessions(per_step)
+            await _unless(hurry, DRAIN_STEP)
+        await self.sio.close_sessions()  # the rest, and any opened meanwhile
+
     async def _beat_forever(self) -> None:
         while True:
             try:
@@ -338,16 +352,24 @@ class Service:
             return web.Response(status=503, text="unhealthy: cross-node listener is down")
         return web.Response(text="ok")
 
-    async def stop(self) -> None:
-        """SIGTERM: stop accepting, finish every /send in progress, close sockets so clients
-        reconnect elsewhere, record their disconnects, then close the store."""
+    async def stop(
+        self, grace: float = 0.0, spread: float = 0.0, hurry: asyncio.Event | None = None
+    ) -> None:
+        """SIGTERM: drain, then stop. ``/readyz`` turns 503 at once while the node keeps
+        serving for ``grace`` seconds, the time a load balancer takes to stop routing here;
+        then the listener closes and the open sockets are closed spread over ``spread``
+        seconds, so that their clients' reconnects reach the other nodes gradually instead of
+        all in one second. Sends in flight finish, disconnects are recorded, the store closes.
+        ``hurry`` (a second signal) cuts the waits short."""
         self.draining = True
+        hurry = hurry or asyncio.Event()
+        if grace > 0:
+            logger.info("draining: not ready; serving {} s more before closing", grace)
+            await _unless(hurry, grace)
         if self.runner is not None:
             for site in self.runner.sites:
                 await site.stop()
-        # wait=False: a socket whose client already left has no writer to flush its queue.
-        for socket in list(self.sio.eio.sockets.values()):
-            await socket.close(wait=False)
+        await self._close_sockets_over(spread, hurry)
         if self.runner is not None:
             await self.runner.cleanup()  # waits for in-flight requests, up to DRAIN_TIMEOUT
         await self.sio.shutdown()
@@ -363,3 +385,11 @@ class Service:
         if self.http is not None:
             await self.http.close()
         await self.store.close()
+
+
+async def _unless(event: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``event`` is set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass

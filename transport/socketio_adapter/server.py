@@ -334,6 +334,15 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         """Engine.IO sessions open on this node (every client, joined or not)."""
         return len(self.eio.sockets)
 
+    async def close_sessions(self, count: int | None = None) -> int:
+        """Close ``count`` open Engine.IO sessions (every one when None), as a server going
+        away does: their clients reconnect. How many stay open."""
+        open_ = [s for s in self.eio.sockets.values() if not s.closed and not s.closing]
+        for socket in open_[:count]:
+            # wait=False: a socket whose client already left has no writer to flush its queue.
+            await socket.close(wait=False)
+        return max(len(open_) - (len(open_) if count is None else count), 0)
+
     def closed_session_count(self) -> int:
         """Engine.IO sessions ended on this node since it started (for the GC policy)."""
         return self._closed_sessions
