@@ -260,3 +260,26 @@ def test_the_key_prefix_comes_from_config_then_environment(tmp_path: Path) -> No
     assert load_config({}, *write(tmp_path, "production: {}\n")).redis_key_prefix == "sws:"
     with pytest.raises(ConfigError, match="not a key prefix"):
         load_config({"REDIS_KEY_PREFIX": "a*"}, config_file, sites_file)
+
+
+def test_an_api_key_can_come_from_a_file_as_a_mounted_secret(tmp_path: Path) -> None:
+    key_file = tmp_path / "shop-api-key"
+    key_file.write_text("s3cret-from-a-file\n")
+    site = f"shop:\n  authUrl: http://shop.example/rooms\n  apiKeyFile: {key_file}\n"
+    config_file, sites_file = write(tmp_path, "production: {}\n", site)
+    assert load_config({}, config_file, sites_file).sites["shop"].api_key == "s3cret-from-a-file"
+
+    both = site + "  apiKey: another\n"
+    config_file, sites_file = write(tmp_path, "production: {}\n", both)
+    with pytest.raises(ConfigError, match="apiKey and apiKeyFile both set"):
+        load_config({}, config_file, sites_file)
+
+    missing = site.replace(str(key_file), str(tmp_path / "nowhere"))
+    config_file, sites_file = write(tmp_path, "production: {}\n", missing)
+    with pytest.raises(ConfigError, match=r"shop\.apiKeyFile .*nowhere: cannot be read"):
+        load_config({}, config_file, sites_file)
+
+    key_file.write_text("\n")
+    config_file, sites_file = write(tmp_path, "production: {}\n", site)
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config({}, config_file, sites_file)

@@ -40,6 +40,7 @@ DEFAULT_REDIS_TIMEOUT = DEFAULT_TIMEOUT  # Redis: commands this long without a r
 DEFAULT_DRAIN_GRACE = 5.0  # SIGTERM: seconds still serving, not ready, before the listener closes
 DEFAULT_DRAIN_SPREAD = 10.0  # then the seconds over which the open sockets are closed
 MAX_DRAIN_SECONDS = 3600
+MAX_KEY_FILE = 4096  # characters read from an apiKeyFile
 SITE_NAME = re.compile(r"^[A-Za-z0-9_.~-]+$")
 
 # Socket.IO server options of the original (``io:``) and how python-socketio names them.
@@ -153,11 +154,33 @@ def _mapping(value: Any, key: str) -> Mapping[str, Any]:
     return value
 
 
+def _key_from_file(path: str, key: str) -> str:
+    """A key kept in a file (a mounted Kubernetes or Docker secret): its first line."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(MAX_KEY_FILE)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{key} {cut(path)}: cannot be read: {reason}") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{key} {cut(path)}: the file is empty")
+    return lines[0].strip()
+
+
 def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
     if not SITE_NAME.match(name):
         raise ConfigError(f"{where}{cut(name)}: a site name may hold only letters, digits and _.~-")
     values = _mapping(raw, f"{where}{name}")
-    known = {"authUrl", "authScheme", "apiKey", "userRoomPrefix", "updateUserUrl", "publicChannel"}
+    known = {
+        "authUrl",
+        "authScheme",
+        "apiKey",
+        "apiKeyFile",
+        "userRoomPrefix",
+        "updateUserUrl",
+        "publicChannel",
+    }
     for key in values:
         if key not in known:
             raise ConfigError(
@@ -166,10 +189,15 @@ def parse_site(name: str, raw: Any, where: str) -> SiteConfig:
             )
     auth_url = _text(values.get("authUrl"), f"{where}{name}.authUrl")
     api_key = _text(values.get("apiKey"), f"{where}{name}.apiKey")
+    key_file = _text(values.get("apiKeyFile"), f"{where}{name}.apiKeyFile")
     if not auth_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}{name}.authUrl: must be an http(s) URL, not {shown(auth_url)}")
+    if api_key and key_file:
+        raise ConfigError(f"{where}{name}: apiKey and apiKeyFile both set: keep one")
+    if key_file:
+        api_key = _key_from_file(key_file, f"{where}{name}.apiKeyFile")
     if not api_key:
-        raise ConfigError(f"{where}{name}.apiKey: is required")
+        raise ConfigError(f"{where}{name}.apiKey: is required (or apiKeyFile)")
     update_url = _text(values.get("updateUserUrl"), f"{where}{name}.updateUserUrl")
     if update_url and not update_url.startswith(("http://", "https://")):
         raise ConfigError(
