@@ -7,7 +7,9 @@
 
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+# requirements.lock pins every dependency with its hashes (./dev lock makes it from
+# pyproject.toml): the image gets what CI tested, or the build fails.
+COPY requirements.lock pyproject.toml README.md LICENSE ./
 # socketio_webservice/ links to the four layers' folders: all five are needed.
 COPY socketio_webservice socketio_webservice
 COPY actors actors
@@ -16,8 +18,10 @@ COPY storage storage
 COPY webservice webservice
 RUN python -m venv /venv \
     && /venv/bin/pip install --no-cache-dir --upgrade "pip>=24" \
+    && /venv/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock \
     && /venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /venv/bin/pip install --no-cache-dir /wheels/*.whl
+    && /venv/bin/pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && /venv/bin/pip check
 
 FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin webservice \

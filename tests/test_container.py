@@ -11,6 +11,7 @@ base image, nginx (its upstreams are checked against compose.yml's services).
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import os
 import re
@@ -39,6 +40,7 @@ class Stage:
     healthcheck: list[str] = field(default_factory=list)
     entrypoint: list[str] = field(default_factory=list)
     copied_from_stage: bool = False
+    run: str = ""  # the stage's RUN instructions, joined
 
 
 def dockerfile_stages(text: str) -> list[Stage]:
@@ -69,6 +71,8 @@ def dockerfile_stages(text: str) -> list[Stage]:
             stage.workdir = rest
         elif instruction == "HEALTHCHECK":
             stage.healthcheck = json.loads(rest[rest.index("CMD") + 3 :].strip())
+        elif instruction == "RUN":
+            stage.run += rest + "\n"
         elif instruction == "ENTRYPOINT":
             stage.entrypoint = json.loads(rest)
     return stages
@@ -118,6 +122,44 @@ def test_nginx_sends_to_the_nodes_compose_starts() -> None:
 REQUIRED = {"SITE_NAME": "shop", "AUTH_URL": "http://unused", "API_KEY": "key"}
 
 
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its folders decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.removeprefix("!")
+        if any(fnmatch.fnmatchcase(prefix, glob) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_no_more() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    copied = []
+    for stage in dockerfile_stages((ROOT / "Dockerfile").read_text()):
+        for sources, _ in stage.copies:
+            for name in sources:
+                found = ROOT / name
+                files = [p for p in found.rglob("*") if p.is_file()] if found.is_dir() else [found]
+                copied += [str(p.relative_to(ROOT)) for p in files if "__pycache__" not in p.parts]
+    assert len(copied) > 20
+    assert [path for path in copied if dockerignored(path, patterns)] == []
+    for kept_out in [
+        ".git/config",
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "sites.yml",
+        ".env",
+        "data/webservice.sqlite3",
+        "bench/results/x.json",
+        "actors/__pycache__/a.pyc",
+    ]:
+        assert dockerignored(kept_out, patterns), kept_out
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image's file system as the Dockerfile builds it: /venv and /app, under a folder."""
@@ -141,7 +183,21 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=120)
     venv_pip = [str(root / "venv/bin/python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*venv_pip, "install", *map(str, wheels.glob("*.whl"))], check=True, timeout=600)
+    # As the build stage's RUN: the lock file alone, every file checked against its hash; then
+    # the wheel without dependencies; then pip check, which fails if the lock misses one.
+    assert "--require-hashes --no-deps -r requirements.lock" in build.run
+    lock = source / "requirements.lock"
+    subprocess.run(
+        [*venv_pip, "install", "--require-hashes", "--no-deps", "-r", str(lock)],
+        check=True,
+        timeout=600,
+    )
+    subprocess.run(
+        [*venv_pip, "install", "--no-deps", *map(str, wheels.glob("*.whl"))],
+        check=True,
+        timeout=300,
+    )
+    subprocess.run([*venv_pip[:-1], "check"], check=True, timeout=120)
     app = root / runtime.workdir.lstrip("/")
     for sources, destination in runtime.copies:
         for name in sources:
