@@ -11,7 +11,7 @@ from typing import Any
 
 from loguru import logger
 
-from . import import_original
+from . import backup, import_original
 from .config import Config, ConfigError, describe, load_config
 from .demo import add_demo_site, install_demo_routes
 from .gc_policy import collect_after_churn, tune_gc
@@ -41,6 +41,8 @@ and reopens the log file.
 
 import-original --from <Redis URL of the Node original> [--site S] [--dry-run]
   carries over what the original had queued for offline devices (docs/switching.md)
+backup FILE
+  writes a consistent copy of the SQLite store to FILE while the service runs
 """
 
 
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments[:1] == ["import-original"]:
         sys.exit(import_original.main(arguments[1:]))
+    if arguments[:1] == ["backup"]:
+        sys.exit(backup.main(arguments[1:]))
     args = parse_args(arguments)
     try:
         config = read_config(args)
