@@ -115,6 +115,7 @@ def test_drain_times_come_from_config_then_environment(tmp_path: Path) -> None:
         ("production:\n  max_queue: 0\n", SITES, {}, "max_queue"),
         ("production:\n  redis_timeout: 0\n", SITES, {}, "redis_timeout"),
         ("production:\n  drain_grace: -1\n", SITES, {}, "drain_grace must be from 0"),
+        ("production:\n  internal_port: 1337\n", SITES, {}, "internal_port must differ"),
         ("production: {}\n", SITES, {"DRAIN_SPREAD": "nan"}, "drain_spread"),
         ("production: {}\n", SITES, {"DRAIN_SPREAD": "soon"}, "drain_spread"),
         ("production:\n  io:\n    pingTimout: 5\n", SITES, {}, "io.pingTimout"),

@@ -78,6 +78,7 @@ class Config:
     sites: dict[str, SiteConfig]
     env: str = "production"
     port: int = DEFAULT_PORT
+    internal_port: int = 0  # /metrics, /status*, /openapi.json here instead (0: off)
     host: str = "0.0.0.0"
     device_ttl: int = DEFAULT_DEVICE_TTL
     idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL
@@ -259,6 +260,7 @@ def _logging(section: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
 TOP_LEVEL_KEYS = frozenset(
     {
         "port",
+        "internal_port",
         "host",
         "device_ttl",
         "idempotency_ttl",
@@ -392,11 +394,16 @@ def load_config(
     io = _mapping(section.get("io"), "io")
     redis_url, redis_key_prefix, redis_min_replicas = _redis(section, env)
 
-    return Config(
+    config = Config(
         sites=sites,
         env=env_name,
         port=_int(
             env.get("PORT") or section.get("port", DEFAULT_PORT), "port", minimum=1, maximum=65535
+        ),
+        internal_port=_int(
+            env.get("INTERNAL_PORT") or section.get("internal_port", 0),
+            "internal_port",
+            maximum=65535,
         ),
         host=env.get("HOST") or _text(section.get("host"), "host") or "0.0.0.0",
         idempotency_ttl=_int(
@@ -456,6 +463,9 @@ def load_config(
         warnings=_unknown_keys(section, f"{config_path}: {env_name}"),
         limits=_limits(section, env),
     )
+    if config.internal_port == config.port:
+        raise ConfigError(f"internal_port must differ from port ({config.port})")
+    return config
 
 
 def describe(config: Config) -> str:
@@ -466,6 +476,7 @@ def describe(config: Config) -> str:
         "environment": config.env,
         "host": config.host,
         "port": config.port,
+        "internal_port": config.internal_port or None,
         "store": (
             {
                 "redis": {

@@ -126,16 +126,24 @@ class Service:
         self.app.router.add_get("/readyz", self.healthcheck)
         self.app.router.add_get("/livez", self.livez)
         self.app.router.add_post("/send", self._send)
-        self.app.router.add_get("/metrics", self.metrics_page)
-        self.app.router.add_get("/openapi.json", self.openapi)
+        # The operators' endpoints: on the internal listener when there is one, so that the
+        # public port serves clients and /send only.
+        self.internal_app = web.Application() if config.internal_port else None
+        operators = self.internal_app or self.app
+        if self.internal_app is not None:
+            self.internal_app.router.add_get("/livez", self.livez)
+            self.internal_app.router.add_get("/readyz", self.healthcheck)
+        operators.router.add_get("/metrics", self.metrics_page)
+        operators.router.add_get("/openapi.json", self.openapi)
         self.admin_guard = KeyGuard("admin key")
         if config.admin_key:
-            self.app.router.add_get("/status", self.status_page)
-            self.app.router.add_get("/status.json", self.status_data)
+            operators.router.add_get("/status", self.status_page)
+            operators.router.add_get("/status.json", self.status_data)
         if config.serve_client:
             self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
         self.http: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
+        self.internal_runner: web.AppRunner | None = None
         self._send_handler: SendHandler | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -184,6 +192,16 @@ class Service:
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        if self.internal_app is not None:
+            self.internal_runner = web.AppRunner(self.internal_app, access_log=None)
+            await self.internal_runner.setup()
+            host, port = self.config.host, self.config.internal_port
+            try:
+                await web.TCPSite(self.internal_runner, host, port).start()
+            except OSError as exc:
+                where = f"{host}:{port}"
+                raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            logger.info("internal endpoints on port {}", self.config.internal_port)
         kind = "Redis" if self.config.redis_url else f"SQLite ({self.config.sqlite_path})"
         logger.info(
             "node {} listening on {}:{} with {}; sites: {}",
@@ -384,6 +402,8 @@ class Service:
         await self.bus.stop()
         if self.http is not None:
             await self.http.close()
+        if self.internal_runner is not None:
+            await self.internal_runner.cleanup()
         await self.store.close()
 
 
