@@ -6,7 +6,9 @@ label lookup); Prometheus reads them when it scrapes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..histogram import Histogram
 
 
 @dataclass(slots=True)
@@ -16,3 +18,6 @@ class DeliveryCounts:
     acked: int = 0  # messages the clients acked
     resyncs: int = 0  # _resync events sent
     rereads: int = 0  # queues re-read from the store (a gap, a missed signal, a full mailbox)
+    # live messages: from /send accepting one to its client's ack (wall clocks of two nodes
+    # when the send came through another one)
+    delivery_latency: Histogram = field(default_factory=Histogram)

@@ -14,6 +14,7 @@ read never returns a message whose ack was already received.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -393,7 +394,15 @@ class UserActor:
         link.last_seq = seq
         if seq <= link.cleared_through.get(message.event, 0):
             return  # cleared by a resync before it could be sent
-        self._send(link.sid, device, seq, message.event, message.payload, message.resync)
+        self._send(
+            link.sid,
+            device,
+            seq,
+            message.event,
+            message.payload,
+            message.resync,
+            message.accepted_at,
+        )
 
     async def _catch_up(self, catch_up: CatchUp) -> None:
         if catch_up.device is None:
@@ -429,20 +438,30 @@ class UserActor:
         self._send(link.sid, device, stored.seq, stored.event, stored.payload, stored.resync)
 
     def _send(
-        self, sid: str, device: str, seq: int, event: str, payload: str, resync: bool
+        self,
+        sid: str,
+        device: str,
+        seq: int,
+        event: str,
+        payload: str,
+        resync: bool,
+        accepted_at: float = 0.0,
     ) -> None:
+        """``accepted_at``: when /send took a live message (0 for one read from the queue)."""
         self.counts.live += 1
         if resync:
             ack = ResyncAck(sid, device, seq, event)
             self.outbox.send(sid, payload, lambda *_: self.tell(ack))
         else:
-            self.outbox.send(sid, payload, self._on_ack(device, [(seq, event)]))
+            self.outbox.send(sid, payload, self._on_ack(device, [(seq, event)], accepted_at))
 
     # --- acks --------------------------------------------------------------------------------
 
-    def _on_ack(self, device: str, acked: list[tuple[int, str]]) -> Any:
+    def _on_ack(self, device: str, acked: list[tuple[int, str]], accepted_at: float = 0.0) -> Any:
         def on_ack(*_client_args: Any) -> None:
             self.counts.acked += len(acked)
+            if accepted_at:
+                self.counts.delivery_latency.observe(time.time() - accepted_at)
             future = self.store.ack(self.site, self.user, device, acked)
             assert isinstance(future, asyncio.Future)
             self._acks_in_flight.add(future)

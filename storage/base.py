@@ -75,6 +75,9 @@ class Message:
     idempotency_id: str = field(default="", compare=False)
     """Set by a /send with an Idempotency-Key: stored once per id within the store's
     ``idempotency_ttl``; a repeat stores nothing (see :class:`Repeated`)."""
+    accepted_at: float = field(default=0.0, compare=False)
+    """When /send took it (wall clock, seconds), for the delivery latency metric; not stored,
+    so a message read back from a queue has 0."""
     payload: str = field(init=False, repr=False, compare=False)
     """The JSON of ``[event, *args]``: what the client's socket gets, and what ``_batch`` holds."""
 
@@ -187,6 +190,17 @@ class HeadAck:
     cleared_through: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """One device of a user, as an operator looks at it (the admin API)."""
+
+    device: str
+    connections: int  # on every node
+    queued: int  # messages stored and not acked
+    expires_in: float | None  # seconds left after its last disconnect; None: it does not expire
+    nodes: tuple[str, ...] = ()  # the nodes holding its connections (node ids)
+
+
 class Store(Protocol):
     """Per-device message queues and the membership index, for every site.
 
@@ -285,6 +299,17 @@ class Store(Protocol):
     async def alive_nodes(self) -> list[str]:
         """The service nodes that keep this store, alive by their heartbeats (for the status
         page; SQLite: this one)."""
+
+    async def devices_of(self, site: str, user: str) -> list[DeviceState]:
+        """The user's devices that have not expired, by name (the admin API)."""
+
+    async def purge_queue(self, site: str, user: str, device: str) -> int | None:
+        """Remove every message queued for the device (an operator's decision), and flag it
+        as overflowed so that its client gets ``_resync`` when it next connects: it learns
+        that it missed messages. How many were removed; None if there is no such device."""
+
+    async def online(self, site: str, users: Sequence[str]) -> set[str]:
+        """Which of ``users`` have a connection now, on any node (``GET /presence``)."""
 
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
         """Messages stored and not yet acked, per site. Reads every queue: for the status

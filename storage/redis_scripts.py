@@ -540,6 +540,17 @@ redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
 """)
 
+# KEYS: the device's hash and messages -> how many messages were removed (the device is
+#   flagged overflowed: its client gets _resync when it next connects); -1: no such device
+PURGE_QUEUE = _script("""
+local dev, msg = unpack(KEYS)
+if redis.call('EXISTS', dev) == 0 then return -1 end
+local queued = redis.call('HLEN', msg)
+redis.call('DEL', msg)
+redis.call('HSET', dev, 'overflow', 1)
+return queued
+""")
+
 # KEYS: a layout 1 message hash (seq -> record), its name in this one. Its messages are
 #   written under this layout's field names (the event read from each record), with the time
 #   the old hash had left -> 1 if it was there and is converted

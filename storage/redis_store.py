@@ -32,6 +32,7 @@ from .base import (
     Connected,
     ConnectItem,
     Delivery,
+    DeviceState,
     EnqueueItem,
     HeadAck,
     Imported,
@@ -621,6 +622,42 @@ class RedisStore(StoreBase):
             for i, count in zip(indexes, counts, strict=True):
                 removed[i] = int(count)
         return removed
+
+    async def devices_of(self, site: str, user: str) -> list[DeviceState]:
+        p = self._p(site, user)
+        devices_key = keys.user_keys(p, user)[1]
+        names = await self._call("devices_of", lambda: self.wire.command(b"SMEMBERS", devices_key))
+        escaped = sorted(name.decode() for name in names)
+        commands: list[tuple[Any, ...]] = []
+        for name in escaped:
+            dev, msg = keys.device_keys(p, user, unescape(name))
+            commands += [(b"HGETALL", dev), (b"PTTL", dev), (b"HLEN", msg)]
+        flat = await self._call("devices_of", lambda: self.wire.pipeline(commands))
+        found = []
+        for i, name in enumerate(escaped):
+            fields, ttl, queued = flat[3 * i : 3 * i + 3]
+            if ttl == -2:  # expired: its name waits in the set for the sweep
+                continue
+            state = {k.decode(): v for k, v in zip(fields[::2], fields[1::2], strict=True)}
+            nodes = tuple(
+                sorted(f[len(keys.NODE_FIELD) :] for f in state if f.startswith(keys.NODE_FIELD))
+            )
+            expires = None if ttl < 0 else ttl / 1000
+            conns = int(state.get("conns", 0))
+            found.append(DeviceState(unescape(name), conns, int(queued), expires, nodes))
+        return found
+
+    async def purge_queue(self, site: str, user: str, device: str) -> int | None:
+        names = keys.device_keys(self._p(site, user), user, device)
+        purged = int(await self._run("purge_queue", scripts.PURGE_QUEUE, names))
+        return None if purged < 0 else purged
+
+    async def online(self, site: str, users: Sequence[str]) -> set[str]:
+        if not users:
+            return set()
+        commands = [(b"HGET", keys.user_keys(self._p(site, u), u)[0], b"conns") for u in users]
+        counts = await self._call("online", lambda: self.wire.pipeline(commands))
+        return {user for user, conns in zip(users, counts, strict=True) if int(conns or 0) > 0}
 
     async def ack_head(self, site: str, user: str, device: str, seq: int, event: str) -> HeadAck:
         through = int(

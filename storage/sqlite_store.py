@@ -32,6 +32,7 @@ from .base import (
     Connected,
     ConnectItem,
     Delivery,
+    DeviceState,
     EnqueueItem,
     HeadAck,
     Imported,
@@ -304,6 +305,28 @@ class SQLiteStore(StoreBase):
 
     async def alive_nodes(self) -> list[str]:
         return [self.node_id]
+
+    async def devices_of(self, site: str, user: str) -> list[DeviceState]:
+        key = {"site": site, "user": user, "now": time.time()}
+        rows = await self._transaction("devices_of", _devices_of, key)
+        return [
+            DeviceState(
+                device,
+                conns,
+                queued,
+                None if expires is None else expires - key["now"],
+                (self.node_id,) if conns else (),
+            )
+            for device, conns, queued, expires in rows
+        ]
+
+    async def purge_queue(self, site: str, user: str, device: str) -> int | None:
+        key = {"site": site, "user": user, "device": device, "now": time.time()}
+        return await self._transaction("purge_queue", _purge_queue, key)
+
+    async def online(self, site: str, users: Sequence[str]) -> set[str]:
+        rows = await self._transaction("online", _online, site, list(users))
+        return {user for (user,) in rows}
 
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
         rows = await self._transaction("queue_depths", _queue_depths, time.time())
@@ -605,6 +628,36 @@ def _write_acks(db: Db, items: Sequence[AckItem]) -> list[int]:
         ],
     )
     return counts
+
+
+def _devices_of(db: Db, key: dict[str, Any]) -> list[Any]:
+    return db.execute(
+        "SELECT device, conns, queued, expires_at FROM devices "
+        f"WHERE site = :site AND user = :user AND {LIVE} ORDER BY device",
+        key,
+    ).fetchall()
+
+
+def _purge_queue(db: Db, key: dict[str, Any]) -> int | None:
+    row = db.execute(
+        f"UPDATE devices SET queued = 0, overflow = 1 WHERE {DEVICE} AND {LIVE} RETURNING 1",
+        key,
+    ).fetchone()
+    if row is None:
+        return None
+    return db.execute(f"DELETE FROM messages WHERE {DEVICE}", key).rowcount
+
+
+def _online(db: Db, site: str, users: list[str]) -> list[Any]:
+    found: list[Any] = []
+    for start in range(0, len(users), 500):  # SQLite's limit on variables per statement
+        chunk = users[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        found += db.execute(
+            f"SELECT user FROM users WHERE site = ? AND conns > 0 AND user IN ({marks})",
+            [site, *chunk],
+        ).fetchall()
+    return found
 
 
 def _ack_head(db: Db, key: dict[str, Any]) -> HeadAck:

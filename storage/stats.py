@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loguru import logger
+
+from ..histogram import Histogram
 
 
 @dataclass(slots=True)
 class OperationStats:
-    """One kind of store call (a script, a transaction): how many, how long in all, how many
-    failed. A coalesced write counts once, however many sends it carried."""
+    """One kind of call (a store script or transaction, an authUrl call): its times, and how
+    many failed. A coalesced write counts once, however many sends it carried."""
 
-    calls: int = 0
-    seconds: float = 0.0
+    times: Histogram = field(default_factory=Histogram)
     errors: int = 0
 
     def add(self, started: float, failed: bool = False) -> None:
         """One call, begun at ``started`` (a ``time.perf_counter()`` reading), ended now."""
-        self.calls += 1
-        self.seconds += time.perf_counter() - started
+        self.times.observe(time.perf_counter() - started)
         if failed:
             self.errors += 1
 

@@ -24,6 +24,7 @@ from .base import (
     Connected,
     ConnectItem,
     Delivery,
+    DeviceState,
     EnqueueItem,
     HeadAck,
     Imported,
@@ -209,6 +210,15 @@ class StoreBase(ABC):
 
     @abstractmethod
     async def alive_nodes(self) -> list[str]: ...
+
+    @abstractmethod
+    async def devices_of(self, site: str, user: str) -> list[DeviceState]: ...
+
+    @abstractmethod
+    async def purge_queue(self, site: str, user: str, device: str) -> int | None: ...
+
+    @abstractmethod
+    async def online(self, site: str, users: Sequence[str]) -> set[str]: ...
 
     @abstractmethod
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]: ...

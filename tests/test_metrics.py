@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.sim_client import SimClient
 from socketio_webservice.webservice.service import Service
-from testkit.processes import free_port
-from tests.harness import Harness, connect, post_send
+from testkit.processes import ServiceProcess, free_port, write_sites
+from tests.harness import Harness, SiteStub, connect, post_send
 
 PREFIX = "socketio_webservice_"
 
@@ -127,3 +129,56 @@ async def test_two_nodes_count_their_own_sockets_and_the_signals_between_them(
         await client.disconnect()
     finally:
         await second.stop()
+
+
+async def test_latency_histograms_sessions_disconnects_and_build_info(
+    tmp_path: Path, stub: SiteStub
+) -> None:
+    """What the usual dashboards ask: p99s (histograms with buckets), who is connected how,
+    why sessions end, which build runs; under a node name that survives a restart."""
+    node = ServiceProcess(
+        tmp_path,
+        write_sites(tmp_path, f"{stub.url}/auth"),
+        SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        NODE_NAME="push-1",
+    )
+    await node.start()
+    stub.answers.update(t1=["user_1"], t2=["user_2"], t3=["user_3"])
+    try:
+        async with aiohttp.ClientSession() as http:
+            modern = await connect(node.url, "shop", "t1", "phone")  # Engine.IO 4, websocket
+            legacy = SimClient(node.url, "shop", "t2", "phone", protocol=3)  # 2.x's protocol
+            await legacy.connect(http)
+            leaving = await connect(node.url, "shop", "t3", "phone")
+            await leaving.disconnect()
+            for n in range(3):
+                assert await post_send(http, node.url, "shop", "user_1", "n", n) == (200, "OK")
+                assert (await modern.next()).args == [n]  # acked as it arrives
+            samples = await scrape(http, node.url)
+            sessions = {
+                (dict(labels)["protocol"], dict(labels)["transport"]): count
+                for (name, labels), count in samples.items()
+                if name == PREFIX + "sessions"
+            }
+            assert sessions == {("3", "websocket"): 1, ("4", "websocket"): 1}
+            ended = [
+                dict(labels)["reason"]
+                for (name, labels), count in samples.items()
+                if name == PREFIX + "disconnects_total" and count == 1
+            ]
+            assert ended == ["transport close"]  # python-socketio's client closes so
+            assert value(samples, "send_seconds_count", site="shop") == 3
+            assert value(samples, "send_seconds_bucket", site="shop", le="+Inf") == 3
+            assert value(samples, "auth_request_seconds_count", site="shop") == 3
+            assert value(samples, "store_operation_seconds_bucket", operation="enqueue", le="10.0")
+            (build,) = [labels for name, labels in samples if name == PREFIX + "build_info"]
+            assert dict(build)["node"] == "push-1" and dict(build)["version"]
+            assert value(samples, "connections", site="shop", node="push-1") == 2
+            while value(samples, "delivery_latency_seconds_count", site="shop", node="push-1") < 3:
+                samples = await scrape(http, node.url)  # acks are read in the background
+            latency = value(samples, "delivery_latency_seconds_sum", site="shop", node="push-1")
+            assert 0 < latency < 30
+            await modern.disconnect()
+            await legacy.close()
+    finally:
+        await node.stop()

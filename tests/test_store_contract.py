@@ -523,3 +523,41 @@ async def test_a_message_with_a_recorded_idempotency_id_is_stored_once(store: St
         "blog", ["user_1"], [], Message("e", [9], idempotency_id="k#0")
     )
     assert not isinstance(other_site, Repeated)  # keys are per site
+
+
+async def test_an_operator_sees_a_users_devices_and_purges_one_queue(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "phone", [])
+    await store.connect_device(SITE, "user_1", "tab:let", [])
+    await store.disconnect_device(SITE, "user_1", "tab:let", forget=False)
+    for i in range(3):
+        await store.enqueue(SITE, ["user_1"], [], msg("n", i))
+    devices = await store.devices_of(SITE, "user_1")
+    assert [(d.device, d.connections, d.queued) for d in devices] == [
+        ("phone", 1, 3),
+        ("tab:let", 0, 3),
+    ]
+    assert devices[0].expires_in is None
+    assert devices[1].expires_in is not None and 0 < devices[1].expires_in <= 3600
+
+    assert await store.purge_queue(SITE, "user_1", "tab:let") == 3
+    assert await store.pending(SITE, "user_1", "tab:let") == []
+    assert len(await store.pending(SITE, "user_1", "phone")) == 3  # the other device keeps its
+    assert await store.purge_queue(SITE, "user_1", "nothing") is None
+    assert await store.devices_of(SITE, "nobody") == []
+    # The purged device learns on its next connection that it missed messages.
+    assert (await store.connect_device(SITE, "user_1", "tab:let", [])).overflowed
+    await store.enqueue(SITE, ["user_1"], [], msg("n", 3))
+    assert [m.args for m in await store.pending(SITE, "user_1", "tab:let")] == [[3]]
+
+
+async def test_online_says_which_users_have_a_connection_now(store: Store) -> None:
+    await store.connect_device(SITE, "user_1", "phone", [])
+    await store.connect_device(SITE, "user_2", "phone", [])
+    await store.connect_device(SITE, "user_2", "laptop", [])
+    await store.disconnect_device(SITE, "user_2", "phone", forget=False)
+    await store.connect_device(SITE, "user_3", "phone", [])
+    await store.disconnect_device(SITE, "user_3", "phone", forget=False)
+    users = ["user_1", "user_2", "user_3", "user_4"]
+    assert await store.online(SITE, users) == {"user_1", "user_2"}
+    assert await store.online("other-site", users) == set()
+    assert await store.online(SITE, []) == set()

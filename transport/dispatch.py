@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..actors.messages import CatchUp, Deliver
 from ..storage import Delivery, Message
@@ -53,6 +53,21 @@ class Dispatcher:
             by_user[delivery.user][delivery.device] = delivery.seq
         for user, seqs in by_user.items():
             namespace.registry.deliver(user, Deliver(message, seqs))
+
+    async def disconnect_user(self, site: str, user: str, nodes: Iterable[str]) -> int:
+        """Close the user's sockets on each of ``nodes`` (an operator's decision): here at
+        once, elsewhere by a signal. How many sockets were closed here."""
+        closed = 0
+        for node in set(nodes):
+            if node == self.node_id:
+                closed = await self.disconnect_here(site, user)
+            else:
+                await self.bus.publish_disconnect(node, site, user)
+        return closed
+
+    async def disconnect_here(self, site: str, user: str) -> int:
+        namespace = self.namespaces.get(site)
+        return 0 if namespace is None else await namespace.disconnect_user(user)
 
     def catch_up_everyone(self) -> None:
         """After missed signals: every actor here re-reads its devices' queues."""

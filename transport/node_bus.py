@@ -32,6 +32,11 @@ PUBLISH_TIMEOUT = 5.0
 LISTEN_OPTIONS = {"socket_connect_timeout": 5, "health_check_interval": 5, "socket_keepalive": True}
 
 OnDelivery = Callable[[str, Message, Sequence[Delivery]], None]
+OnDisconnect = Callable[[str, str], None]  # site, user: close the user's sockets here
+
+
+class NodeUnreachable(Exception):
+    """A signal Redis did not take."""
 
 
 class NodeBus(Protocol):
@@ -48,6 +53,11 @@ class NodeBus(Protocol):
         self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
     ) -> None: ...
 
+    async def publish_disconnect(self, node: str, site: str, user: str) -> None:
+        """Ask ``node`` to close the user's sockets (an operator's disconnect)."""
+
+    on_disconnect: OnDisconnect | None
+
 
 class LocalBus:
     """One node (SQLite): every device is here, there is no one to tell."""
@@ -60,10 +70,15 @@ class LocalBus:
     async def stop(self) -> None:
         pass
 
+    on_disconnect: OnDisconnect | None = None
+
     async def publish(
         self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
     ) -> None:
         logger.warning("delivery for unknown node {} dropped (stored, not signalled)", node)
+
+    async def publish_disconnect(self, node: str, site: str, user: str) -> None:
+        logger.warning("disconnect for unknown node {} dropped", node)
 
 
 def encode(site: str, message: Message, deliveries: Sequence[Delivery]) -> bytes:
@@ -73,14 +88,19 @@ def encode(site: str, message: Message, deliveries: Sequence[Delivery]) -> bytes
             "event": message.event,
             "args": message.args,
             "resync": message.resync,
+            "at": message.accepted_at,
             "to": [[d.user, d.device, d.seq] for d in deliveries],
         }
     )
 
 
-def decode(data: bytes) -> tuple[str, Message, list[Delivery]]:
-    body = orjson.loads(data)
-    message = Message(event=body["event"], args=body["args"], resync=body["resync"])
+def decode(body: dict[str, Any]) -> tuple[str, Message, list[Delivery]]:
+    message = Message(
+        event=body["event"],
+        args=body["args"],
+        resync=body["resync"],
+        accepted_at=float(body.get("at", 0.0)),  # a node of 0.1.0 sends none
+    )
     return body["site"], message, [Delivery(user, device, seq) for user, device, seq in body["to"]]
 
 
@@ -96,6 +116,7 @@ class RedisBus:
         self.stats = stats
         self.key_prefix = key_prefix
         self.on_delivery: OnDelivery | None = None
+        self.on_disconnect: OnDisconnect | None = None
         self.on_recovered: Callable[[], None] | None = None
         self.url = url
         self.wire = redis_wire.wire_for(url, PUBLISH_TIMEOUT)
@@ -131,6 +152,15 @@ class RedisBus:
         except (RedisError, OSError) as exc:
             self.stats.signals_failed += 1
             logger.warning("could not signal node {} ({}); its devices get it later", node, exc)
+
+    async def publish_disconnect(self, node: str, site: str, user: str) -> None:
+        signal = orjson.dumps({"site": site, "disconnect": user})
+        try:
+            await redis_wire.publish(self.wire, deliver_channel(self.key_prefix, node), signal)
+            self.stats.signals_sent += 1
+        except (RedisError, OSError) as exc:
+            self.stats.signals_failed += 1
+            raise NodeUnreachable(f"could not signal node {node}: {exc}") from None
 
     async def _listen_forever(self) -> None:
         """Subscribe, and again after every failure, waiting longer each time (capped).
@@ -198,10 +228,18 @@ class RedisBus:
 
     def _receive(self, data: bytes) -> None:
         try:
-            site, message, deliveries = decode(data)
+            body = orjson.loads(data)
+            if "disconnect" in body:
+                site, user = str(body["site"]), str(body["disconnect"])
+            else:
+                site, message, deliveries = decode(body)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             logger.error("node bus: undecodable signal dropped: {}", exc)
             return
         self.stats.signals_received += 1
+        if "disconnect" in body:
+            if self.on_disconnect is not None:
+                self.on_disconnect(site, user)
+            return
         assert self.on_delivery is not None
         self.on_delivery(site, message, deliveries)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
@@ -220,6 +221,18 @@ OUTCOME_UNKNOWN = (
 )
 
 
+def site_for_key(
+    namespaces: Mapping[str, SiteNamespace], site: str | None, api_key: str | None
+) -> SiteNamespace | None:
+    """The site whose apiKey this is, compared in constant time; None for any mismatch."""
+    namespace = namespaces.get(site or "")
+    if namespace is None or not hmac.compare_digest(
+        namespace.site.api_key.encode(), (api_key or "").encode()
+    ):
+        return None
+    return namespace
+
+
 class SendHandler:
     def __init__(
         self,
@@ -236,14 +249,12 @@ class SendHandler:
         self.dispatcher = dispatcher
 
     async def __call__(self, request: web.Request) -> web.Response:
-        started = time.perf_counter()
+        started, accepted_at = time.perf_counter(), time.time()
         site_name, api_key = request.query.get("site"), request.query.get("apiKey")
         if not site_name or not api_key:
             return self._reject(400, "Missing query param 'site' or 'apiKey'.", site_name)
-        namespace = self.namespaces.get(site_name)
-        if namespace is None or not hmac.compare_digest(
-            namespace.site.api_key.encode(), api_key.encode()
-        ):
+        namespace = site_for_key(self.namespaces, site_name, api_key)
+        if namespace is None:
             return self._reject(401, "ApiKey invalid.", site_name)
         try:
             resync = parse_bool(request.query.get("resync"), "resync")
@@ -260,7 +271,7 @@ class SendHandler:
                 )
         else:
             try:
-                stored = await self._store_and_deliver(namespace, sends, resync, key)
+                stored = await self._store_and_deliver(namespace, sends, resync, key, accepted_at)
             except PartlyStored as exc:
                 return self._partly_stored(site_name, sends, exc)
             except OutcomeUnknown as exc:
@@ -275,6 +286,7 @@ class SendHandler:
             if resync:
                 self.stats.resync_sends[site_name] += 1
         self.stats.sends[site_name, 200] += 1
+        self.stats.send_time[site_name].observe(time.perf_counter() - started)
         logger.info(
             "send site={site} event={event} messages={messages} rooms={rooms} stored={stored} "
             "ms={ms}",
@@ -293,7 +305,12 @@ class SendHandler:
         return web.Response(text="OK")
 
     async def _store_and_deliver(
-        self, namespace: SiteNamespace, sends: list[SendRequest], resync: bool, key: str
+        self,
+        namespace: SiteNamespace,
+        sends: list[SendRequest],
+        resync: bool,
+        key: str,
+        accepted_at: float,
     ) -> list[int]:
         """Store every message, then hand each to its devices; returns how many device queues
         each message was stored in (by the first attempt, for a repeated Idempotency-Key)."""
@@ -304,6 +321,7 @@ class SendHandler:
                 args=send.args,
                 resync=resync,
                 idempotency_id=f"{key}#{index}" if key else "",
+                accepted_at=accepted_at,
             )
             for index, send in enumerate(sends)
         ]

@@ -83,6 +83,17 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def disconnect(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)
 
+    async def disconnect_user(self, user: str) -> int:
+        """Close every socket of ``user`` on this node; how many."""
+        sids = [sid for sid, (room, _) in list(self.clients.items()) if room == user]
+        for sid in sids:
+            await self.disconnect(sid)
+        if sids:
+            logger.info(
+                "site={} user={}: {} sockets closed by an operator", self.site.name, user, len(sids)
+            )
+        return len(sids)
+
     def is_connected(self, sid: str) -> bool:
         eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
         if eio_sid is not None and eio_sid in self.server.environ:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..histogram import Histogram
 from ..storage.stats import OperationStats
 
 
 class TransportStats:
     def __init__(self) -> None:
         self.sends: defaultdict[tuple[str, int], int] = defaultdict(int)  # (site, status)
+        self.send_time: defaultdict[str, Histogram] = defaultdict(Histogram)  # answered 200
         self.stored: defaultdict[str, int] = defaultdict(int)  # copies stored, per site
         self.resync_sends: defaultdict[str, int] = defaultdict(int)  # sends with resync=true
         self.auth_answers: defaultdict[tuple[str, str], int] = defaultdict(int)  # (site, answer)

@@ -28,6 +28,7 @@ environment variables (they override config.yml; see README.md, Configuration):
   PUBLIC_CHANNEL           one site, without a sites.yml
   PORT, HOST               where to listen (default 0.0.0.0:1337)
   INTERNAL_PORT            /metrics, /status*, /openapi.json on this port instead (default off)
+  NODE_NAME                the metrics' node label (default: the host name)
   REDIS_URL                use Redis (several nodes) instead of SQLite
   SQLITE_PATH, SQLITE_SYNCHRONOUS
   DEVICE_TTL, MAX_QUEUE, AUTH_TIMEOUT, NODE_TIMEOUT, REDIS_TIMEOUT

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class Config:
     env: str = "production"
     port: int = DEFAULT_PORT
     internal_port: int = 0  # /metrics, /status*, /openapi.json here instead (0: off)
+    node_name: str = ""  # the metrics' node label; default: the host name (a pod's name)
     host: str = "0.0.0.0"
     device_ttl: int = DEFAULT_DEVICE_TTL
     idempotency_ttl: int = DEFAULT_IDEMPOTENCY_TTL
@@ -261,6 +263,7 @@ TOP_LEVEL_KEYS = frozenset(
     {
         "port",
         "internal_port",
+        "node_name",
         "host",
         "device_ttl",
         "idempotency_ttl",
@@ -406,6 +409,9 @@ def load_config(
             maximum=65535,
         ),
         host=env.get("HOST") or _text(section.get("host"), "host") or "0.0.0.0",
+        node_name=env.get("NODE_NAME")
+        or _text(section.get("node_name"), "node_name")
+        or socket.gethostname(),
         idempotency_ttl=_int(
             env.get("IDEMPOTENCY_TTL") or section.get("idempotency_ttl", DEFAULT_IDEMPOTENCY_TTL),
             "idempotency_ttl",
@@ -477,6 +483,7 @@ def describe(config: Config) -> str:
         "host": config.host,
         "port": config.port,
         "internal_port": config.internal_port or None,
+        "node_name": config.node_name,
         "store": (
             {
                 "redis": {

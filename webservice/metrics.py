@@ -9,25 +9,51 @@ each means is in the README ("Metrics").
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import platform
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from ..histogram import Histogram
 from ..storage import Store, StoreUnavailable
 from ..transport.site_namespace import SiteNamespace
 from ..transport.stats import TransportStats
+from .version import version
 
 PREFIX = "socketio_webservice_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OVERVIEW_TTL = 5.0  # seconds: queue depths and alive nodes read from the store at most this often
 LAG_INTERVAL = 0.5  # seconds between two event-loop lag samples
+
+
+class Sessions(Protocol):
+    """What the Socket.IO adapter tells of this node's sessions."""
+
+    disconnects: Mapping[str, int]
+
+    def connection_count(self, namespace: str) -> int: ...
+
+    def sessions_by_kind(self) -> dict[tuple[str, str], int]: ...
+
+
+BUILD = {
+    "version": version(),
+    "python": platform.python_version(),
+    "python_socketio": importlib.metadata.version("python-socketio"),
+    "python_engineio": importlib.metadata.version("python-engineio"),
+}
+
+
+def add_histogram(family: HistogramMetricFamily, labels: list[str], times: Histogram) -> None:
+    family.add_metric(labels, times.cumulative(), sum_value=times.total)
 
 
 @dataclass(slots=True)
@@ -51,13 +77,15 @@ class ServiceMetrics:
         namespaces: Mapping[str, SiteNamespace],
         store: Store,
         stats: TransportStats,
-        connection_count: Callable[[str], int],
+        sessions: Sessions,
+        node_name: str = "",
     ) -> None:
         self.node_id = node_id
+        self.node_name = node_name or node_id  # the ``node`` label: stable across restarts
         self.namespaces = namespaces
         self.store = store
         self.stats = stats
-        self.connection_count = connection_count  # namespace -> sockets connected here
+        self.sessions = sessions
         self.overview = StoreOverview()
         self.loop_lag = 0.0
         self.started = time.time()
@@ -107,7 +135,7 @@ class ServiceMetrics:
     # --- figures per site, shared by /metrics and /status -------------------------------------
 
     def connections(self, site: str) -> int:
-        return self.connection_count(self.namespaces[site].namespace)
+        return self.sessions.connection_count(self.namespaces[site].namespace)
 
     def users(self, site: str) -> int:
         return len(self.namespaces[site].registry.actors)
@@ -122,7 +150,7 @@ class ServiceMetrics:
     # --- the Prometheus collector -------------------------------------------------------------
 
     def collect(self) -> Iterator[Any]:
-        node = self.node_id
+        node = self.node_name
         gauges = {
             "connections": "Sockets connected to this node",
             "users": "Users with at least one socket on this node (reliable sites)",
@@ -147,6 +175,11 @@ class ServiceMetrics:
             "Device queues re-read from the store (a gap, a missed signal, a full mailbox)",
             labels=["site", "node"],
         )
+        latency = HistogramMetricFamily(
+            PREFIX + "delivery_latency_seconds",
+            "Live messages: from /send accepting one to its client's ack, on this node",
+            labels=["site", "node"],
+        )
         depth = GaugeMetricFamily(
             PREFIX + "queue_depth",
             "Messages stored and not yet acked (all nodes; read every few seconds)",
@@ -162,7 +195,9 @@ class ServiceMetrics:
             resyncs.add_metric([site, node], counts.resyncs)
             rereads.add_metric([site, node], counts.rereads)
             depth.add_metric([site], self.overview.queue_depths.get(site, 0))
-        yield from (connections, users, delivered, acked, resyncs, rereads, depth)
+            add_histogram(latency, [site, node], counts.delivery_latency)
+        yield from (connections, users, delivered, acked, resyncs, rereads, latency, depth)
+        yield from self._session_metrics(node)
         yield from self._transport_metrics()
         yield from self._store_metrics()
         yield GaugeMetricFamily(
@@ -194,13 +229,20 @@ class ServiceMetrics:
         )
         for (site, answer), count in sorted(stats.auth_answers.items()):
             answers.add_metric([site, answer], count)
-        auth_time = SummaryMetricFamily(
+        auth_time = HistogramMetricFamily(
             PREFIX + "auth_request_seconds",
             "Time of the calls to a site's authUrl",
             labels=["site"],
         )
         for site, timing in sorted(stats.auth_time.items()):
-            auth_time.add_metric([site], timing.calls, timing.seconds)
+            add_histogram(auth_time, [site], timing.times)
+        send_time = HistogramMetricFamily(
+            PREFIX + "send_seconds",
+            "POST /send answered 200: from the request to the answer (stored and handed on)",
+            labels=["site"],
+        )
+        for site, times in sorted(stats.send_time.items()):
+            add_histogram(send_time, [site], times)
         signals = CounterMetricFamily(
             PREFIX + "node_signals",
             "Cross-node delivery signals (Redis): sent, failed, received; catch_up: every "
@@ -211,11 +253,11 @@ class ServiceMetrics:
         signals.add_metric(["failed"], stats.signals_failed)
         signals.add_metric(["received"], stats.signals_received)
         signals.add_metric(["catch_up"], stats.catch_ups)
-        yield from (sends, stored, resync_sends, answers, auth_time, signals)
+        yield from (sends, stored, resync_sends, answers, auth_time, send_time, signals)
 
     def _store_metrics(self) -> Iterator[Any]:
         store_stats = self.store.stats
-        seconds = SummaryMetricFamily(
+        seconds = HistogramMetricFamily(
             PREFIX + "store_operation_seconds",
             "Store calls (a coalesced write counts once) and their time",
             labels=["operation"],
@@ -224,7 +266,7 @@ class ServiceMetrics:
             PREFIX + "store_errors", "Store calls that failed", labels=["operation"]
         )
         for name, operation in sorted(store_stats.operations.items()):
-            seconds.add_metric([name], operation.calls, operation.seconds)
+            add_histogram(seconds, [name], operation.times)
             errors.add_metric([name], operation.errors)
         overflows = CounterMetricFamily(
             PREFIX + "queue_overflows", "Devices whose queue filled up", labels=["site"]
@@ -248,12 +290,37 @@ class ServiceMetrics:
             value=1 if self.overview.healthy else 0,
         )
 
+    def _session_metrics(self, node: str) -> Iterator[Any]:
+        by_kind = GaugeMetricFamily(
+            PREFIX + "sessions",
+            "Engine.IO sessions open on this node, by protocol (3: socket.io-client 1.x/2.x, "
+            "4: 3.x/4.x) and transport",
+            labels=["node", "protocol", "transport"],
+        )
+        for (protocol, transport), count in sorted(self.sessions.sessions_by_kind().items()):
+            by_kind.add_metric([node, protocol, transport], count)
+        disconnects = CounterMetricFamily(
+            PREFIX + "disconnects",
+            "Sessions ended on this node, by reason (client disconnect, server disconnect, "
+            "ping timeout, transport close, transport error)",
+            labels=["node", "reason"],
+        )
+        for reason, count in sorted(self.sessions.disconnects.items()):
+            disconnects.add_metric([node, reason], count)
+        info = GaugeMetricFamily(
+            PREFIX + "build_info",
+            "1, labelled with the versions this node runs",
+            labels=["node", "version", "python", "python_socketio", "python_engineio"],
+        )
+        info.add_metric([node, *BUILD.values()], 1)
+        yield from (by_kind, disconnects, info)
+
     # --- the status page's data ---------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
         overview = await self.refresh_overview()
         return {
-            "node": self.node_id,
+            "node": self.node_name,
             "time": time.time(),
             "uptime": time.time() - self.started,
             "store": {"healthy": overview.healthy, "error": overview.error},

@@ -25,7 +25,107 @@ def _answer(description: str) -> dict[str, Any]:
     return {"description": description, "content": TEXT}
 
 
-def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
+def _json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The admin API's paths (served only with an admin key), behind that key."""
+    name = {"type": "string", "minLength": 1}
+    params = [
+        {"name": "site", "in": "path", "required": True, "schema": name},
+        {"name": "user", "in": "path", "required": True, "schema": name},
+    ]
+    refusals = {
+        "400": _json_answer("The site has no userRoomPrefix", ERROR),
+        "401": _json_answer("Admin key required", ERROR),
+        "404": _json_answer("Unknown site (or device)", ERROR),
+        "429": _json_answer("Too many wrong admin keys from this address", ERROR),
+        "503": _json_answer("The store (or another node) is unavailable", ERROR),
+    }
+    device = {
+        "type": "object",
+        "properties": {
+            "device": {"type": "string"},
+            "connections": {"type": "integer"},
+            "queued": {"type": "integer"},
+            "expires_in": {"type": "number", "nullable": True},
+            "nodes": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    user = "/admin/sites/{site}/users/{user}"
+    secured: dict[str, Any] = {"security": [{"adminKey": []}]}
+    return {
+        user: {
+            "get": {
+                **secured,
+                "operationId": "adminUser",
+                "summary": "A user's devices: connections, queue depth, expiry, nodes",
+                "parameters": params,
+                "responses": {
+                    "200": _json_answer(
+                        "The user",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "site": {"type": "string"},
+                                "user": {"type": "string"},
+                                "online": {"type": "boolean"},
+                                "devices": {"type": "array", "items": device},
+                            },
+                        },
+                    ),
+                    **refusals,
+                },
+            }
+        },
+        user + "/devices/{device}/queue": {
+            "delete": {
+                **secured,
+                "operationId": "adminPurgeQueue",
+                "summary": "Remove the device's queued messages; it gets _resync on its next "
+                "connection",
+                "parameters": [
+                    *params,
+                    {"name": "device", "in": "path", "required": True, "schema": name},
+                ],
+                "responses": {
+                    "200": _json_answer(
+                        "Purged",
+                        {"type": "object", "properties": {"purged": {"type": "integer"}}},
+                    ),
+                    **refusals,
+                },
+            }
+        },
+        user + "/disconnect": {
+            "post": {
+                **secured,
+                "operationId": "adminDisconnect",
+                "summary": "Close the user's sockets on every node",
+                "parameters": params,
+                "responses": {
+                    "200": _json_answer(
+                        "Closed here, and signalled to the other nodes holding its sockets",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "closed_here": {"type": "integer"},
+                                "nodes": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    ),
+                    **refusals,
+                },
+            }
+        },
+    }
+
+
+def openapi_document(limits: Limits, version: str, admin: bool = False) -> dict[str, Any]:
     room = {"type": "string", "minLength": 1, "maxLength": limits.max_room_length}
     event = {
         "type": "string",
@@ -184,6 +284,49 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                     },
                 }
             },
+            "/presence": {
+                "get": {
+                    "operationId": "presence",
+                    "summary": "Which of these users are online now, on any node",
+                    "parameters": [
+                        {
+                            "name": "site",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                        {
+                            "name": "apiKey",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                        },
+                        {
+                            "name": "rooms",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "minLength": 1},
+                            "description": "User rooms, comma-separated, at most "
+                            f"{limits.max_rooms_per_send}",
+                        },
+                    ],
+                    "responses": {
+                        "200": _json_answer(
+                            "The online ones, in the order asked",
+                            {
+                                "type": "object",
+                                "required": ["online"],
+                                "properties": {
+                                    "online": {"type": "array", "items": {"type": "string"}}
+                                },
+                            },
+                        ),
+                        "400": _answer("Malformed: the text says how"),
+                        "401": _answer("Unknown site or wrong apiKey: ApiKey invalid."),
+                        "503": _answer("The store is unavailable: try again"),
+                    },
+                }
+            },
             "/healthcheck": {
                 "get": {
                     "operationId": "healthcheck",
@@ -221,5 +364,15 @@ def openapi_document(limits: Limits, version: str) -> dict[str, Any]:
                     "responses": {"200": _answer("The Prometheus text format")},
                 }
             },
+            **(_admin_paths() if admin else {}),
+        },
+        "components": {
+            "securitySchemes": {
+                "adminKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin key (admin_key, ADMIN_KEY)",
+                }
+            }
         },
     }

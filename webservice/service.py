@@ -24,6 +24,7 @@ from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
 from ..transport.http_server import CappedSite, ConnectionCap, usable_connections
 from ..transport.node_bus import LocalBus, NodeBus, RedisBus
+from ..transport.online import OnlineHandler
 from ..transport.send import SendHandler
 from ..transport.site_namespace import SiteNamespace
 from ..transport.socketio_adapter import (
@@ -35,6 +36,7 @@ from ..transport.socketio_adapter import (
 )
 from ..transport.stats import TransportStats
 from . import metrics
+from .admin import AdminApi
 from .config import Config
 from .key_guard import KeyGuard
 from .metrics import ServiceMetrics
@@ -120,7 +122,7 @@ class Service:
         )
         self.dispatcher = Dispatcher(self.node_id, self.namespaces, self.bus, self.stats)
         self.metrics = ServiceMetrics(
-            self.node_id, self.namespaces, self.store, self.stats, self.sio.connection_count
+            self.node_id, self.namespaces, self.store, self.stats, self.sio, config.node_name
         )
         self.app.router.add_get("/healthcheck", self.healthcheck)
         self.app.router.add_get("/readyz", self.healthcheck)
@@ -139,6 +141,12 @@ class Service:
         if config.admin_key:
             operators.router.add_get("/status", self.status_page)
             operators.router.add_get("/status.json", self.status_data)
+            admin = AdminApi(self.namespaces, self.store, self.dispatcher, self._admin_refusal)
+            admin.add_routes(operators)
+        self.app.router.add_get(
+            "/presence", OnlineHandler(self.namespaces, self.store, config.limits)
+        )
+        self.bus.on_disconnect = self._disconnect_signalled
         if config.serve_client:
             self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
         self.http: aiohttp.ClientSession | None = None
@@ -148,6 +156,7 @@ class Service:
         self._heartbeat: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.draining = False
+        self._signalled: set[asyncio.Task[int]] = set()
 
     async def start(self) -> None:
         """Open the store, then listen; raises :class:`StartupError` with one line if either
@@ -204,7 +213,8 @@ class Service:
             logger.info("internal endpoints on port {}", self.config.internal_port)
         kind = "Redis" if self.config.redis_url else f"SQLite ({self.config.sqlite_path})"
         logger.info(
-            "node {} listening on {}:{} with {}; sites: {}",
+            "node {} ({}) listening on {}:{} with {}; sites: {}",
+            self.config.node_name,
             self.node_id,
             self.config.host,
             self.config.port,
@@ -282,6 +292,12 @@ class Service:
             await _unless(hurry, DRAIN_STEP)
         await self.sio.close_sessions()  # the rest, and any opened meanwhile
 
+    def _disconnect_signalled(self, site: str, user: str) -> None:
+        """Another node's admin API asked: close the user's sockets here."""
+        task = asyncio.create_task(self.dispatcher.disconnect_here(site, user))
+        self._signalled.add(task)
+        task.add_done_callback(self._signalled.discard)
+
     async def _beat_forever(self) -> None:
         while True:
             try:
@@ -343,7 +359,7 @@ class Service:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        document = openapi_document(self.config.limits, version())
+        document = openapi_document(self.config.limits, version(), bool(self.config.admin_key))
         return web.json_response(document, dumps=lambda data: orjson.dumps(data).decode())
 
     async def client_bundle(self, request: web.Request) -> web.FileResponse:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -326,6 +327,9 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
         self._closed_sessions = 0  # Engine.IO sessions ended since start
+        # ... by python-engineio's reason: client disconnect, server disconnect, ping timeout,
+        # transport close, transport error
+        self.disconnects: defaultdict[str, int] = defaultdict(int)
 
     def _engineio_server_class(self) -> type[engineio.AsyncServer]:
         return _EngineIOServer
@@ -342,6 +346,15 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
             # wait=False: a socket whose client already left has no writer to flush its queue.
             await socket.close(wait=False)
         return max(len(open_) - (len(open_) if count is None else count), 0)
+
+    def sessions_by_kind(self) -> dict[tuple[str, str], int]:
+        """Open sessions by (Engine.IO protocol, transport): ("3", "websocket") is a
+        socket.io-client 1.x/2.x on a websocket."""
+        kinds: dict[tuple[str, str], int] = defaultdict(int)
+        for socket in list(self.eio.sockets.values()):
+            protocol = "3" if isinstance(socket, LegacySocket) else "4"
+            kinds[protocol, "websocket" if socket.upgraded else "polling"] += 1
+        return dict(kinds)
 
     def closed_session_count(self) -> int:
         """Engine.IO sessions ended on this node since it started (for the GC policy)."""
@@ -477,6 +490,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
         self._closed_sessions += 1
+        self.disconnects[str(args[0]) if args and args[0] else "unknown"] += 1
         self._joined.discard(eio_sid)
         self._unjoined_packets.pop(eio_sid, None)
         self._told_ignored.discard(eio_sid)
