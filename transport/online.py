@@ -35,17 +35,16 @@ class OnlineHandler:
             return _refuse(401, "ApiKey invalid.")
         if not namespace.site.reliable:
             return _refuse(400, f"Site {site} has no userRoomPrefix: it has no users to ask for.")
-        rooms = [room for room in request.query.get("rooms", "").split(",") if room]
-        if not rooms:
-            return _refuse(400, "Missing query param 'rooms' (user rooms, comma-separated).")
+        rooms = request.query.get("rooms", "").split(",")
+        if not all(rooms):
+            return _refuse(400, "Query param 'rooms': user rooms, comma-separated, none empty.")
         if len(rooms) > self.limits.max_rooms_per_send:
             return _refuse(400, f"At most {self.limits.max_rooms_per_send} rooms at a time.")
-        for room in rooms:
-            if len(room) > self.limits.max_room_length or not namespace.site.is_user_room(room):
-                shown = room[:40] + ("..." if len(room) > 40 else "")
-                return _refuse(400, f"Not a user room of {site}: {shown!r}.")
+        if any(len(room) > self.limits.max_room_length for room in rooms):
+            return _refuse(400, f"A room name is longer than {self.limits.max_room_length}.")
+        users = [room for room in rooms if namespace.site.is_user_room(room)]  # others: offline
         try:
-            online = await self.store.online(site, rooms)
+            online = await self.store.online(site, users)
         except StoreUnavailable as exc:
             logger.error("site={} presence not read: {}", site, exc)
             return _refuse(503, f"Presence not read, try again: {exc}")

@@ -305,9 +305,22 @@ def openapi_document(limits: Limits, version: str, admin: bool = False) -> dict[
                             "name": "rooms",
                             "in": "query",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1},
+                            "style": "form",
+                            "explode": False,
+                            "schema": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": limits.max_rooms_per_send,
+                                "items": {
+                                    "type": "string",
+                                    "minLength": 1,
+                                    "maxLength": limits.max_room_length,
+                                    "pattern": "^[^,]+$",
+                                },
+                            },
                             "description": "User rooms, comma-separated, at most "
-                            f"{limits.max_rooms_per_send}",
+                            f"{limits.max_rooms_per_send}; a name that is not a user room "
+                            "is not online",
                         },
                     ],
                     "responses": {

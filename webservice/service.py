@@ -143,9 +143,8 @@ class Service:
             operators.router.add_get("/status.json", self.status_data)
             admin = AdminApi(self.namespaces, self.store, self.dispatcher, self._admin_refusal)
             admin.add_routes(operators)
-        self.app.router.add_get(
-            "/presence", OnlineHandler(self.namespaces, self.store, config.limits)
-        )
+        self._online = OnlineHandler(self.namespaces, self.store, config.limits)
+        self.app.router.add_get("/presence", self._presence)
         self.bus.on_disconnect = self._disconnect_signalled
         if config.serve_client:
             self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
@@ -326,6 +325,9 @@ class Service:
     async def _send(self, request: web.Request) -> web.Response:
         assert self._send_handler is not None
         return await self._send_handler(request)
+
+    async def _presence(self, request: web.Request) -> web.Response:
+        return await self._online(request)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(
