@@ -26,6 +26,9 @@ spelt anywhere else.
     {prefix}{b<n>}:{site}:members:{room}        SET   the bucket's users holding the room
     {prefix}{b<n>}:{site}:idem:{key}            STRING what the part of a message sent with
                                                       this idempotency key stored (expires)
+    {prefix}{b<n>}:depth                        HASH  site -> messages stored in the bucket's
+                                                      queues (the queue_depth metric: read
+                                                      without walking the keyspace)
     {prefix}{b<n>}:expiring:users               ZSET  "{p}\\t{user}", score: when the user's
                                                       keys expire (ms); the sweep then takes
                                                       it out of its rooms' members
@@ -60,6 +63,7 @@ USER, DEVICES, ROOMS, MEMBERS = "user", "devices", "rooms", "members"
 IDEMPOTENCY = "idem"
 NODE = "node"
 EXPIRING = "expiring"
+DEPTH = "depth"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
 
 
@@ -140,11 +144,6 @@ def room_buckets(prefix: str, site: str, room: str) -> str:
     return f"{prefix}{{{escape(site)}{SEP}{escape(room)}}}{SEP}buckets"
 
 
-def messages_pattern(prefix: str, site: str) -> str:
-    """A SCAN pattern for every message hash of a site (site names hold no glob character)."""
-    return f"{prefix}{{b*}}{SEP}{escape(site)}{SEP}{MESSAGES}{SEP}*"
-
-
 def message_field(seq: int, event: str) -> str:
     """A message's field in its device's message hash."""
     return f"{seq}{SEP}{event}"
@@ -191,6 +190,13 @@ def layout_1_key(prefix: str, key: str) -> tuple[str, str, str] | None:
     if len(parts) == 3 and parts[1] in LAYOUT_1_KINDS:
         return parts[1], parts[0], parts[2]
     return None
+
+
+def depth(g: str) -> str:
+    """The bucket's count of stored messages, per site (a site's queue depth is the sum of its
+    field over the buckets). Every script that stores or removes messages changes it; the
+    sweep removes an expired device's queue, and counts it out."""
+    return f"{g}{DEPTH}"
 
 
 def expiring(g: str) -> tuple[str, str]:
@@ -249,6 +255,14 @@ local function user_keys(p, user)
     p .. {_lua(ROOMS + SEP)} .. user
 end
 local function members_key(p, room) return p .. {_lua(MEMBERS + SEP)} .. room end
+-- Of any key of a site in a bucket (or its prefix p): the bucket's depth hash, the site's field.
+local function depth_key(key)
+  return string.sub(key, 1, string.find(key, '}}', 1, true) + 1) .. {_lua(DEPTH)}
+end
+local function site_field(key)
+  local from = string.find(key, '}}', 1, true) + 2
+  return string.sub(key, from, string.find(key, {_lua(SEP)}, from, true) - 1)
+end
 local function user_key(p, user) return p .. {_lua(USER + SEP)} .. user end
 local function node_field(node) return {_lua(NODE_FIELD)} .. node end
 local NODE_FIELD = {_lua(NODE_FIELD)}

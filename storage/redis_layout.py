@@ -79,7 +79,7 @@ async def _refuse_if_old_nodes_run(wire: Wire, prefix: str, dead_after: float) -
     if alive:
         raise StoreUnavailable(
             f"nodes of the earlier release are running ({len(alive)}): stop them, then start "
-            "this release, which converts their Redis layout (README, Upgrading)"
+            "this release, which converts their Redis layout (docs/deployment.md, Upgrading)"
         )
 
 

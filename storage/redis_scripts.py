@@ -35,16 +35,29 @@ end
 # How long a user's shared rooms outlive its keys, so that the sweep can read them and take
 # the user out of each room's members (ms; the sweep runs every minute).
 ROOMS_GRACE_MS = 86_400_000
+# How long a queue outlives its device's expiry, for the sweep to count it out (ms).
+QUEUE_GRACE_MS = 86_400_000
 
 
 # What a device's, and a user's, last disconnect leaves: keys that expire in ttl ms (0: never),
 # and an entry saying when, for the sweep.
 _GONE = f"""
 local ROOMS_GRACE_MS = {ROOMS_GRACE_MS}
+local QUEUE_GRACE_MS = {QUEUE_GRACE_MS}
+-- A queue outlives its device by QUEUE_GRACE_MS: the sweep deletes it when the device has
+-- expired and counts its messages out of the depth (Redis's own expiry is the backstop).
 local function device_gone(ttl, exp_devices, p, user, device)
   local dev, msg = device_keys(p, user, device)
-  expire_all(ttl, dev, msg)
-  if ttl > 0 then redis.call('ZADD', exp_devices, now_ms() + ttl, held_entry(p, user, device)) end
+  if ttl > 0 then
+    redis.call('PEXPIRE', dev, ttl)
+    redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS)
+    redis.call('ZADD', exp_devices, now_ms() + ttl, held_entry(p, user, device))
+  else
+    redis.call('PERSIST', dev); redis.call('PERSIST', msg)
+  end
+end
+local function count_out(key, n)  -- n messages of the site of key left the bucket
+  if n > 0 then redis.call('HINCRBY', depth_key(key), site_field(key), -n) end
 end
 local function user_gone(ttl, exp_users, p, user)
   local ukey, devices, rooms = user_keys(p, user)
@@ -110,12 +123,26 @@ end
 local old_rooms = redis.call('SMEMBERS', rooms)
 for _, room in ipairs(old_rooms) do redis.call('EXISTS', members_key(p, room)) end
 for i = 7, #ARGV do redis.call('EXISTS', members_key(p, ARGV[i])) end
+redis.call('EXISTS', depth_key(p))
+-- the queue of a device that expired (not swept yet), and those of the retired ones
+local stale = redis.call('EXISTS', dev) == 0 and redis.call('HLEN', msg) or 0
+local retired_queued = {}
+for k, name in ipairs(retire) do
+  local _, omsg = device_keys(p, user, name)
+  retired_queued[k] = redis.call('HLEN', omsg)
+end
 -- writes
 for _, name in ipairs(expired) do redis.call('SREM', devices, name) end
-for _, name in ipairs(retire) do
-  redis.call('DEL', device_keys(p, user, name))
+for k, name in ipairs(retire) do
+  local odev, omsg = device_keys(p, user, name)
+  redis.call('DEL', odev, omsg)
+  count_out(p, retired_queued[k])
   redis.call('SREM', devices, name)
   redis.call('ZREM', exp_devices, held_entry(p, user, name))
+end
+if stale > 0 then
+  redis.call('DEL', msg)
+  count_out(p, stale)
 end
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
@@ -150,6 +177,7 @@ DISCONNECT_DEVICE = _script(
 local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
+redis.call('EXISTS', depth_key(dev))  -- reads first (cluster)
 if redis.call('EXISTS', dev) == 1 then
   redis.call('HSET', dev, 'seen', now_us())
   if redis.call('HINCRBY', dev, field, -1) <= 0 then
@@ -159,6 +187,7 @@ if redis.call('EXISTS', dev) == 1 then
   if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
     redis.call('HSET', dev, 'conns', 0)
     if forget then
+      count_out(p, redis.call('HLEN', msg))
       redis.call('DEL', dev, msg)
       redis.call('SREM', devices, device)
     else
@@ -215,6 +244,7 @@ while i <= #ARGV do
  for _ = 1, parts do
   out[1] = out[1] + 1
   local p = ARGV[i]
+  local depth = KEYS[key_at]  -- the part's bucket's depth: a declared key of its slot
   local idem = keyed and KEYS[key_at + 1] or nil
   key_at = key_at + (idem and 2 or 1)
   local n_users, n_rooms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -258,7 +288,7 @@ while i <= #ARGV do
       else
         local seq = redis.call('HINCRBY', dev, 'seq', 1)
         redis.call('HSET', msg, message_field(seq, event), record)
-        if ttl > 0 then redis.call('PEXPIRE', msg, ttl) end
+        if ttl > 0 then redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
         out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
         out[#out + 1] = holders
         out[count_at] = out[count_at] + 1
@@ -282,6 +312,7 @@ while i <= #ARGV do
       end
     end
     for _, plan in ipairs(plans) do apply(plan) end
+    if out[count_at] > 0 then redis.call('HINCRBY', depth, site_field(p), out[count_at]) end
     if idem then
       local record_of = {out[count_at]}
       if out[count_at] <= RECORDED_DELIVERIES then
@@ -308,12 +339,14 @@ return out
 #   fields of its acked messages -> for each device, how many were still stored and are now
 #   removed
 ACK = _script("""
+for k = 1, #KEYS do redis.call('EXISTS', depth_key(KEYS[k])) end  -- reads first (cluster)
 local out, i = {}, 1
 for k = 1, #KEYS do
   local last, removed = i + tonumber(ARGV[i]), 0
   for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
     removed = removed + redis.call('HDEL', KEYS[k], unpack(ARGV, j, math.min(j + 999, last)))
   end
+  count_out(KEYS[k], removed)
   out[k] = removed
   i = last + 1
 end
@@ -338,13 +371,16 @@ for _, field in ipairs(redis.call('HKEYS', msg)) do
   end
 end
 local last = tonumber(redis.call('HGET', dev, 'seq') or seq)
+redis.call('EXISTS', depth_key(msg))
 if head == seq then
   redis.call('HDEL', msg, mine)
+  count_out(msg, 1)
   return -1
 end
 for j = 1, #same, 1000 do
   redis.call('HDEL', msg, unpack(same, j, math.min(j + 999, #same)))
 end
+count_out(msg, #same)
 return last
 """)
 
@@ -423,14 +459,22 @@ local function not_yet(zset, entry, key)
   local ttl = redis.call('PTTL', key)
   later[#later + 1] = {zset, entry, ttl >= 0 and now + ttl + 1 or nil}  -- -1: persisted
 end
+local queues = {}  -- the queues of expired devices: deleted, and counted out of the depth
 for _, entry in ipairs(due_devices) do
   local p, user, device = split_held(entry)
   local _, devices = user_keys(p, user)
-  local dev = device_keys(p, user, device)
+  local dev, msg = device_keys(p, user, device)
   if redis.call('EXISTS', dev) == 1 then
     not_yet(exp_devices, entry, dev)
-  elseif redis.call('SISMEMBER', devices, device) == 1 then
-    gone_devices[#gone_devices + 1] = {devices, device}
+  else
+    local queued = redis.call('HLEN', msg)
+    if queued > 0 then
+      redis.call('EXISTS', depth_key(msg))
+      queues[#queues + 1] = {msg, queued}
+    end
+    if redis.call('SISMEMBER', devices, device) == 1 then
+      gone_devices[#gone_devices + 1] = {devices, device}
+    end
   end
 end
 for _, entry in ipairs(due_users) do
@@ -449,6 +493,10 @@ for _, entry in ipairs(due_users) do
 end
 -- writes
 local removed, emptied = 0, {}
+for _, queue in ipairs(queues) do
+  redis.call('DEL', queue[1])
+  count_out(queue[1], queue[2])
+end
 for _, gone in ipairs(gone_devices) do removed = removed + redis.call('SREM', gone[1], gone[2]) end
 for _, gone in ipairs(gone_users) do
   local p, user, rooms, held = unpack(gone)
@@ -489,8 +537,10 @@ IMPORT_QUEUE = _script("""
 local dev, msg, ukey, devices, exp_devices = unpack(KEYS)
 local p, user, device = ARGV[1], ARGV[2], ARGV[3]
 local ttl, max_queue = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('EXISTS', depth_key(msg))  -- reads first (cluster)
 local created = redis.call('EXISTS', dev) == 0
 if created then
+  count_out(msg, redis.call('HLEN', msg))  -- an expired device's queue, not swept yet
   redis.call('DEL', msg)
   redis.call('HSET', dev, 'conns', 0, 'seq', 0, 'seen', now_us())
 end
@@ -516,6 +566,7 @@ for i = 6, #ARGV, 3 do
   end
 end
 redis.call('HSET', dev, 'imported', last)
+if stored > 0 then redis.call('HINCRBY', depth_key(msg), site_field(msg), stored) end
 if tonumber(redis.call('HGET', dev, 'conns') or '0') <= 0 then
   local left, keep = redis.call('PTTL', dev), ttl
   if not created then
@@ -546,7 +597,9 @@ PURGE_QUEUE = _script("""
 local dev, msg = unpack(KEYS)
 if redis.call('EXISTS', dev) == 0 then return -1 end
 local queued = redis.call('HLEN', msg)
+redis.call('EXISTS', depth_key(msg))
 redis.call('DEL', msg)
+count_out(msg, queued)
 redis.call('HSET', dev, 'overflow', 1)
 return queued
 """)
@@ -564,7 +617,8 @@ for i = 1, #flat, 2 do
   local event = string.sub(record, 2, string.find(record, '\\0', 2, true) - 1)
   redis.call('HSET', new, message_field(flat[i], event), record)
 end
-if ttl > 0 then redis.call('PEXPIRE', new, ttl) end
+redis.call('HINCRBY', depth_key(new), site_field(new), #flat / 2)
+if ttl > 0 then redis.call('PEXPIRE', new, ttl + QUEUE_GRACE_MS) end
 redis.call('DEL', old)
 return 1
 """)

@@ -409,12 +409,7 @@ class RedisStore(StoreBase):
                 by_bucket.setdefault(p, ([], []))[1].append(escape(room))
         parts = []
         for p, (part_users, part_rooms) in sorted(by_bucket.items()):
-            anchor = (
-                f"{p}{keys.DEVICES}{keys.SEP}{part_users[0]}"
-                if part_users
-                else f"{p}{keys.MEMBERS}{keys.SEP}{part_rooms[0]}"
-            )
-            names = [anchor]
+            names = [keys.depth(keys.bucket_of_prefix(p))]  # ENQUEUE counts what it stores
             if message.idempotency_id:
                 names.append(keys.idempotency(p, message.idempotency_id))
             group = [p, len(part_users), len(part_rooms), *part_users, *part_rooms]
@@ -593,10 +588,15 @@ class RedisStore(StoreBase):
         commands: list[tuple[Any, ...]] = []
         for site, user, device, _ in items:
             dev, msg = keys.device_keys(self._p(site, user), user, device)
-            commands += [(b"HGET", dev, b"seq"), (b"HGETALL", msg)]
+            commands += [(b"HMGET", dev, b"seq", b"conns"), (b"HGETALL", msg)]
         flat = await self._call("read_queue", lambda: self.wire.pipeline(commands))
         backlogs = []
-        for (*_, after_seq), last, records in zip(items, flat[::2], flat[1::2], strict=True):
+        for (*_, after_seq), (last, conns), records in zip(
+            items, flat[::2], flat[1::2], strict=True
+        ):
+            if conns is None:  # the device expired; its queue waits for the sweep
+                backlogs.append(Backlog([], 0))
+                continue
             seqs = map(keys.message_seq, records[::2])
             ordered = sorted(zip(seqs, records[1::2], strict=True))
             messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
@@ -702,26 +702,17 @@ class RedisStore(StoreBase):
         return sorted(node.decode() for node in await self._call("alive_nodes", read))
 
     async def queue_depths(self, sites: Sequence[str]) -> dict[str, int]:
-        depths = {}
-        for site in sites:
-            pattern = keys.messages_pattern(self.key_prefix, site)
-
-            async def count(pattern: str = pattern) -> int:
-                total = 0
-                for wire in self.wire.primaries():
-                    cursor = b"0"
-                    while True:
-                        cursor, found = await wire.command(
-                            b"SCAN", cursor, b"MATCH", pattern, b"COUNT", 1000
-                        )
-                        if found:
-                            total += sum(await wire.pipeline([(b"HLEN", k) for k in found]))
-                        if cursor == b"0":
-                            break
-                return total
-
-            depths[site] = await self._call("queue_depths", count)
-        return depths
+        """From each bucket's depth counter: BUCKETS reads whatever the keyspace holds."""
+        commands = [
+            (b"HGETALL", keys.depth(keys.bucket_tag(self.key_prefix, b))) for b in range(BUCKETS)
+        ]
+        found = await self._call("queue_depths", lambda: self.wire.pipeline(commands))
+        totals: dict[str, int] = {}
+        for flat in found:
+            for field, count in zip(flat[::2], flat[1::2], strict=True):
+                site = unescape(field.decode())
+                totals[site] = totals.get(site, 0) + int(count)
+        return {site: max(totals.get(site, 0), 0) for site in sites}
 
 
 class _PartAnswer:

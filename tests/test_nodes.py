@@ -564,7 +564,7 @@ async def test_a_nodes_channel_moving_to_another_primary_loses_no_signal_for_goo
     a, b = await start_nodes(2, REDIS_URL=cluster_url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
     stub.answers["t1"] = ["user_1"]
     client = await connect(a.url, "shop", "t1", "phone")
-    found = re.search(r"node (\w+) listening", a.logs())
+    found = re.search(r"node \S+ \((\w+)\) listening", a.logs())
     assert found is not None, a.logs()
     channel = redis_keys.deliver_channel("sws:", found.group(1))
 

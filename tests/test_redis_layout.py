@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from socketio_webservice.storage import Message, StoreUnavailable, redis_keys
+from socketio_webservice.storage import Message, StoreUnavailable, redis_keys, redis_scripts
 from socketio_webservice.storage.redis_store import RedisStore
 
 FIXTURE = Path(__file__).parent / "fixtures" / "redis_layout_1.json"
@@ -70,7 +70,10 @@ async def test_a_store_written_by_the_previous_release_is_converted_and_nothing_
         tablet = redis_keys.device_keys(
             redis_keys.user_prefix("sws:", "shop", "user_1"), "user_1", "tablet:2"
         )
-        assert all(0 < client.pttl(key) <= 3_600_000 for key in tablet)
+        assert 0 < client.pttl(tablet[0]) <= 3_600_000
+        # its queue outlives it by the grace in which the sweep counts it out of the depth
+        assert 3_600_000 < client.pttl(tablet[1]) <= 3_600_000 + redis_scripts.QUEUE_GRACE_MS
+        assert await store.queue_depths(["shop", "news2"]) == {"shop": 7, "news2": 1}
         assert client.zrange("sws:nodes", 0, -1) == [b"new-node"]
         # Sends reach the converted devices and rooms, after what they had.
         deliveries = await store.enqueue("shop", [], ["staff"], Message("n", [1]))
