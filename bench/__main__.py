@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
         "--auth-port",
         type=int,
         help="with --url: serve the stub site's authUrl, http://127.0.0.1:PORT/auth, for a "
-        "service started by hand (the original, say: README, Benchmarks)",
+        "service started by hand (the original, say: docs/benchmarks.md)",
     )
     parser.add_argument("--out", default="bench/results", help="folder for the JSON file")
     parser.add_argument("--chart", help="write the PNG chart here (needs matplotlib)")

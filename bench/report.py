@@ -1,4 +1,4 @@
-"""The figures as a terminal table, a JSON file, and a PNG chart for the README."""
+"""The figures as a terminal table, a JSON file, and a PNG chart for docs/benchmarks.md."""
 
 from __future__ import annotations
 

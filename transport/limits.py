@@ -1,7 +1,7 @@
 """Every bound on what a site or a client may send, in one place.
 
 Each one is configurable (``limits:`` in config.yml, or the upper-case environment variable of
-the same name) and documented in the README with its default. Reaching one gets a clear answer:
+the same name) and documented in docs/limits.md with its default. Reaching one gets a clear answer:
 a 400 naming the field, a connect error, or the socket closed with one log line.
 """
 

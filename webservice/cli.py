@@ -21,7 +21,7 @@ from .version import version
 
 DESCRIPTION = "Run the socketio-webservice push service."
 ENVIRONMENT = """\
-environment variables (they override config.yml; see README.md, Configuration):
+environment variables (they override config.yml; see docs/configuration.md):
   NODE_ENV / APP_ENV       section of config.yml to read (default: production)
   CONFIG_FILE, SITES_FILE  config.yml and sites.yml paths
   SITE_NAME, AUTH_URL, API_KEY, AUTH_SCHEME, USER_ROOM_PREFIX, UPDATE_USER_URL,
@@ -36,7 +36,7 @@ environment variables (they override config.yml; see README.md, Configuration):
                            which the sockets are closed (default 10)
   ADMIN_KEY                key of the /status page (no key: no page)
   LOG_FORMAT               text (default) or json: one JSON object per line
-  MAX_SEND_BODY, ...       every limit, by its name in upper case (README, Limits)
+  MAX_SEND_BODY, ...       every limit, by its name in upper case (docs/limits.md)
 
 signals: SIGTERM/SIGINT drain and stop (a second one: at once); SIGHUP reloads the sites
 and reopens the log file.

@@ -340,7 +340,7 @@ def load_config(
     config_file: str | None = None,
     sites_file: str | None = None,
 ) -> Config:
-    """Build the configuration from files and environment; see the README for every key."""
+    """Build the configuration from files and environment; docs/configuration.md has every key."""
     env = os.environ if environ is None else environ
     env_name = env.get("NODE_ENV") or env.get("APP_ENV") or "production"
 

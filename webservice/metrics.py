@@ -3,7 +3,7 @@
 Every layer counts in plain numbers on its own objects (``storage.stats``, ``actors.counts``,
 ``transport.stats``); this module reads them when Prometheus scrapes, so a delivery pays an
 addition, not a metrics library call. Metric names start with ``socketio_webservice_``; what
-each means is in the README ("Metrics").
+each means is in docs/operations.md ("Metrics").
 """
 
 from __future__ import annotations
