@@ -2,10 +2,10 @@
 supervises and retires them. The transport posts messages; the actors answer through an
 outbox the transport implements."""
 
-from .counts import DeliveryCounts
 from .messages import ActorMessage, Attach, CatchUp, Deliver, Detach, Register, TooManyDevices
 from .outbox import Outbox
 from .registry import ActorRegistry
+from .stats import DeliveryStats
 
 __all__ = [
     "ActorMessage",
@@ -13,7 +13,7 @@ __all__ = [
     "Attach",
     "CatchUp",
     "Deliver",
-    "DeliveryCounts",
+    "DeliveryStats",
     "Detach",
     "Outbox",
     "Register",

@@ -7,9 +7,9 @@ import asyncio
 from loguru import logger
 
 from ..storage import Store
-from .counts import DeliveryCounts
 from .messages import ActorMessage, CatchUp, Deliver
 from .outbox import Outbox
+from .stats import DeliveryStats
 from .user_actor import UserActor
 
 
@@ -21,7 +21,7 @@ class ActorRegistry:
         self.store = store
         self.outbox = outbox
         self.actors: dict[str, UserActor] = {}
-        self.counts = DeliveryCounts()
+        self.stats = DeliveryStats()
         self._tasks: dict[UserActor, asyncio.Task[None]] = {}
 
     def tell(self, user: str, message: ActorMessage) -> None:
@@ -63,7 +63,7 @@ class ActorRegistry:
 
     def _spawn(self, user: str) -> UserActor:
         actor = UserActor(
-            self.site, user, self.store, self.outbox, self.counts, self._retire, self._start
+            self.site, user, self.store, self.outbox, self.stats, self._retire, self._start
         )
         self.actors[user] = actor
         return actor

@@ -23,7 +23,6 @@ import orjson
 from loguru import logger
 
 from ..storage import Message, Store, StoredMessage, StoreUnavailable
-from .counts import DeliveryCounts
 from .mailbox import Mailbox
 from .messages import (
     Ack,
@@ -40,6 +39,7 @@ from .messages import (
     TooManyDevices,
 )
 from .outbox import Outbox
+from .stats import DeliveryStats
 
 MAILBOX_LIMIT = 10_000  # deliveries beyond it are dropped from the mailbox and re-read instead
 HOLD_LIMIT = 1_000  # out-of-order deliveries held per device while a gap fills
@@ -101,7 +101,7 @@ class UserActor:
         "_retries_waiting",
         "_running",
         "_successor",
-        "counts",
+        "stats",
         "devices",
         "mailbox",
         "outbox",
@@ -117,7 +117,7 @@ class UserActor:
         user: str,
         store: Store,
         outbox: Outbox,
-        counts: DeliveryCounts,
+        stats: DeliveryStats,
         on_idle: Callable[[UserActor], None],
         on_work: Callable[[UserActor], None],
     ) -> None:
@@ -125,7 +125,7 @@ class UserActor:
         self.user = user
         self.store = store
         self.outbox = outbox
-        self.counts = counts
+        self.stats = stats
         self._on_idle = on_idle
         self._on_work = on_work
         self._running = False  # a task is handling the mailbox
@@ -339,7 +339,7 @@ class UserActor:
             payload = '["_batch",[' + ",".join(m.payload for m in batch) + "]]"
             acked = [(m.seq, m.event) for m in batch]
             self.outbox.send(sid, payload, self._on_ack(info.device, acked))
-            self.counts.batched += len(batch)
+            self.stats.batched += len(batch)
         if info.resync_due:  # the batch is not all it missed: it must resync
             info.resync_due = False
             self._send_resync(sid)
@@ -419,7 +419,7 @@ class UserActor:
     async def _reread(self, device: str, link: DeviceLink) -> None:
         """Send what the store holds past ``last_seq``: it has everything a gap is missing."""
         link.stop_waiting()
-        self.counts.rereads += 1
+        self.stats.rereads += 1
         await self._acks_written()
         missed = await self.store.read_queue(self.site, self.user, device, after_seq=link.last_seq)
         for stored in missed.messages:
@@ -448,7 +448,7 @@ class UserActor:
         accepted_at: float = 0.0,
     ) -> None:
         """``accepted_at``: when /send took a live message (0 for one read from the queue)."""
-        self.counts.live += 1
+        self.stats.live += 1
         if resync:
             ack = ResyncAck(sid, device, seq, event)
             self.outbox.send(sid, payload, lambda *_: self.tell(ack))
@@ -459,9 +459,9 @@ class UserActor:
 
     def _on_ack(self, device: str, acked: list[tuple[int, str]], accepted_at: float = 0.0) -> Any:
         def on_ack(*_client_args: Any) -> None:
-            self.counts.acked += len(acked)
+            self.stats.acked += len(acked)
             if accepted_at:
-                self.counts.delivery_latency.observe(time.time() - accepted_at)
+                self.stats.delivery_latency.observe(time.time() - accepted_at)
             future = self.store.ack(self.site, self.user, device, acked)
             assert isinstance(future, asyncio.Future)
             self._acks_in_flight.add(future)
@@ -503,7 +503,7 @@ class UserActor:
 
     def _send_resync(self, sid: str) -> None:
         self.outbox.send(sid, RESYNC)
-        self.counts.resyncs += 1
+        self.stats.resyncs += 1
 
     # --- failures ----------------------------------------------------------------------------
 

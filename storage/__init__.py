@@ -1,6 +1,7 @@
 """Where messages, devices and room membership are kept: Redis or SQLite, one contract."""
 
-from .base import (
+from .factory import make_store
+from .store import (
     Backlog,
     Delivery,
     HeadAck,
@@ -15,7 +16,6 @@ from .base import (
     StoreUnavailable,
     stored_count,
 )
-from .factory import make_store
 
 __all__ = [
     "Backlog",

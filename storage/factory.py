@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (
+from .redis_keys import DEFAULT_PREFIX
+from .redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT, RedisStore
+from .sqlite_store import SQLiteStore
+from .store import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_STEP_MS,
     Store,
 )
-from .redis_keys import DEFAULT_PREFIX
-from .redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT, RedisStore
-from .sqlite_store import SQLiteStore
 
 
 def make_store(

@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .base import ImportedMessage, Message, StoreUnavailable
 from .redis_wire import FAILURES, RedisWire
+from .store import ImportedMessage, Message, StoreUnavailable
 
 KEY_MARK = ":socket.io:"
 SCAN_COUNT = 1000  # keys SCAN looks at per call

@@ -19,9 +19,9 @@ from loguru import logger
 
 from . import redis_keys as keys
 from . import redis_scripts as scripts
-from .base import StoreUnavailable
 from .redis_keys import HELD_SEP, LAYOUT, escape, layout_1_unescape
 from .redis_wire import ClusterWire, RedisWire
+from .store import StoreUnavailable
 
 LOCK_MS = 120_000  # the converter's lock lasts this long at most
 SCAN_COUNT = 1000

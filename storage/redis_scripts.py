@@ -15,9 +15,9 @@ changed nothing, and is run again once the move is done (``redis_wire``). Times 
 milliseconds; a ttl of 0 means never expire.
 """
 
-from .base import RECORDED_DELIVERIES
 from .redis_keys import LUA_PRELUDE
 from .redis_wire import Script
+from .store import RECORDED_DELIVERIES
 
 # Redis's clock, in milliseconds (HEARTBEAT's "now", and the deadline check), and in
 # microseconds.

@@ -21,7 +21,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import redis_keys as keys
 from . import redis_layout
 from . import redis_scripts as scripts
-from .base import (
+from .redis_keys import BUCKETS, DEFAULT_PREFIX, escape, unescape
+from .redis_wire import ClusterWire, RedisWire, Script, WriteInDoubt, late, wire_for
+from .store import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
@@ -43,8 +45,6 @@ from .base import (
     StoredMessage,
     StoreUnavailable,
 )
-from .redis_keys import BUCKETS, DEFAULT_PREFIX, escape, unescape
-from .redis_wire import ClusterWire, RedisWire, Script, WriteInDoubt, late, wire_for
 from .store_base import ReadItem, StoreBase
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
-from .base import (
+from .store import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,

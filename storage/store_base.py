@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 from loguru import logger
 
-from .base import (
+from .coalesce import Failed, WriteCoalescer
+from .stats import StoreStats
+from .store import (
     DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_MAX_DEVICES,
     DEFAULT_MAX_QUEUE,
@@ -34,8 +36,6 @@ from .base import (
     StoredMessage,
     StoreUnavailable,
 )
-from .coalesce import Failed, WriteCoalescer
-from .stats import StoreStats
 
 SWEEP_INTERVAL = 60.0  # seconds between sweeps of what expired
 

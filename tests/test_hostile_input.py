@@ -15,7 +15,7 @@ import socketio
 from bench.sim_client import SimClient
 from socketio_webservice.transport.form_body import parse_form
 from socketio_webservice.transport.limits import Limits
-from socketio_webservice.webservice.logging import redact
+from socketio_webservice.webservice.log_setup import redact
 from tests.harness import Client, Harness
 
 WAIT = 5.0

@@ -15,7 +15,6 @@ import orjson
 import pytest
 
 from socketio_webservice.actors import user_actor
-from socketio_webservice.actors.counts import DeliveryCounts
 from socketio_webservice.actors.mailbox import Mailbox
 from socketio_webservice.actors.messages import (
     ActorMessage,
@@ -25,6 +24,7 @@ from socketio_webservice.actors.messages import (
     Register,
 )
 from socketio_webservice.actors.registry import ActorRegistry
+from socketio_webservice.actors.stats import DeliveryStats
 from socketio_webservice.actors.user_actor import UserActor
 from socketio_webservice.storage import Message, Store, StoreUnavailable
 
@@ -93,7 +93,7 @@ class Runner:
 
     def spawn(self, store: Any, outbox: FakeOutbox) -> UserActor:
         return UserActor(
-            SITE, USER, store, outbox, DeliveryCounts(), on_idle=lambda _: None, on_work=self.start
+            SITE, USER, store, outbox, DeliveryStats(), on_idle=lambda _: None, on_work=self.start
         )
 
     async def stop(self) -> None:
@@ -224,7 +224,7 @@ async def test_a_gap_that_does_not_fill_is_read_from_the_store(
     actor.tell(await store_message(store, 2))
     # after GAP_WAIT the actor re-reads the queue: 1 from the store, then 2, once each
     assert [(await outbox.next()).args for _ in range(2)] == [[1], [2]]
-    assert actor.counts.rereads == 1
+    assert actor.stats.rereads == 1
     await actor.drained()
     assert outbox.nothing_sent()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..storage.base import DEFAULT_MAX_DEVICES, DEFAULT_STEP_MS
+from ..storage.store import DEFAULT_MAX_DEVICES, DEFAULT_STEP_MS
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,12 +95,10 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return len(sids)
 
     def is_connected(self, sid: str) -> bool:
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, self.namespace)
-        if eio_sid is not None and eio_sid in self.server.environ:
-            return True
-        if self.server.manager.is_connected(sid, self.namespace):
-            # python-socketio marks a socket connected even if it left during the handshake.
-            self._background(self.server.manager.disconnect(sid, self.namespace, ignore_queue=True))
+        alive = self.server.socket_alive(sid, self.namespace)
+        if isinstance(alive, bool):
+            return alive
+        self._background(alive)  # it left during the handshake: take it out of the rooms
         return False
 
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:

@@ -15,7 +15,7 @@ from . import backup, import_original
 from .config import Config, ConfigError, describe, load_config
 from .demo import add_demo_site, install_demo_routes
 from .gc_policy import collect_after_churn, tune_gc
-from .logging import setup_logging
+from .log_setup import setup_logging
 from .service import Service, StartupError
 from .version import version
 

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from ..sites import SiteConfig
-from ..storage.base import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_QUEUE
 from ..storage.redis_store import DEFAULT_NODE_DEAD_AFTER, DEFAULT_TIMEOUT
+from ..storage.store import DEFAULT_IDEMPOTENCY_TTL, DEFAULT_MAX_QUEUE
 from ..transport.limits import LIMIT_NAMES, Limits
 from .redis_settings import (
     DEFAULT_KEY_PREFIX,

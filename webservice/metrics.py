@@ -1,6 +1,6 @@
 """``GET /metrics`` for Prometheus, and the figures the ``/status`` page shows.
 
-Every layer counts in plain numbers on its own objects (``storage.stats``, ``actors.counts``,
+Every layer counts in plain numbers on its own objects (``storage.stats``, ``actors.stats``,
 ``transport.stats``); this module reads them when Prometheus scrapes, so a delivery pays an
 addition, not a metrics library call. Metric names start with ``socketio_webservice_``; what
 each means is in docs/operations.md ("Metrics").
@@ -144,7 +144,7 @@ class ServiceMetrics:
         return self.stats.sends.get((site, 200), 0)
 
     def delivered(self, site: str) -> int:
-        counts = self.namespaces[site].registry.counts
+        counts = self.namespaces[site].registry.stats
         return counts.live + counts.batched
 
     # --- the Prometheus collector -------------------------------------------------------------
@@ -186,7 +186,7 @@ class ServiceMetrics:
             labels=["site"],
         )
         for site in self.namespaces:
-            counts = self.namespaces[site].registry.counts
+            counts = self.namespaces[site].registry.stats
             connections.add_metric([site, node], self.connections(site))
             users.add_metric([site, node], self.users(site))
             delivered.add_metric([site, node, "live"], counts.live)

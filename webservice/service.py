@@ -415,8 +415,7 @@ class Service:
         for task in (self._heartbeat, self._watchdog):
             if task is not None:
                 task.cancel()
-        if isinstance(self.sio.manager, IndexedRedisManager):
-            await self.sio.manager.stop_listener(DRAIN_TIMEOUT)
+        await self.sio.stop_broadcasts(DRAIN_TIMEOUT)
         await self.bus.stop()
         if self.http is not None:
             await self.http.close()

@@ -26,7 +26,7 @@ import contextlib
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -371,6 +371,22 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     def _connected(self, namespace: str) -> Any:
         """python-socketio's room of every socket of ``namespace`` (sid -> Engine.IO sid)."""
         return self.manager.rooms.get(namespace, {}).get(None, {})
+
+    def socket_alive(self, sid: str, namespace: str) -> Coroutine[Any, Any, None] | bool:
+        """Whether the socket ``sid`` of ``namespace`` is still connected. python-socketio
+        marks a socket connected even if it left during the handshake: such a one is not,
+        and what would take it out of python-socketio's rooms is returned, to be run."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is not None and eio_sid in self.environ:
+            return True
+        if self.manager.is_connected(sid, namespace):
+            return self.manager.disconnect(sid, namespace, ignore_queue=True)  # type: ignore[no-any-return]
+        return False
+
+    async def stop_broadcasts(self, timeout: float) -> None:
+        """Several nodes: stop the Redis listener of plain sites' broadcasts."""
+        if isinstance(self.manager, IndexedRedisManager):
+            await self.manager.stop_listener(timeout)
 
     def unregister_namespace(self, namespace: str) -> None:
         """Connects to ``namespace`` are refused from now on, as to any unknown namespace."""

@@ -12,7 +12,7 @@ from ..histogram import Histogram
 
 
 @dataclass(slots=True)
-class DeliveryCounts:
+class DeliveryStats:
     live: int = 0  # messages sent to a socket one by one (live, or after a re-read)
     batched: int = 0  # messages sent inside a _batch
     acked: int = 0  # messages the clients acked
