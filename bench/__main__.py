@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from bench.environment import AuthStub, Environment, NodeReference, Target, raise_fd_limit
+from bench.official_client import OfficialClients
 from bench.report import markdown, save_chart, save_json, table
 from bench.scenarios import Bench, Result
 
@@ -50,9 +52,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
         "--client",
-        choices=["eio4", "eio3", "both"],
+        choices=["eio4", "eio3", "both", "node4", "node2"],
         default="eio4",
-        help="simulated clients: Engine.IO v4 (socket.io-client 3/4), v3 (1.x/2.x), or both",
+        help="simulated clients: Engine.IO v4 (socket.io-client 3/4), v3 (1.x/2.x), or both; "
+        "or the official socket.io-client under Node: node4 (4.x), node2 (2.x)",
     )
     parser.add_argument(
         "--sqlite-synchronous",
@@ -82,10 +85,16 @@ async def run_one(
     scenarios: list[str],
     protocol: int = 4,
     site: str = "shop",
+    official: str | None = None,
 ) -> list[Result]:
+    """``official``: "4" or "2", the official socket.io-client of that major version."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        bench = Bench(target, store, n, http, protocol, site)
+        pool = None
+        if official is not None:
+            prefix = f"n{random.randrange(16**6):06x}u"
+            pool = await OfficialClients.start(target.url, site, prefix, n, official)
+        bench = Bench(target, store, n, http, protocol, site, official=pool)
         results = [await bench.connect()]
         for name in scenarios:
             if name != "connect":
@@ -96,6 +105,9 @@ async def run_one(
     if protocol == 3:
         for result in results:
             result.scenario += " eio3"
+    if official is not None:
+        for result in results:
+            result.scenario += f" js{official}"
     return results
 
 
@@ -151,7 +163,8 @@ async def main() -> None:
     rows: list[dict[str, Any]] = []
     stores = ["redis", "sqlite"] if args.store == "both" else [args.store]
     every_run: list[dict[str, Any]] = []
-    protocols = {"eio4": [4], "eio3": [3], "both": [4, 3]}[args.client]
+    protocols = {"eio4": [4], "eio3": [3], "both": [4, 3], "node4": [4], "node2": [3]}[args.client]
+    official = {"node4": "4", "node2": "2"}.get(args.client)
     if args.reference:
         why_not = NodeReference.unavailable()
         if why_not is not None:
@@ -166,6 +179,7 @@ async def main() -> None:
             for attempt in range(args.repeat):
                 print(
                     f"{store}, N={n}, Engine.IO v{protocol}"
+                    + (f", socket.io-client {official}.x" if official else "")
                     + (f", run {attempt + 1}/{args.repeat}" if args.repeat > 1 else "")
                 )
                 if args.url:
@@ -174,7 +188,9 @@ async def main() -> None:
                     if auth is not None:
                         await auth.start()
                     try:
-                        results = await run_one(target, store, n, scenarios, protocol)
+                        results = await run_one(
+                            target, store, n, scenarios, protocol, official=official
+                        )
                     finally:
                         if auth is not None:
                             await auth.stop()
@@ -182,7 +198,9 @@ async def main() -> None:
                     environment = Environment(store, sqlite_synchronous=args.sqlite_synchronous)
                     target = await environment.start()
                     try:
-                        results = await run_one(target, store, n, scenarios, protocol)
+                        results = await run_one(
+                            target, store, n, scenarios, protocol, official=official
+                        )
                     finally:
                         await environment.stop()
                 runs.append([result.figures() for result in results])

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from bench.environment import Target, cpu_seconds, rss_bytes
+from bench.official_client import OfficialClients
 from bench.sim_client import SimClient
 
 SITE = "shop"
@@ -221,18 +222,27 @@ class Bench:
         http: aiohttp.ClientSession,
         protocol: int = 4,
         site: str = SITE,
+        official: OfficialClients | None = None,
     ):
         self.target, self.store, self.n, self.http = target, store, clients, http
         self.site = site
         self.run_id = random.randrange(16**6)
         self.protocol = protocol
-        self.clients = [
-            SimClient(target.url, site, f"r{self.run_id:06x}u{i}", "d", protocol=protocol)
-            for i in range(clients)
-        ]
+        self.official = official  # the official client under Node, instead of simulated ones
+        self.clients: list[Any] = (
+            list(official.clients)
+            if official is not None
+            else [
+                SimClient(target.url, site, self.token(i), "d", protocol=protocol)
+                for i in range(clients)
+            ]
+        )
         self._pinger: asyncio.Task[None] | None = None
-        if protocol == 3:
+        if protocol == 3 and official is None:
             self._pinger = asyncio.get_running_loop().create_task(self._ping_forever())
+
+    def token(self, index: int) -> str:
+        return f"r{self.run_id:06x}u{index}"
 
     async def _ping_forever(self) -> None:
         """Protocol 3 clients ping the server, as socket.io-client 1.x/2.x do every 25 s."""
@@ -486,3 +496,5 @@ class Bench:
         if self._pinger is not None:
             self._pinger.cancel()
         await asyncio.gather(*(client.close() for client in self.clients), return_exceptions=True)
+        if self.official is not None:
+            await self.official.stop()

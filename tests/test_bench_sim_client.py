@@ -59,3 +59,38 @@ async def test_sim_client_sees_a_refused_connect(harness: Harness) -> None:
             assert "Authentication failed" in str(exc)
         else:
             raise AssertionError("connect was accepted")
+
+
+@pytest.mark.parametrize("version", ["4", "2"])
+async def test_the_bench_drives_the_official_client_as_it_drives_its_own(
+    harness: Harness, version: str
+) -> None:
+    """``--client node4|node2``: the official socket.io-client under Node behind the same
+    interface: greeted, live, acked (the queue empties), away and back with a _batch."""
+    from bench.official_client import OfficialClients
+
+    await harness.start()
+    harness.stub.answers.update({"js0": ["user_js0", "staff"], "js1": ["user_js1", "staff"]})
+    pool = await OfficialClients.start(harness.url, "shop", "js", 2, version)
+    try:
+        async with aiohttp.ClientSession() as http:
+            first, second = pool.clients
+            for client in pool.clients:
+                await client.connect(http)
+            assert (await harness.send("shop", "staff", "m", 1))[0] == 200
+            await until_received(first, 1)
+            await until_received(second, 1)
+            await wait_for_empty_queue(harness, "user_js0", "d")
+            await first.close()
+            await harness.send("shop", "staff", "m", 2)
+            await first.connect(http)
+            await until_received(first, 2)
+            assert [(r.message_id, r.in_batch) for r in first.receipts] == [(1, False), (2, True)]
+            await wait_for_empty_queue(harness, "user_js0", "d")
+            nobody = pool.clients[1]
+            await nobody.close()
+            harness.stub.answers.pop("js1")
+            with pytest.raises(ConnectRefused, match="Authentication failed"):
+                await nobody.connect(http)
+    finally:
+        await pool.stop()
