@@ -101,12 +101,12 @@ class UserActor:
         "_retries_waiting",
         "_running",
         "_successor",
-        "stats",
         "devices",
         "mailbox",
         "outbox",
         "site",
         "sockets",
+        "stats",
         "store",
         "user",
     )
