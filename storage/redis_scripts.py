@@ -15,6 +15,8 @@ changed nothing, and is run again once the move is done (``redis_wire``). Times 
 milliseconds; a ttl of 0 means never expire.
 """
 
+import re
+
 from .redis_keys import LUA_PRELUDE
 from .redis_wire import Script
 from .store import RECORDED_DELIVERIES
@@ -81,11 +83,50 @@ end
 """
 
 
+def _definitions(prelude: str) -> list[tuple[str, str]]:
+    """The prelude's top-level ``local`` definitions, in order: (name, its lines)."""
+    found: list[tuple[str, str]] = []
+    comments = ""
+    for line in prelude.splitlines(keepends=True):
+        if line.startswith("local "):
+            words = line.split()
+            name = words[2] if words[1] == "function" else words[1]
+            found.append((name.split("(")[0].rstrip(","), comments + line))
+            comments = ""
+        elif line.startswith("--"):
+            comments += line
+        elif found:
+            found[-1] = (found[-1][0], found[-1][1] + line)
+    return found
+
+
+def _needed(body: str, definitions: list[tuple[str, str]]) -> str:
+    """The definitions ``body`` uses, and those they use: a script pays, on every call, for
+    each closure its prelude makes (a few microseconds for all of them: as much as a small
+    script's own work)."""
+    used = {name for name, _ in definitions if re.search(rf"\b{name}\b", body)}
+    while True:
+        more = {
+            other
+            for name, text in definitions
+            if name in used
+            for other, _ in definitions
+            if other not in used and re.search(rf"\b{other}\b", text.split("\n", 1)[1])
+        }
+        if not more:
+            break
+        used |= more
+    return "".join(text for name, text in definitions if name in used)
+
+
+_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE)
+
+
 def _script(body: str, with_deadline: bool = False) -> Script:
     """``with_deadline``: for the scripts whose late run would leave a change behind that a
     retry repeats (a second copy of a send, a connection counted or released twice)."""
-    head = LUA_PRELUDE + _NOW + _GONE + (_DEADLINE if with_deadline else "")
-    return Script(head + body, with_deadline=with_deadline)
+    body = (_DEADLINE if with_deadline else "") + body
+    return Script(_needed(body, _PRELUDE) + body, with_deadline=with_deadline)
 
 
 # KEYS: the device's hash and messages; the user's hash, devices, rooms; the bucket's
