@@ -112,7 +112,12 @@ async def run_one(
 
 
 async def run_reference(
-    n: int, scenarios: list[str], store: str, repeat: int, every_run: list[dict[str, Any]]
+    n: int,
+    scenarios: list[str],
+    store: str,
+    repeat: int,
+    every_run: list[dict[str, Any]],
+    official: str | None = None,
 ) -> list[dict[str, Any]]:
     """A plain site of this service ("plain"), then socket.io 4 on Node ("node"), alike."""
     rows = []
@@ -125,7 +130,7 @@ async def run_reference(
             )
             target = await environment.start()
             try:
-                results = await run_one(target, kind, n, scenarios, site="news")
+                results = await run_one(target, kind, n, scenarios, site="news", official=official)
             finally:
                 await environment.stop()
             runs.append([result.figures() for result in results])
@@ -171,7 +176,9 @@ async def main() -> None:
             raise SystemExit(f"--reference node: skipped: {why_not}")
         plain = [s for s in scenarios if s in PLAIN_SCENARIOS] or PLAIN_SCENARIOS
         for n in sizes:
-            rows += await run_reference(n, plain, stores[-1], args.repeat, every_run)
+            rows += await run_reference(
+                n, plain, stores[-1], args.repeat, every_run, official=official
+            )
         stores = []
     for store, protocol in [(store, protocol) for store in stores for protocol in protocols]:
         for n in sizes:
