@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..storage.sqlite_backup import BackupError, backup
-from .config import ConfigError, load_config
+from .config import add_file_options, load_for_command
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -19,17 +19,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "SQLITE_PATH at it. (Redis: use Redis's own RDB or AOF files.)",
     )
     parser.add_argument("file", type=Path, help="the copy to write (must not exist)")
-    parser.add_argument("--config", help="config.yml path (default ./config.yml, or CONFIG_FILE)")
-    parser.add_argument("--sites", help="sites.yml path (default ./sites.yml, or SITES_FILE)")
+    add_file_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    try:
-        config = load_config(config_file=args.config, sites_file=args.sites)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    config = load_for_command(args)
+    if config is None:
         return 2
     if config.redis_url:
         print("backup copies the SQLite store; this configuration uses Redis", file=sys.stderr)

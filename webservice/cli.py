@@ -12,7 +12,7 @@ from typing import Any
 from loguru import logger
 
 from . import backup, import_original
-from .config import Config, ConfigError, describe, load_config
+from .config import Config, ConfigError, add_file_options, describe, load_config
 from .demo import add_demo_site, install_demo_routes
 from .gc_policy import collect_after_churn, tune_gc
 from .log_setup import setup_logging
@@ -58,8 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=ENVIRONMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="config.yml path (default ./config.yml, or CONFIG_FILE)")
-    parser.add_argument("--sites", help="sites.yml path (default ./sites.yml, or SITES_FILE)")
+    add_file_options(parser)
     parser.add_argument(
         "--demo",
         action="store_true",

@@ -8,9 +8,11 @@ names the key (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -472,6 +474,22 @@ def load_config(
     if config.internal_port == config.port:
         raise ConfigError(f"internal_port must differ from port ({config.port})")
     return config
+
+
+def add_file_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --sites: for the service, and for the commands that run beside it
+    (import-original, backup), which read the service's own configuration."""
+    parser.add_argument("--config", help="config.yml path (default ./config.yml, or CONFIG_FILE)")
+    parser.add_argument("--sites", help="sites.yml path (default ./sites.yml, or SITES_FILE)")
+
+
+def load_for_command(args: argparse.Namespace) -> Config | None:
+    """The configuration ``add_file_options`` names; None, with the mistake on stderr."""
+    try:
+        return load_config(config_file=args.config, sites_file=args.sites)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
 
 
 def describe(config: Config) -> str:

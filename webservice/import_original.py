@@ -30,7 +30,7 @@ from ..storage.original_queues import (
     by_user,
     device_queues,
 )
-from .config import Config, ConfigError, load_config
+from .config import Config, add_file_options, load_for_command
 from .service import store_for
 
 READ_KEYS = 500  # the original's lists read per round trip (a few users' worth)
@@ -85,17 +85,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would be imported; store nothing"
     )
-    parser.add_argument("--config", help="config.yml path (default ./config.yml, or CONFIG_FILE)")
-    parser.add_argument("--sites", help="sites.yml path (default ./sites.yml, or SITES_FILE)")
+    add_file_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    try:
-        config = load_config(config_file=args.config, sites_file=args.sites)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    config = load_for_command(args)
+    if config is None:
         return 2
     try:
         password = redis_url.parse(args.source).password or ""

@@ -21,6 +21,13 @@ def _any_case(words: list[str]) -> str:
     return f"^\\s*(?:{'|'.join(cased)})?\\s*$"
 
 
+# What /send and /presence take first: the site, and its apiKey.
+SITE_AND_KEY = [
+    {"name": name, "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}
+    for name in ("site", "apiKey")
+]
+
+
 def _answer(description: str) -> dict[str, Any]:
     return {"description": description, "content": TEXT}
 
@@ -183,18 +190,7 @@ def openapi_document(limits: Limits, version: str, admin: bool = False) -> dict[
                     "description": "On a site with userRoomPrefix the message is stored for "
                     "every target device before the answer is 200.",
                     "parameters": [
-                        {
-                            "name": "site",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string", "minLength": 1},
-                        },
-                        {
-                            "name": "apiKey",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string", "minLength": 1},
-                        },
+                        *SITE_AND_KEY,
                         {
                             "name": "Idempotency-Key",
                             "in": "header",
@@ -289,18 +285,7 @@ def openapi_document(limits: Limits, version: str, admin: bool = False) -> dict[
                     "operationId": "presence",
                     "summary": "Which of these users are online now, on any node",
                     "parameters": [
-                        {
-                            "name": "site",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string", "minLength": 1},
-                        },
-                        {
-                            "name": "apiKey",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string", "minLength": 1},
-                        },
+                        *SITE_AND_KEY,
                         {
                             "name": "rooms",
                             "in": "query",
