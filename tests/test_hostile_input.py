@@ -410,3 +410,16 @@ async def test_a_polling_post_over_the_packet_limit_is_answered(harness: Harness
     sid = opened[opened.index('"sid":"') + 7 :].split('"')[0]
     async with harness.http.post(f"{base}&sid={sid}", data="4" + "x" * 200_000) as response:
         assert response.status == 413
+
+
+async def test_a_backend_looping_on_bad_sends_costs_a_log_line_not_one_each(
+    harness: Harness, logs: list[str]
+) -> None:
+    await harness.start()
+    for _ in range(500):
+        assert (await harness.post("site=shop&apiKey=wrong", json={}))[0] == 401
+        assert (await harness.post("site=shop&apiKey=key", data=b"{not json"))[0] == 400
+    assert await harness.send("shop", "user_1", "n", 1) == (200, "OK")
+    rejected = [line for line in logs if "send rejected" in line]
+    assert len(rejected) == 2  # one per (site, status) a minute, however many came
+    assert any("send site=shop" in line for line in logs)  # a good send is still logged

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -200,6 +201,7 @@ def validate_all(body: Any, limits: Limits) -> list[SendRequest]:
     return sends
 
 
+REJECTIONS_SAID_EVERY = 60.0  # seconds between two log lines of one site's rejected sends
 IDEMPOTENCY_KEY = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -247,6 +249,8 @@ class SendHandler:
         self.namespaces = namespaces
         self.store = store
         self.dispatcher = dispatcher
+        # (site, or "" for none of ours; status) -> (when last logged, rejections since)
+        self._rejections_said: dict[tuple[str, int], tuple[float, int]] = {}
 
     async def __call__(self, request: web.Request) -> web.Response:
         started, accepted_at = time.perf_counter(), time.time()
@@ -375,6 +379,16 @@ class SendHandler:
 
     def _reject(self, status: int, text: str, site: str | None) -> web.Response:
         # Counted under the site only if it is one: a flood of made-up names adds no labels.
-        self.stats.sends[site if site in self.namespaces else "", status] += 1
-        logger.info("send rejected ({}) site={}: {}", status, site, text)
+        known = site if site in self.namespaces else ""
+        self.stats.sends[known, status] += 1
+        # Logged once a minute per (site, status), with how many were not: a backend in a
+        # loop of bad requests costs a line a minute, not a line a request.
+        said_at, unsaid = self._rejections_said.get((known, status), (-math.inf, 0))
+        now = time.monotonic()
+        if now - said_at >= REJECTIONS_SAID_EVERY:
+            more = f" (and {unsaid} more rejected since)" if unsaid else ""
+            logger.info("send rejected ({}) site={}: {}{}", status, site, text, more)
+            self._rejections_said[known, status] = (now, 0)
+        else:
+            self._rejections_said[known, status] = (said_at, unsaid + 1)
         return web.Response(status=status, text=text)
