@@ -44,7 +44,7 @@ spelt anywhere else.
     {prefix}{b<n>}:health:{node}                STRING the write probe of /healthcheck (one
                                                       bucket per primary)
     {prefix}deliver:{node}                      channel: deliveries for devices on that node
-    {prefix}socketio                            channel: python-socketio's broadcasts
+    {prefix}broadcast                           channel: plain sites' sends, for every node
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ def deliver_channel(prefix: str, node: str) -> str:
     return f"{prefix}deliver{SEP}{node}"
 
 
-def socketio_channel(prefix: str) -> str:
-    return f"{prefix}socketio"
+def broadcast_channel(prefix: str) -> str:
+    return f"{prefix}broadcast"
 
 
 def bucket_number(p: str) -> int:

@@ -44,23 +44,6 @@ class RedisAddress:
     def is_cluster(self) -> bool:
         return bool(self.cluster_nodes)
 
-    def for_socketio(self) -> str:
-        """The URL in python-socketio's spelling (its manager reads ``.../db/service``). For
-        Redis Cluster, the first node's: a PUBLISH there reaches the subscribers of every
-        node (python-socketio's manager has no cluster mode)."""
-        if self.is_cluster:
-            host, port = self.cluster_nodes[0]
-            auth = self.url.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
-            scheme = "rediss" if self.tls else "redis"
-            return f"{scheme}://{auth + '@' if auth else ''}{host}:{port}/0"
-        if not self.is_sentinel:
-            return self.url
-        rest = self.url.partition("://")[2]
-        netloc = rest.split("/", 1)[0]
-        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        auth = netloc.rpartition("@")[0]
-        return f"redis+sentinel://{auth + '@' if auth else ''}{hosts}/{self.db}/{self.service}"
-
 
 def parse(url: str) -> RedisAddress:
     """Raises ``ValueError`` saying what is wrong (without the URL: the caller masks it)."""

@@ -207,11 +207,8 @@ def connection_pool(url: str, **options: Any) -> aioredis.ConnectionPool:
 
 
 def client(url: str, **options: Any) -> aioredis.Redis:
-    """A redis-py client for ``url`` (the node bus's publishes and subscription); for Redis
-    Cluster, one of its nodes' (a plain PUBLISH reaches every node's subscribers)."""
-    address = parse(url)
-    if address.is_cluster:
-        url = address.for_socketio()
+    """A redis-py client for one Redis, plain or behind Sentinel (the node bus's
+    subscriptions)."""
     return aioredis.Redis(connection_pool=connection_pool(url, **options))
 
 

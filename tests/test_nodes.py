@@ -153,6 +153,64 @@ async def test_plain_broadcasts_reach_sockets_on_every_node(
         await client.disconnect()
 
 
+async def test_plain_broadcasts_cross_nodes_again_after_cluster_primaries_die(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the cluster node REDIS_URL names and of the primary serving the broadcast
+    channel: once their replicas took over and the nodes are healthy, a plain site's send
+    reaches the sockets of both nodes again."""
+    cluster = RedisClusterSet(tmp_path / "cluster-broadcast")
+    cluster.start()
+    try:
+        a, b = await start_nodes(2, REDIS_URL=cluster.url, REDIS_TIMEOUT="2", NODE_TIMEOUT="30")
+        stub.answers.update({"x": ["weather"], "y": ["weather"]})
+        on_a = await connect(a.url, "news", "x")
+        on_b = await connect(b.url, "news", "y")
+        named = next(
+            f"k{i}" for i in range(10_000) if cluster.primary_of(f"k{i}") is cluster.servers[0]
+        )
+        channel = redis_keys.broadcast_channel("sws:")
+        for key in (named, channel):
+            if cluster.primary_of(key) in cluster.alive():
+                await asyncio.to_thread(cluster.kill_primary_of, key)
+        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+        assert (await post_send(http, a.url, "news", "weather", "headline", "rain"))[0] == 200
+        for client in (on_a, on_b):
+            received = await client.next()
+            assert (received.event, received.args) == ("headline", ["rain"])
+            await client.disconnect()
+    finally:
+        cluster.stop()
+
+
+async def test_plain_broadcasts_reach_this_nodes_sockets_while_redis_is_down(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """Without Redis a plain site's sends still reach the sockets of the node they came to
+    (other nodes' sockets cannot be told), and the failure is logged once, not per send."""
+    redis = RedisServer(tmp_path / "redis-down")
+    redis.start()
+    try:
+        (node,) = await start_nodes(1, REDIS_URL=redis.url)
+        stub.answers["x"] = ["weather"]
+        client = await connect(node.url, "news", "x")
+        redis.stop()
+        await node.wait_health(503)
+        for i in range(20):
+            assert (await post_send(http, node.url, "news", "weather", "headline", i))[0] == 200
+        assert [(await client.next()).args[0] for _ in range(20)] == list(range(20))
+        assert node.logs().count("other nodes") == 1, node.logs()
+        await client.disconnect()
+    finally:
+        redis.stop()
+
+
 async def test_two_nodes_sending_to_one_user_at_once_keep_one_order(
     start_nodes: StartNodes,
     stub: SiteStub,

@@ -114,13 +114,16 @@ async def test_a_user_without_channel_rights_makes_the_bus_wait_quietly(
     starting = asyncio.create_task(bus.start(lambda *_: None, lambda: recovered.put_nowait(None)))
     try:
         await asyncio.sleep(2)  # a negative check: two seconds of retries say nothing more
-        errors = [line for line in logs if "node bus" in line]
-        assert not bus.healthy and len(errors) == 1 and "no permissions" in errors[0], errors
+        for listener in ("node bus", "broadcasts"):  # one line each, of its own channel
+            errors = [line for line in logs if line.startswith(f"ERROR {listener}:")]
+            assert len(errors) == 1 and "no permissions" in errors[0], logs
+        assert not bus.healthy
         await command(server.url, "ACL", "SETUSER", "app", "allchannels")
         await asyncio.wait_for(starting, 10)
         await asyncio.wait_for(recovered.get(), 5)
         assert bus.healthy and recovered.empty()
-        assert len([line for line in logs if "reconnected" in line]) == 1
+        assert len([line for line in logs if "node bus: reconnected" in line]) == 1
+        assert len([line for line in logs if "broadcasts: reconnected" in line]) == 1
     finally:
         starting.cancel()
         await bus.stop()

@@ -18,8 +18,6 @@ def test_a_cluster_url_names_its_nodes_credentials_and_tls() -> None:
     assert address.is_cluster and not address.is_sentinel
     assert address.cluster_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
     assert (address.username, address.password, address.tls) == ("app", "s@cret", True)
-    # python-socketio's manager (plain-site broadcasts) has no cluster mode: one node's URL
-    assert address.for_socketio() == "rediss://app:s%40cret@10.0.0.1:7000/0"
 
 
 @pytest.mark.parametrize(

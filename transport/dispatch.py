@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ..actors.messages import CatchUp, Deliver
 from ..storage import Delivery, Message
@@ -43,6 +44,21 @@ class Dispatcher:
             self.deliver_here(site, message, here)
             for node, batch in elsewhere.items():
                 await self.bus.publish(node, site, message, batch)
+
+    async def broadcast(
+        self, site: str, rooms: Sequence[str], event: str, args: Sequence[Any]
+    ) -> None:
+        """A plain site's send: to the sockets in ``rooms`` here, then to every other node's
+        (best effort: nothing is stored for a plain site)."""
+        await self.emit_here(site, rooms, event, args)
+        await self.bus.broadcast(site, rooms, event, args)
+
+    async def emit_here(
+        self, site: str, rooms: Sequence[str], event: str, args: Sequence[Any]
+    ) -> None:
+        namespace = self.namespaces.get(site)
+        if namespace is not None:
+            await namespace.server.emit(event, tuple(args), to=rooms, namespace=namespace.namespace)
 
     def deliver_here(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
         namespace = self.namespaces.get(site)

@@ -1,16 +1,23 @@
-"""Tells other nodes about deliveries for devices connected to them.
+"""Tells other nodes about deliveries for devices connected to them, and about plain sites'
+sends.
 
-Each node listens on its own Redis channel only, and a /send publishes once per node that holds
-a target device: signalling costs O(nodes involved), never "every node decodes every message".
-A lost signal loses nothing: the message is stored, and the device gets it on its next delivery
-(the actor sees the gap and re-reads its queue), on reconnect, or when this listener recovers.
+Each node listens on its own Redis channel for deliveries, and a /send publishes once per node
+that holds a target device: signalling costs O(nodes involved), never "every node decodes every
+message". A lost signal loses nothing: the message is stored, and the device gets it on its next
+delivery (the actor sees the gap and re-reads its queue), on reconnect, or when this listener
+recovers.
+
+A plain site (no user rooms) stores nothing and tracks no one's rooms: its sends go to every
+node on one broadcast channel, best effort, as socket.io's Redis adapter does. On Redis Cluster
+both are sharded channels (``SPUBLISH``), so each is carried by the one primary serving its
+slot, and a failover or a moved slot is followed like any key's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -20,7 +27,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..storage import Delivery, Message, redis_wire
-from ..storage.redis_keys import deliver_channel
+from ..storage.redis_keys import broadcast_channel, deliver_channel
 from .stats import TransportStats
 
 RECONNECT_FIRST = 0.1
@@ -33,6 +40,8 @@ LISTEN_OPTIONS = {"socket_connect_timeout": 5, "health_check_interval": 5, "sock
 
 OnDelivery = Callable[[str, Message, Sequence[Delivery]], None]
 OnDisconnect = Callable[[str, str], None]  # site, user: close the user's sockets here
+# site, rooms, event, args: a plain site's send, for the sockets in those rooms here
+OnBroadcast = Callable[[str, Sequence[str], str, Sequence[Any]], Awaitable[None]]
 
 
 class NodeUnreachable(Exception):
@@ -56,7 +65,14 @@ class NodeBus(Protocol):
     async def publish_disconnect(self, node: str, site: str, user: str) -> None:
         """Ask ``node`` to close the user's sockets (an operator's disconnect)."""
 
+    async def broadcast(
+        self, site: str, rooms: Sequence[str], event: str, args: Sequence[Any]
+    ) -> None:
+        """A plain site's send, for the sockets of every other node (``on_broadcast``
+        there). Best effort: a failure is counted and logged, not raised."""
+
     on_disconnect: OnDisconnect | None
+    on_broadcast: OnBroadcast | None
 
 
 class LocalBus:
@@ -71,6 +87,7 @@ class LocalBus:
         pass
 
     on_disconnect: OnDisconnect | None = None
+    on_broadcast: OnBroadcast | None = None
 
     async def publish(
         self, node: str, site: str, message: Message, deliveries: Sequence[Delivery]
@@ -79,6 +96,11 @@ class LocalBus:
 
     async def publish_disconnect(self, node: str, site: str, user: str) -> None:
         logger.warning("disconnect for unknown node {} dropped", node)
+
+    async def broadcast(
+        self, site: str, rooms: Sequence[str], event: str, args: Sequence[Any]
+    ) -> None:
+        pass
 
 
 def encode(site: str, message: Message, deliveries: Sequence[Delivery]) -> bytes:
@@ -117,26 +139,33 @@ class RedisBus:
         self.key_prefix = key_prefix
         self.on_delivery: OnDelivery | None = None
         self.on_disconnect: OnDisconnect | None = None
+        self.on_broadcast: OnBroadcast | None = None
         self.on_recovered: Callable[[], None] | None = None
         self.url = url
         self.wire = redis_wire.wire_for(url, PUBLISH_TIMEOUT)
-        self._healthy = False
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        self._deliveries = deliver_channel(key_prefix, node_id)
+        self._broadcasts = broadcast_channel(key_prefix)
+        self._listening: dict[str, bool] = {self._deliveries: False, self._broadcasts: False}
+        self._listeners: list[asyncio.Task[None]] = []
+        self._failed_broadcasts: tuple[float, int] | None = None  # last logged, not logged since
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return all(self._listening.values())
 
     async def start(self, on_delivery: OnDelivery, on_recovered: Callable[[], None]) -> None:
         self.on_delivery, self.on_recovered = on_delivery, on_recovered
-        self._listener = asyncio.create_task(self._listen_forever(), name="node-bus")
-        await asyncio.wait_for(self._subscribed.wait(), 10)
+        subscribed = {channel: asyncio.Event() for channel in self._listening}
+        self._listeners = [
+            asyncio.create_task(self._listen_forever(channel, event), name=f"node-bus {channel}")
+            for channel, event in subscribed.items()
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in subscribed.values())), 10)
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        for listener in self._listeners:
+            listener.cancel()
+        await asyncio.gather(*self._listeners, return_exceptions=True)
         await self.wire.close()
 
     async def publish(
@@ -162,7 +191,35 @@ class RedisBus:
             self.stats.signals_failed += 1
             raise NodeUnreachable(f"could not signal node {node}: {exc}") from None
 
-    async def _listen_forever(self) -> None:
+    async def broadcast(
+        self, site: str, rooms: Sequence[str], event: str, args: Sequence[Any]
+    ) -> None:
+        signal = orjson.dumps(
+            {"site": site, "rooms": rooms, "event": event, "args": args, "from": self.node_id}
+        )
+        try:
+            await redis_wire.publish(self.wire, self._broadcasts, signal)
+            self.stats.signals_sent += 1
+        except (RedisError, OSError) as exc:
+            self.stats.signals_failed += 1
+            self._broadcast_failed(exc)
+
+    def _broadcast_failed(self, exc: Exception) -> None:
+        """One line a minute while Redis is away, however many sends a site makes."""
+        now = time.monotonic()
+        if self._failed_broadcasts is not None and now - self._failed_broadcasts[0] < 60:
+            said_at, since = self._failed_broadcasts
+            self._failed_broadcasts = (said_at, since + 1)
+            return
+        since = 0 if self._failed_broadcasts is None else self._failed_broadcasts[1]
+        self._failed_broadcasts = (now, 0)
+        logger.warning(
+            "plain sites' sends reach this node's sockets only, not other nodes' ({}){}",
+            exc,
+            f"; {since} more since the last line" if since else "",
+        )
+
+    async def _listen_forever(self, channel: str, subscribed: asyncio.Event) -> None:
         """Subscribe, and again after every failure, waiting longer each time (capped).
         Healthy, and "recovered", only once Redis confirmed the subscription: a refusal
         (an ACL user without channel rights: NOPERM) is a failure, not a reconnect. The
@@ -170,8 +227,8 @@ class RedisBus:
         delay = RECONNECT_FIRST
         lost_at: float | None = None
         said_at = 0.0
+        name = "node bus" if channel == self._deliveries else "broadcasts"
         while True:
-            channel = deliver_channel(self.key_prefix, self.node_id)
             try:
                 client, sharded = await redis_wire.subscriber(
                     self.url, channel, self.wire, **LISTEN_OPTIONS
@@ -182,20 +239,21 @@ class RedisBus:
                     else:
                         await pubsub.subscribe(channel)
                     await self._confirmed(pubsub)
-                    self._healthy = True
-                    self._subscribed.set()
+                    self._listening[channel] = True
+                    subscribed.set()
                     delay = RECONNECT_FIRST
                     if lost_at is not None:
-                        logger.info("node bus: reconnected to Redis")
+                        logger.info("{}: reconnected to Redis", name)
                         lost_at = None
-                        assert self.on_recovered is not None
-                        self.on_recovered()  # signals may have been missed meanwhile
+                        if channel == self._deliveries:
+                            assert self.on_recovered is not None
+                            self.on_recovered()  # signals may have been missed meanwhile
                     while True:
                         item = await pubsub.get_message(timeout=1.0)
                         if item is None:
                             continue
                         if item["type"] in ("message", "smessage"):
-                            self._receive(item["data"])
+                            await self._receive(item["data"])
                         elif item["type"] == "sunsubscribe":  # its slot moved elsewhere
                             raise RedisConnectionError("the channel's slot moved")
             except asyncio.CancelledError:
@@ -204,15 +262,16 @@ class RedisBus:
                 now = time.monotonic()
                 if lost_at is None:
                     lost_at = said_at = now
-                    logger.error("node bus: lost Redis ({}); retrying", exc)
+                    logger.error("{}: lost Redis ({}); retrying", name, exc)
                 elif now - said_at >= STILL_DOWN_EVERY:
                     said_at = now
                     logger.error(
-                        "node bus: Redis still unavailable after {:.0f} s ({}); retrying",
+                        "{}: Redis still unavailable after {:.0f} s ({}); retrying",
+                        name,
                         now - lost_at,
                         exc,
                     )
-                self._healthy = False
+                self._listening[channel] = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
 
@@ -226,10 +285,16 @@ class RedisBus:
                 return
         raise RedisTimeoutError("no subscription confirmed")
 
-    def _receive(self, data: bytes) -> None:
+    async def _receive(self, data: bytes) -> None:
+        broadcast: tuple[str, list[str], str, list[Any]] | None = None
         try:
             body = orjson.loads(data)
-            if "disconnect" in body:
+            if "rooms" in body:
+                if body["from"] == self.node_id:  # our own, emitted here already
+                    return
+                rooms = [str(room) for room in body["rooms"]]
+                broadcast = (str(body["site"]), rooms, str(body["event"]), list(body["args"]))
+            elif "disconnect" in body:
                 site, user = str(body["site"]), str(body["disconnect"])
             else:
                 site, message, deliveries = decode(body)
@@ -237,9 +302,12 @@ class RedisBus:
             logger.error("node bus: undecodable signal dropped: {}", exc)
             return
         self.stats.signals_received += 1
-        if "disconnect" in body:
+        if broadcast is not None:
+            if self.on_broadcast is not None:
+                await self.on_broadcast(*broadcast)
+        elif "disconnect" in body:
             if self.on_disconnect is not None:
                 self.on_disconnect(site, user)
-            return
-        assert self.on_delivery is not None
-        self.on_delivery(site, message, deliveries)
+        else:
+            assert self.on_delivery is not None
+            self.on_delivery(site, message, deliveries)

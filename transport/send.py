@@ -270,9 +270,7 @@ class SendHandler:
         stored: list[int] = []
         if not namespace.site.reliable:
             for send in sends:
-                await namespace.server.emit(
-                    send.event, tuple(send.args), to=send.rooms, namespace=namespace.namespace
-                )
+                await self.dispatcher.broadcast(site_name, send.rooms, send.event, send.args)
         else:
             try:
                 stored = await self._store_and_deliver(namespace, sends, resync, key, accepted_at)

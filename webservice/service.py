@@ -18,8 +18,7 @@ from loguru import logger
 
 from ..actors.messages import RegisterAgain
 from ..sites import SiteConfig
-from ..storage import Store, StoreUnavailable, make_store, redis_url
-from ..storage.redis_keys import socketio_channel
+from ..storage import Store, StoreUnavailable, make_store
 from ..transport import orjson_codec
 from ..transport.dispatch import Dispatcher
 from ..transport.http_server import CappedSite, ConnectionCap, usable_connections
@@ -30,7 +29,6 @@ from ..transport.site_namespace import SiteNamespace
 from ..transport.socketio_adapter import (
     IncompatibleVersion,
     IndexedManager,
-    IndexedRedisManager,
     SocketIOServer,
     check_compatible,
 )
@@ -102,14 +100,8 @@ class Service:
             "max_http_buffer_size": DEFAULT_MAX_PACKET,
         }
         options.update(config.socketio_options)
-        if config.redis_url:
-            # Plain-site broadcasts reach the sockets of every node through Redis.
-            options["client_manager"] = IndexedRedisManager(
-                redis_url.parse(config.redis_url).for_socketio(),
-                channel=socketio_channel(config.redis_key_prefix),
-            )
-        else:
-            options["client_manager"] = IndexedManager()
+        # This node's sockets only: plain sites' sends reach other nodes on the node bus.
+        options["client_manager"] = IndexedManager()
         self.sio = SocketIOServer(async_mode="aiohttp", limits=config.limits, **options)
         self.app = web.Application(client_max_size=config.limits.max_send_body)
         self.sio.attach(self.app)
@@ -146,6 +138,7 @@ class Service:
         self._online = OnlineHandler(self.namespaces, self.store, config.limits)
         self.app.router.add_get("/presence", self._presence)
         self.bus.on_disconnect = self._disconnect_signalled
+        self.bus.on_broadcast = self.dispatcher.emit_here
         if config.serve_client:
             self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
         self.http: aiohttp.ClientSession | None = None
@@ -415,7 +408,6 @@ class Service:
         for task in (self._heartbeat, self._watchdog):
             if task is not None:
                 task.cancel()
-        await self.sio.stop_broadcasts(DRAIN_TIMEOUT)
         await self.bus.stop()
         if self.http is not None:
             await self.http.close()

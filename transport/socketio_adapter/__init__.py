@@ -6,7 +6,6 @@ the server and managers we tune (``server``), Engine.IO protocol 3 beside their 
 from .compatibility import IncompatibleVersion, check_compatible
 from .server import (
     IndexedManager,
-    IndexedRedisManager,
     SocketIOServer,
     client_protocol,
 )
@@ -14,7 +13,6 @@ from .server import (
 __all__ = [
     "IncompatibleVersion",
     "IndexedManager",
-    "IndexedRedisManager",
     "SocketIOServer",
     "check_compatible",
     "client_protocol",

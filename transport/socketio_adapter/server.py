@@ -1,4 +1,4 @@
-"""python-socketio's server and client managers, with two changes that matter at scale.
+"""python-socketio's server and client manager, with changes that matter at scale.
 
 - A lighter send queue for each socket: Engine.IO gives every socket a queue from
   ``create_queue``, an ``asyncio.Queue`` of about 3 KB; ours (``actors.mailbox.Mailbox``) does
@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections import defaultdict
@@ -383,11 +382,6 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
             return self.manager.disconnect(sid, namespace, ignore_queue=True)  # type: ignore[no-any-return]
         return False
 
-    async def stop_broadcasts(self, timeout: float) -> None:
-        """Several nodes: stop the Redis listener of plain sites' broadcasts."""
-        if isinstance(self.manager, IndexedRedisManager):
-            await self.manager.stop_listener(timeout)
-
     def unregister_namespace(self, namespace: str) -> None:
         """Connects to ``namespace`` are refused from now on, as to any unknown namespace."""
         self.namespace_handlers.pop(namespace, None)
@@ -513,8 +507,10 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         await super()._handle_eio_disconnect(eio_sid, *args)
 
 
-class _IndexedRooms:
-    """Keeps which rooms each (namespace, sid) is in, next to python-socketio's room map.
+class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
+    """This node's sockets and rooms (plain sites' sends reach other nodes on the node bus,
+    not through a python-socketio manager). Keeps which rooms each (namespace, sid) is in,
+    next to python-socketio's room map.
 
     Every socket is in two rooms of its own, ``None`` (the namespace) and its sid; only the
     others are kept here, so a socket of a reliable site (which joins none) costs no set.
@@ -532,12 +528,12 @@ class _IndexedRooms:
     def basic_enter_room(
         self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
     ) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if room is not None and room != sid:
             self._rooms_of.setdefault((namespace, sid), set()).add(room)
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
-        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        super().basic_leave_room(sid, namespace, room)
         rooms = self._rooms_of.get((namespace, sid))
         if rooms is not None:
             rooms.discard(room)
@@ -547,7 +543,7 @@ class _IndexedRooms:
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         # As python-socketio's own, but leaving only the rooms this socket is in.
         for room in (*self._rooms_of.pop((namespace, sid), ()), sid, None):
-            super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+            super().basic_leave_room(sid, namespace, room)
         self.callbacks.pop(sid, None)
         for name in ("pending_connect", "pending_disconnect"):  # the first only from 5.18
             pending: dict[str, list[str]] = getattr(self, name, {})
@@ -561,34 +557,3 @@ class _IndexedRooms:
         if sid not in self.rooms.get(namespace, {}).get(sid, ()):
             return []
         return [sid, *self._rooms_of.get((namespace, sid), ())]
-
-
-class IndexedManager(_IndexedRooms, socketio.AsyncManager):  # type: ignore[misc]
-    """One node."""
-
-
-class IndexedRedisManager(_IndexedRooms, socketio.AsyncRedisManager):  # type: ignore[misc]
-    """Several nodes: broadcasts to rooms reach every node through Redis."""
-
-    async def stop_listener(self, timeout: float) -> None:
-        """python-socketio starts this manager's Redis listener and never stops it. A cancel
-        that lands inside redis-py's read can be swallowed (the listener then retries), and a
-        test's or the interpreter's final cancel would wait for it for ever: so cancel until it
-        ends, closing its connections after the first try so it waits in a plain sleep."""
-        listener = getattr(self, "thread", None)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while listener is not None and not listener.done():
-            listener.cancel()
-            await asyncio.wait({listener}, timeout=0.5)
-            if not listener.done():
-                await self._close_connections()
-                if asyncio.get_running_loop().time() > deadline:
-                    logger.warning("the Redis manager's listener did not stop in {}s", timeout)
-                    return
-        await self._close_connections()
-
-    async def _close_connections(self) -> None:
-        for connection in (getattr(self, "pubsub", None), getattr(self, "redis", None)):
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.aclose()
