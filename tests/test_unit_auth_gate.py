@@ -7,31 +7,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from socketio_webservice.sites import SiteConfig
 from socketio_webservice.transport.auth import AuthGate, AuthRejected, LoginRefused
 from socketio_webservice.transport.limits import Limits
+from socketio_webservice.transport.site_http import SiteHttp
 from socketio_webservice.transport.stats import TransportStats
 from tests.harness import SiteStub
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def http() -> AsyncIterator[SiteHttp]:
+    client = SiteHttp()
+    yield client
+    await client.close()
 
 
-def gate(
-    http: aiohttp.ClientSession, stub: SiteStub, timeout: float = 2.0, **limits: int
-) -> AuthGate:
+def gate(http: SiteHttp, stub: SiteStub, timeout: float = 2.0, **limits: int) -> AuthGate:
     site = SiteConfig(name="shop", auth_url=f"{stub.url}/auth", api_key="k", auth_scheme="Token")
     return AuthGate(http, site, Limits(**limits), timeout, TransportStats())
 
 
 async def test_the_site_gets_the_token_and_meta_and_its_rooms_come_back(
-    http: aiohttp.ClientSession, stub: SiteStub
+    http: SiteHttp, stub: SiteStub
 ) -> None:
     stub.answers["t1"] = ["user_1", "staff"]
     door = gate(http, stub)
@@ -53,7 +52,7 @@ async def test_the_site_gets_the_token_and_meta_and_its_rooms_come_back(
     ],
 )
 async def test_the_originals_texts_for_what_the_site_answers(
-    http: aiohttp.ClientSession, stub: SiteStub, answer: object, error: str
+    http: SiteHttp, stub: SiteStub, answer: object, error: str
 ) -> None:
     stub.answers["t1"] = answer
     with pytest.raises(AuthRejected) as refused:
@@ -61,9 +60,7 @@ async def test_the_originals_texts_for_what_the_site_answers(
     assert str(refused.value).startswith(error)
 
 
-async def test_what_cannot_be_sent_never_reaches_the_site(
-    http: aiohttp.ClientSession, stub: SiteStub
-) -> None:
+async def test_what_cannot_be_sent_never_reaches_the_site(http: SiteHttp, stub: SiteStub) -> None:
     door = gate(http, stub, max_token_length=10, max_meta_length=5)
     for token, meta, error in [
         ("x" * 11, "", "Auth error: token is longer than 10 characters"),
@@ -76,7 +73,7 @@ async def test_what_cannot_be_sent_never_reaches_the_site(
 
 
 async def test_a_refused_token_is_refused_again_without_asking(
-    http: aiohttp.ClientSession, stub: SiteStub
+    http: SiteHttp, stub: SiteStub
 ) -> None:
     stub.answers["bad"] = 401
     door = gate(http, stub, auth_failure_cache=10)
@@ -91,7 +88,7 @@ async def test_a_refused_token_is_refused_again_without_asking(
 
 
 async def test_calls_in_flight_are_bounded_and_a_wait_past_the_timeout_is_busy(
-    http: aiohttp.ClientSession, stub: SiteStub
+    http: SiteHttp, stub: SiteStub
 ) -> None:
     """One call at a time, each bounded by the timeout: of three clients waiting behind a
     call the site holds, at most one gets the slot when it frees (if its own wait has not run

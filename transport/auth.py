@@ -6,11 +6,11 @@ import asyncio
 import hashlib
 import time
 
-import aiohttp
 import orjson
 
 from ..sites import SiteConfig
 from .limits import Limits
+from .site_http import SiteCallError, SiteHttp
 from .stats import TransportStats
 
 REFUSED_CACHE_SIZE = 10_000  # tokens remembered as refused, per site; the oldest go first
@@ -30,7 +30,7 @@ class LoginRefused(AuthRejected):
 
 
 async def fetch_rooms(
-    http: aiohttp.ClientSession, site: SiteConfig, token: str, meta: str, timeout: float
+    http: SiteHttp, site: SiteConfig, token: str, meta: str, timeout: float
 ) -> list[str]:
     """GET the site's authUrl and return the room names it answers with.
 
@@ -39,20 +39,20 @@ async def fetch_rooms(
     """
     headers = {"Authorization": f"{site.auth_scheme} {token}", "X-META": meta}
     try:
-        async with http.get(
-            site.auth_url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as response:
-            if response.status == 401:
-                raise LoginRefused()
-            if response.status != 200:
-                raise AuthRejected(f"Auth {response.status} error")
-            body = await response.read()
+        answer = await http.request("GET", site.auth_url, headers, timeout=timeout)
     except TimeoutError:
         raise AuthRejected(f"Auth error: no answer from the site within {timeout:g}s") from None
-    except aiohttp.ClientError as exc:
-        raise AuthRejected(f"Auth error: {exc or type(exc).__name__}") from None
-    except ValueError:  # a header value aiohttp will not send; AuthGate.check stops most
+    except SiteCallError as exc:
+        raise AuthRejected(f"Auth error: {exc}") from None
+    except OSError as exc:
+        raise AuthRejected(f"Auth error: cannot reach the site ({exc})") from None
+    except ValueError:  # a header value that cannot be sent; AuthGate.check stops these first
         raise AuthRejected("Auth error: the token or meta cannot be sent to the site") from None
+    if answer.status == 401:
+        raise LoginRefused()
+    if answer.status != 200:
+        raise AuthRejected(f"Auth {answer.status} error")
+    body = answer.body
     try:
         rooms = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -69,7 +69,7 @@ class AuthGate:
 
     def __init__(
         self,
-        http: aiohttp.ClientSession,
+        http: SiteHttp,
         site: SiteConfig,
         limits: Limits,
         timeout: float,

@@ -41,6 +41,12 @@ class Limits:
     timeout, then ``Auth error: busy``)."""
     auth_failure_cache: int = 10
     """Seconds a token the site refused (401) is refused again without asking; 0: never."""
+    # Calls to sites (authUrl, updateUserUrl)
+    max_site_answer: int = 1_048_576
+    """Bytes of a site's answer read; a longer one fails the call (a connect error
+    ``Auth error: the site's answer is not HTTP/1.1: a body over ...``)."""
+    site_connections: int = 100
+    """Connections open to one site's host at once; further calls wait for one."""
     # The store
     store_step_ms: int = DEFAULT_STEP_MS
     """Milliseconds a send's Redis script or SQLite transaction may run before the rest of

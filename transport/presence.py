@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-import aiohttp
+import orjson
 from loguru import logger
 
 from ..sites import SiteConfig
+from .site_http import SiteCallError, SiteHttp
 
 UPDATE_TIMEOUT = 10.0
 
@@ -16,7 +17,7 @@ UPDATE_TIMEOUT = 10.0
 class PresenceNotifier:
     """Fire-and-forget PUTs, tracked so that shutdown can wait for them."""
 
-    def __init__(self, http: aiohttp.ClientSession, site: SiteConfig) -> None:
+    def __init__(self, http: SiteHttp, site: SiteConfig) -> None:
         self.http = http
         self.site = site
         self._tasks: set[asyncio.Task[None]] = set()
@@ -33,21 +34,16 @@ class PresenceNotifier:
         field = "last_connected" if connected else "last_disconnected"
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         url = self.site.update_user_url.replace(":id", user_id)
+        body = orjson.dumps({"id": user_id, "user": {field: stamp}})
+        headers = {"Authorization": authorization, "Content-Type": "application/json"}
         try:
-            async with self.http.put(
-                url,
-                json={"id": user_id, "user": {field: stamp}},
-                headers={"Authorization": authorization},
-                timeout=aiohttp.ClientTimeout(total=UPDATE_TIMEOUT),
-            ) as response:
-                if response.status >= 300:
-                    logger.warning(
-                        "site={} user update {} answered {}", self.site.name, url, response.status
-                    )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning(
-                "site={} user update {} failed: {}", self.site.name, url, exc or type(exc).__name__
-            )
+            answer = await self.http.request("PUT", url, headers, body, UPDATE_TIMEOUT)
+        except (SiteCallError, OSError, ValueError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            logger.warning("site={} user update {} failed: {}", self.site.name, url, reason)
+            return
+        if answer.status >= 300:
+            logger.warning("site={} user update {} answered {}", self.site.name, url, answer.status)
 
     async def drain(self, timeout: float) -> None:
         if self._tasks:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
-import aiohttp
 import orjson
 import socketio
 from loguru import logger
@@ -19,6 +18,7 @@ from ..storage import Store
 from .auth import AuthGate, AuthRejected
 from .limits import Limits
 from .presence import PresenceNotifier
+from .site_http import SiteHttp
 from .socketio_adapter import client_protocol
 from .stats import TransportStats
 
@@ -49,7 +49,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self,
         site: SiteConfig,
         store: Store,
-        http: aiohttp.ClientSession,
+        http: SiteHttp,
         device_ttl: int,
         auth_timeout: float,
         limits: Limits,

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from loguru import logger
@@ -25,6 +24,7 @@ from ..transport.http_server import CappedSite, ConnectionCap, usable_connection
 from ..transport.node_bus import LocalBus, NodeBus, RedisBus
 from ..transport.online import OnlineHandler
 from ..transport.send import SendHandler
+from ..transport.site_http import SiteHttp
 from ..transport.site_namespace import SiteNamespace
 from ..transport.socketio_adapter import (
     IncompatibleVersion,
@@ -141,7 +141,7 @@ class Service:
         self.bus.on_broadcast = self.dispatcher.emit_here
         if config.serve_client:
             self.app.router.add_get("/socket.io/socket.io.js", self.client_bundle)
-        self.http: aiohttp.ClientSession | None = None
+        self.http: SiteHttp | None = None
         self.runner: web.AppRunner | None = None
         self.internal_runner: web.AppRunner | None = None
         self._send_handler: SendHandler | None = None
@@ -165,9 +165,10 @@ class Service:
             await self.bus.start(self.dispatcher.deliver_here, self.dispatcher.catch_up_everyone)
         except TimeoutError:
             raise StartupError("Redis: the cross-node channel did not subscribe in time") from None
-        # No cookie jar: every call to a site stands alone, as the original's fetch. A shared
+        # No cookies: every call to a site stands alone, as the original's fetch. A shared
         # jar would send the session cookie a site set for one user with the next user's call.
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        limits = self.config.limits
+        self.http = SiteHttp(limits.max_site_answer, limits.site_connections)
         for site in self.config.sites.values():
             self._open_site(site)
         self._send_handler = SendHandler(
