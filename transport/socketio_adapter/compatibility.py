@@ -64,6 +64,7 @@ REQUIRED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
             "max_http_buffer_size",
             "ping_interval",
             "ping_timeout",
+            "sequence_number",  # generate_id's counter
         ),
     ),
     "engineio AsyncSocket": (

@@ -22,12 +22,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import parse_qsl
 
 import engineio
 import socketio
@@ -51,6 +52,10 @@ from .legacy import (
 from .socket import PingClock, SocketTable
 
 ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack id, then args
+# Engine.IO's query parameters a request is routed by: protocol 3, and JSONP polling
+PROTOCOL_3 = re.compile(r"(?:^|&)EIO=3(?:&|$)")
+JSONP = re.compile(r"(?:^|&)j=")
+RANDOM_POOL = 4_096  # bytes of os.urandom read at once for session ids
 
 
 class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
@@ -198,6 +203,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self.websockets: set[_WebSocket] = set()
         self.sockets = SocketTable()
         self.ping_clock = PingClock(self.ping_interval, self.sockets)
+        self._random, self._random_at = b"", 0
         self.read_timeout = 60.0
         self.max_outgoing_queue = 1_000
         self._closing: set[asyncio.Future[Any]] = set()
@@ -206,11 +212,11 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         """A polling POST's body is read here, within ``read_timeout`` and the packet limit:
         Engine.IO would wait for a trickling body for ever, and answers one over the limit by
         closing the session in a way that waits for a poll the client will never make."""
-        # Not request.query: it would be cached on the request, which a websocket keeps alive.
-        query = dict(parse_qsl(request.query_string))
-        legacy, jsonp = query.get("EIO") == "3", "j" in query
-        del query
-        if jsonp:
+        # Not request.query: it would be parsed and cached on the request, which a websocket
+        # keeps alive; Engine.IO parses the query string again anyway.
+        query = request.query_string
+        legacy = PROTOCOL_3.search(query) is not None
+        if JSONP.search(query) is not None:
             return web.Response(status=400, text="JSONP polling is not supported: use XHR")
         token = LEGACY.set(legacy)
         try:
@@ -295,6 +301,19 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     async def shutdown(self) -> None:
         await self.ping_clock.stop()
         await super().shutdown()
+
+    def generate_id(self) -> str:
+        """As python-engineio's (12 random bytes and a counter, URL-safe base64), the random
+        bytes taken from a pool of ``os.urandom``: one system call per 341 ids, not one each
+        (python-socketio asks here for its sids too)."""
+        if self._random_at + 12 > len(self._random):
+            self._random, self._random_at = os.urandom(RANDOM_POOL), 0
+        at = self._random_at
+        self._random_at = at + 12
+        number: int = self.sequence_number  # type: ignore[has-type]
+        self.sequence_number = (number + 1) & 0xFFFFFF
+        raw = self._random[at : at + 12] + number.to_bytes(3, "big")
+        return base64.urlsafe_b64encode(raw).decode()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Mailbox[Any]:
         return Mailbox()
