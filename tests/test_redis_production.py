@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable
+from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable, redis_keys
 from socketio_webservice.storage import redis_store as redis_store_module
 from socketio_webservice.storage.redis_store import RedisStore
-from testkit.processes import RedisServer, free_port, run_cli, write_sites
+from testkit.processes import RedisClusterSet, RedisServer, free_port, run_cli, write_sites
 
 SITE = "shop"
 
@@ -150,6 +150,30 @@ async def test_with_min_replicas_a_send_not_replicated_in_time_is_a_504(tmp_path
         await store.close()
         replica.stop()
         primary.stop()
+
+
+async def test_with_min_replicas_on_a_cluster_a_send_not_replicated_in_time_is_a_504(
+    tmp_path: Path,
+) -> None:
+    """On Redis Cluster the send waits for the replica of the primary its user's bucket is
+    on: frozen, the send's outcome is unknown (504); back, sends are confirmed again."""
+    cluster = RedisClusterSet(tmp_path / "cluster-replicas")
+    cluster.start()
+    store = RedisStore(cluster.url, device_ttl=3600, node_id="node-a", timeout=1, min_replicas=1)
+    try:
+        await store.open()
+        await store.connect_device(SITE, "user_1", "phone", [])
+        assert len(await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[1]))) == 1
+        key = redis_keys.user_keys(redis_keys.user_prefix("sws:", SITE, "user_1"), "user_1")[0]
+        replica = cluster.replica_of(cluster.primary_of(key))
+        with replica.frozen(), pytest.raises(OutcomeUnknown, match="0 of 1 replicas"):
+            await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[2]))
+        assert len(await store.enqueue(SITE, ["user_1"], [], Message(event="n", args=[3]))) == 1
+        queued = await store.pending(SITE, "user_1", "phone")
+        assert [m.args for m in queued] == [[1], [2], [3]]  # the 504's send was stored
+    finally:
+        await store.close()
+        cluster.stop()
 
 
 async def test_the_originals_redis_block_with_a_password_and_a_user_connects(
