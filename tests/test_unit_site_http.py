@@ -343,3 +343,19 @@ async def test_https_checks_the_sites_certificate(
         assert (await trusting.request("GET", f"{raw.url}/auth", {})).body == b"ok"
     finally:
         await trusting.close()
+
+
+async def test_a_site_redirecting_to_ever_new_hosts_keeps_a_bounded_state(
+    site: Callable[..., RawSite], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from socketio_webservice.transport import site_http
+
+    monkeypatch.setattr(site_http, "MAX_ORIGINS", 3)
+    client = SiteHttp()
+    try:
+        for _ in range(5):  # each a server of its own: an origin of its own
+            raw = await started(site(OK))
+            assert (await client.request("GET", raw.url, {})).body == b"ok"
+            assert len(client._slots) <= 3 and len(client._idle) <= 3
+    finally:
+        await client.close()

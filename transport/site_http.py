@@ -32,6 +32,7 @@ MAX_HEAD = 65_536  # bytes of an answer's status line and headers
 MAX_REDIRECTS = 10
 IDLE_REUSE = 4.0  # seconds
 MAX_IDLE = 100  # idle connections kept per origin
+MAX_ORIGINS = 1_000  # origins remembered (sites' hosts, and where they redirect to)
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTROL = frozenset(chr(c) for c in range(32)) - {"\t"} | {"\x7f"}
 
@@ -267,6 +268,7 @@ class SiteHttp:
         self.connections_per_origin = connections_per_origin
         self._idle: dict[Origin, list[_Connection]] = {}
         self._slots: dict[Origin, asyncio.Semaphore] = {}
+        self._calls: dict[Origin, int] = {}  # calls in flight
         self._tls: ssl.SSLContext | None = None
         self._closed = False
 
@@ -329,24 +331,33 @@ class SiteHttp:
         data = ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
         slots = self._slots.get(origin)
         if slots is None:
+            if len(self._slots) >= MAX_ORIGINS:
+                self._forget_unused_origins()
             slots = self._slots[origin] = asyncio.Semaphore(self.connections_per_origin)
-        async with slots:
-            for attempt in range(2):
-                connection = await self._connection(origin)
-                try:
-                    if not connection.usable:  # closed by the site before the request
-                        raise ConnectionResetError("the site closed the connection")
-                    result = await connection.request(data, no_body=method == "HEAD")
-                except ConnectionResetError:
-                    connection.close()
-                    if connection.reused and attempt == 0:  # closed by the site while idle
-                        continue
-                    raise
-                except BaseException:
-                    connection.close()  # a timeout or a bad answer: the connection is spent
-                    raise
-                self._release(connection)
-                return result
+        self._calls[origin] = self._calls.get(origin, 0) + 1
+        try:
+            async with slots:
+                return await self._call(origin, data, method == "HEAD")
+        finally:
+            self._calls[origin] -= 1
+
+    async def _call(self, origin: Origin, data: bytes, no_body: bool) -> SiteAnswer:
+        for attempt in range(2):
+            connection = await self._connection(origin)
+            try:
+                if not connection.usable:  # closed by the site before the request
+                    raise ConnectionResetError("the site closed the connection")
+                result = await connection.request(data, no_body)
+            except ConnectionResetError:
+                connection.close()
+                if connection.reused and attempt == 0:  # closed by the site while idle
+                    continue
+                raise
+            except BaseException:
+                connection.close()  # a timeout or a bad answer: the connection is spent
+                raise
+            self._release(connection)
+            return result
         raise AssertionError("unreachable")
 
     async def _connection(self, origin: Origin) -> _Connection:
@@ -369,6 +380,13 @@ class SiteHttp:
             server_hostname=host if tls else None,
         )
         return connection
+
+    def _forget_unused_origins(self) -> None:
+        """A site redirecting to ever new hosts must not grow what is kept for each."""
+        for origin in [o for o, calls in self._calls.items() if not calls]:
+            del self._calls[origin], self._slots[origin]
+            for connection in self._idle.pop(origin, []):
+                connection.close()
 
     def _release(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.origin, [])
