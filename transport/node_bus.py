@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..log_throttle import LogThrottle
 from ..storage import Delivery, Message, redis_wire
 from ..storage.redis_keys import broadcast_channel, deliver_channel
 from .stats import TransportStats
@@ -147,7 +148,7 @@ class RedisBus:
         self._broadcasts = broadcast_channel(key_prefix)
         self._listening: dict[str, bool] = {self._deliveries: False, self._broadcasts: False}
         self._listeners: list[asyncio.Task[None]] = []
-        self._failed_broadcasts: tuple[float, int] | None = None  # last logged, not logged since
+        self._failed_broadcasts = LogThrottle(STILL_DOWN_EVERY)
 
     @property
     def healthy(self) -> bool:
@@ -206,13 +207,9 @@ class RedisBus:
 
     def _broadcast_failed(self, exc: Exception) -> None:
         """One line a minute while Redis is away, however many sends a site makes."""
-        now = time.monotonic()
-        if self._failed_broadcasts is not None and now - self._failed_broadcasts[0] < 60:
-            said_at, since = self._failed_broadcasts
-            self._failed_broadcasts = (said_at, since + 1)
+        since = self._failed_broadcasts.due()
+        if since is None:
             return
-        since = 0 if self._failed_broadcasts is None else self._failed_broadcasts[1]
-        self._failed_broadcasts = (now, 0)
         logger.warning(
             "plain sites' sends reach this node's sockets only, not other nodes' ({}){}",
             exc,

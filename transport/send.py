@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import math
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -17,6 +16,7 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
+from ..log_throttle import LogThrottle
 from ..storage import (
     Message,
     OutcomeUnknown,
@@ -249,8 +249,8 @@ class SendHandler:
         self.namespaces = namespaces
         self.store = store
         self.dispatcher = dispatcher
-        # (site, or "" for none of ours; status) -> (when last logged, rejections since)
-        self._rejections_said: dict[tuple[str, int], tuple[float, int]] = {}
+        # by (site, or "" for none of ours; status)
+        self._rejections_said = LogThrottle(REJECTIONS_SAID_EVERY)
 
     async def __call__(self, request: web.Request) -> web.Response:
         started, accepted_at = time.perf_counter(), time.time()
@@ -379,14 +379,9 @@ class SendHandler:
         # Counted under the site only if it is one: a flood of made-up names adds no labels.
         known = site if site in self.namespaces else ""
         self.stats.sends[known, status] += 1
-        # Logged once a minute per (site, status), with how many were not: a backend in a
-        # loop of bad requests costs a line a minute, not a line a request.
-        said_at, unsaid = self._rejections_said.get((known, status), (-math.inf, 0))
-        now = time.monotonic()
-        if now - said_at >= REJECTIONS_SAID_EVERY:
+        # A backend in a loop of bad requests costs a line a minute, not a line a request.
+        unsaid = self._rejections_said.due((known, status))
+        if unsaid is not None:
             more = f" (and {unsaid} more rejected since)" if unsaid else ""
             logger.info("send rejected ({}) site={}: {}{}", status, site, text, more)
-            self._rejections_said[known, status] = (now, 0)
-        else:
-            self._rejections_said[known, status] = (said_at, unsaid + 1)
         return web.Response(status=status, text=text)

@@ -12,6 +12,8 @@ import time
 
 from loguru import logger
 
+from ..log_throttle import LogThrottle
+
 WINDOW = 60.0
 
 
@@ -21,8 +23,7 @@ class KeyGuard:
         self.allowed = allowed
         self.max_addresses = max_addresses
         self._failures: dict[str, tuple[float, int]] = {}  # address: (window start, count)
-        self._unsaid = 0
-        self._said_at = -WINDOW
+        self._said = LogThrottle(WINDOW)
 
     def blocked(self, address: str) -> bool:
         """Whether ``address`` has used up its failed attempts for this minute."""
@@ -43,14 +44,13 @@ class KeyGuard:
         if address not in self._failures and len(self._failures) >= self.max_addresses:
             self._failures.clear()
         self._failures[address] = (started, count + 1)
-        self._unsaid += 1
-        if now - self._said_at >= WINDOW:
+        unsaid = self._said.due()
+        if unsaid is not None:
             logger.warning(
                 "{} wrong {} attempts in the last minute (the latest from {}; said once a "
                 "minute; {} tries a minute per address, then 429)",
-                self._unsaid,
+                unsaid + 1,  # this one too
                 self.what,
                 address,
                 self.allowed,
             )
-            self._said_at, self._unsaid = now, 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +25,7 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
+from ..log_throttle import LogThrottle
 from .config import LogConfig
 
 WINSTON_LEVELS = {"SILLY": "TRACE", "VERBOSE": "DEBUG", "WARN": "WARNING"}
@@ -112,15 +112,14 @@ class _InterceptHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self._malformed_said_at = -BAD_HTTP_EVERY
+        self._malformed = LogThrottle(BAD_HTTP_EVERY)
 
     def emit(self, record: logging.LogRecord) -> None:
         if _is_malformed_http(record):
             # aiohttp logs each malformed request with a traceback: a client's mistake, said
             # in one line at most once a minute, whatever a flood sends.
-            if time.monotonic() - self._malformed_said_at < BAD_HTTP_EVERY:
+            if self._malformed.due() is None:
                 return
-            self._malformed_said_at = time.monotonic()
             assert record.exc_info is not None
             logger.bind(logger=record.name).warning(
                 "malformed HTTP request refused (400): {} (said once a minute)",
