@@ -33,6 +33,23 @@ def write_sites(directory: Path, auth_url: str) -> Path:
     return path
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1 (``openssl req -x509``), valid for a day:
+    ``directory``/key.pem and cert.pem."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return key, cert
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports (each ``free_port`` alone may return one twice)."""
     with contextlib.ExitStack() as stack:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from testkit.processes import ROOT, ServiceProcess, free_port, write_sites
+from testkit.processes import ROOT, ServiceProcess, free_port, self_signed_certificate, write_sites
 from tests.harness import SiteStub, connect, post_send
 
 
@@ -40,28 +40,7 @@ async def proxied(tmp_path: Path, stub: SiteStub) -> AsyncIterator[tuple[str, Pa
     # deploy/nginx-tls.conf as an operator installs it, with a self-signed certificate
     (tmp_path / "sws" / "tls").mkdir(parents=True)
     shutil.copy(ROOT / "deploy" / "nginx-locations.conf", tmp_path / "sws" / "locations.conf")
-    await asyncio.to_thread(
-        subprocess.run,
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            str(tmp_path / "key.pem"),
-            "-out",
-            str(tmp_path / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    await asyncio.to_thread(self_signed_certificate, tmp_path)
     tls = (
         (ROOT / "deploy" / "nginx-tls.conf")
         .read_text()
