@@ -88,11 +88,6 @@ class _Connection(asyncio.Protocol):
         except _BadAnswer as exc:
             self._fail(SiteCallError(f"the site's answer is not HTTP/1.1: {exc}"))
 
-    def eof_received(self) -> bool:
-        if self._state == "eof" and self.answer is not None and not self.answer.done():
-            self._finish()
-        return False  # the transport closes
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == "eof" and self.answer is not None and not self.answer.done():
             self._finish()  # the end of the connection was the end of the body
