@@ -184,3 +184,22 @@ async def test_a_client_that_stops_reading_is_dropped_by_its_ping_timeout(
         assert time.monotonic() < deadline, "the stuck connection is still open"
         await asyncio.sleep(0.1)
     assert status == 200
+
+
+async def test_many_clients_each_sending_one_bad_packet_cost_one_line(
+    harness: Harness, logs: list[str]
+) -> None:
+    """One bad packet from each of 200 connections: each is dropped, and the log says so once
+    for that kind of fault, with the count, not once per connection."""
+    await harness.start()
+    harness.stub.answers["t1"] = ["user_1"]
+    bystander = await harness.connect("shop", "t1")
+    for _ in range(200):
+        ws = await raw_websocket(harness)
+        await send_frames(ws, ["4{{{not json"])
+        await closed_by_server(ws)
+    assert len(dropped_lines(logs)) == 1, dropped_lines(logs)[:3]
+    assert "bad packet" in dropped_lines(logs)[0]
+    await harness.send("shop", "user_1", "after", 1)
+    assert (await bystander.next()).args == [1]
+    await bystander.disconnect()

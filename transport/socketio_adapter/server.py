@@ -40,6 +40,7 @@ from engineio.async_drivers import aiohttp as aiohttp_driver
 from loguru import logger
 
 from ...actors.mailbox import Mailbox
+from ...log_throttle import LogThrottle
 from ..limits import Limits
 from .legacy import (
     LEGACY,
@@ -204,6 +205,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self.sockets = SocketTable()
         self.ping_clock = PingClock(self.ping_interval, self.sockets)
         self._random, self._random_at = b"", 0
+        self._drops_said = LogThrottle()  # by kind of fault
         self.read_timeout = 60.0
         self.max_outgoing_queue = 1_000
         self._closing: set[asyncio.Future[Any]] = set()
@@ -319,12 +321,16 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         return Mailbox()
 
     def drop(self, socket: Any, reason: str) -> None:
-        """Close an Engine.IO socket at once, with one log line, without waiting for its
-        writer: it may be stuck on a client that does not read. Every way a client is dropped
-        (bad input, a flood, not reading) comes here."""
+        """Close an Engine.IO socket at once, without waiting for its writer: it may be stuck
+        on a client that does not read. Every way a client is dropped (bad input, a flood, not
+        reading) comes here, and is logged once a minute for each kind of fault, with how many
+        more: many connections each sending one bad packet cost a line, not one each."""
         if socket.closed or socket.closing:
             return
-        logger.warning("client {} dropped: {}", socket.sid, reason)
+        unsaid = self._drops_said.due(reason.split(" (", 1)[0])
+        if unsaid is not None:
+            more = f"; {unsaid} more clients dropped so since the last line" if unsaid else ""
+            logger.warning("client {} dropped: {}{}", socket.sid, reason, more)
         socket.dropped = True
         websocket = getattr(socket, "websocket", None)
         if websocket is not None:
