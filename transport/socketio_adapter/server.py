@@ -109,17 +109,21 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
         )
 
-    def write_now(self, text: str) -> None:
-        """One unmasked, uncompressed text frame (RFC 6455 5.2), written at once."""
-        data = text.encode()
-        size = len(data)
-        if size < 126:
-            header = bytes((0x81, size))
-        elif size < 65536:
-            header = bytes((0x81, 126)) + size.to_bytes(2, "big")
-        else:
-            header = bytes((0x81, 127)) + size.to_bytes(8, "big")
-        self.transport.write(header + data)
+    def write_now(self, *texts: str) -> None:
+        """Unmasked, uncompressed text frames (RFC 6455 5.2), one each, in one write: a
+        socket's connect reply, ``_settings`` and ``_batch`` leave in one segment."""
+        frames = []
+        for text in texts:
+            data = text.encode()
+            size = len(data)
+            if size < 126:
+                frames.append(bytes((0x81, size)))
+            elif size < 65536:
+                frames.append(bytes((0x81, 126)) + size.to_bytes(2, "big"))
+            else:
+                frames.append(bytes((0x81, 127)) + size.to_bytes(8, "big"))
+            frames.append(data)
+        self.transport.write(b"".join(frames))
 
     def abort(self) -> None:
         """Drop the connection now: a write blocked on it fails, and the socket closes."""

@@ -182,9 +182,13 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
                 packets = self._with_the_rest(first)
                 if not packets:  # the socket is closing
                     break
+                encoded = [packet.encode() for packet in packets]
                 try:
-                    for packet in packets:
-                        await ws.send(packet.encode())
+                    if ws.can_write_now() and all(type(text) is str for text in encoded):
+                        ws.write_now(*encoded)
+                        continue
+                    for text in encoded:
+                        await ws.send(text)
                 except Exception:
                     break
             await ws.close()
