@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from loguru import logger
 
-from ..storage import Message, Store, StoredMessage, StoreUnavailable
+from ..storage import Backlog, Message, Store, StoredMessage, StoreUnavailable
 from .mailbox import Mailbox
 from .messages import (
     Ack,
@@ -59,6 +59,8 @@ class SocketInfo:
     forget_on_disconnect: bool
     resync_due: bool = False  # its queue overflowed while away: it missed messages
     shared_rooms: list[str] = field(default_factory=list)  # of the auth answer it connected with
+    backlog: Backlog | None = None  # its queue as registering read it, until it attaches
+    read_at: int = 0  # the actor's ``changes`` when that was read
 
 
 @dataclass(slots=True)
@@ -96,6 +98,7 @@ class UserActor:
     __slots__ = (
         "_acks_in_flight",
         "_catch_up_queued",
+        "_changes",
         "_on_idle",
         "_on_work",
         "_retries_waiting",
@@ -136,6 +139,9 @@ class UserActor:
         self._acks_in_flight: set[asyncio.Future[int]] = set()
         self._catch_up_queued = False
         self._retries_waiting = 0
+        # Counts what may change a queue read at registration before its socket attaches: an
+        # ack, a delivery for a device not attached here, a resync ack. Changed: read again.
+        self._changes = 0
 
     @property
     def ready_for_inline(self) -> bool:
@@ -149,6 +155,7 @@ class UserActor:
             return
         if isinstance(message, Deliver) and self.mailbox.qsize() >= MAILBOX_LIMIT:
             # The message is stored; dropping its live copy is safe if the queue is re-read.
+            self._changes += 1
             if not self._catch_up_queued:
                 self._catch_up_queued = True
                 logger.warning(
@@ -218,6 +225,7 @@ class UserActor:
             future.add_done_callback(successor._acks_in_flight.discard)
         successor._retries_waiting += self._retries_waiting
         successor._catch_up_queued = self._catch_up_queued
+        successor._changes = self._changes + 1  # what was read before is read again
         self._successor = successor
         while not self.mailbox.empty():
             successor._post(self.mailbox.get_nowait())
@@ -232,6 +240,7 @@ class UserActor:
             case Deliver():
                 self.deliver(message)
             case Ack():
+                self._changes += 1
                 await self.store.ack(self.site, self.user, message.device, message.acked)
             case ResyncAck():
                 await self._resync_ack(message)
@@ -253,6 +262,8 @@ class UserActor:
     # --- connections -------------------------------------------------------------------------
 
     async def _register(self, message: Register) -> None:
+        await self._acks_written()  # the queue read with the registration must not hold them
+        read_at = self._changes
         try:
             connected = await self.store.connect_device(
                 self.site, self.user, message.device, message.shared_rooms
@@ -284,6 +295,8 @@ class UserActor:
             message.forget_on_disconnect,
             resync_due=connected.overflowed,
             shared_rooms=message.shared_rooms,
+            backlog=connected.backlog,
+            read_at=read_at,
         )
         message.reply.set_result(connected.first)
         if connected.first:
@@ -312,9 +325,11 @@ class UserActor:
         if not self.outbox.is_connected(sid):  # it went away during the handshake
             await self._detach(sid)
             return
-        await self._acks_written()
+        backlog, info.backlog = info.backlog, None
         try:
-            backlog = await self.store.read_queue(self.site, self.user, info.device)
+            if backlog is None or info.read_at != self._changes:
+                await self._acks_written()
+                backlog = await self.store.read_queue(self.site, self.user, info.device)
         except StoreUnavailable as exc:
             logger.warning(
                 "site={} user={} cannot read the queue, closing the socket: {}",
@@ -373,8 +388,11 @@ class UserActor:
         message = deliver.message
         for device, seq in deliver.seqs.items():
             link = self.devices.get(device)
-            if link is None or seq <= link.last_seq:
-                continue  # not attached here, or already sent in _batch / a re-read
+            if link is None:  # not attached here (yet: the registration's read may miss it)
+                self._changes += 1
+                continue
+            if seq <= link.last_seq:
+                continue  # already sent in _batch or a re-read
             if seq > link.last_seq + 1:
                 link.held[seq] = message
                 if len(link.held) > HOLD_LIMIT:
@@ -459,6 +477,7 @@ class UserActor:
 
     def _on_ack(self, device: str, acked: list[tuple[int, str]], accepted_at: float = 0.0) -> Any:
         def on_ack(*_client_args: Any) -> None:
+            self._changes += 1
             self.stats.acked += len(acked)
             if accepted_at:
                 self.stats.delivery_latency.observe(time.time() - accepted_at)
@@ -482,6 +501,7 @@ class UserActor:
             await asyncio.gather(*self._acks_in_flight, return_exceptions=True)
 
     async def _resync_ack(self, message: ResyncAck) -> None:
+        self._changes += 1
         await self._acks_written()
         outcome = await self.store.ack_head(
             self.site, self.user, message.device, message.seq, message.event

@@ -135,7 +135,8 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 #   -> {the user's connection count, this one included, or -1: refused (the user has max
 #      devices, all connected; nothing changed); 1 if the device's queue overflowed since it
 #      last connected (the flag is cleared), else 0; the devices retired to make room for
-#      this new one, tab-separated (the least recently seen offline ones)}
+#      this new one, tab-separated (the least recently seen offline ones); then, unless
+#      refused, the device's last assigned seq and its queue (HGETALL), as read_queue reads}
 CONNECT_DEVICE = _script(
     """
 local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
@@ -206,7 +207,8 @@ for i = 7, #ARGV do
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
-return {conns, overflowed, table.concat(retire, '\t')}
+local seq = redis.call('HGET', dev, 'seq') or '0'
+return {conns, overflowed, table.concat(retire, '\t'), seq, redis.call('HGETALL', msg)}
 """,
     with_deadline=True,
 )

@@ -311,7 +311,8 @@ class RedisStore(StoreBase):
 
     async def _write_connects(self, items: Sequence[ConnectItem]) -> list[Connected]:
         """Connections arriving together (a node restart, a network blip) share a round trip.
-        Each room's index then lists the user's bucket (after the script: see PRUNE_ROOM)."""
+        Each room's index then lists the user's bucket (after the script: see PRUNE_ROOM;
+        a bump repeated changes nothing the prune relies on)."""
         node = keys.node_field(self.node_id)
         calls = [
             (
@@ -334,10 +335,7 @@ class RedisStore(StoreBase):
         ]
 
         async def connect() -> list[Any]:
-            replies = await self.wire.run_scripts(calls)
-            if indexed:
-                await self.wire.pipeline(indexed)
-            return replies
+            return await self.wire.run_scripts_then(calls, indexed)
 
         return [
             Connected(
@@ -347,8 +345,9 @@ class RedisStore(StoreBase):
                 retired="\t".join(unescape(name) for name in retired.decode().split("\t"))
                 if retired
                 else "",
+                backlog=_backlog(*queue) if queue else Backlog([], 0),
             )
-            for conns, overflowed, retired in await self._call("connect_device", connect)
+            for conns, overflowed, retired, *queue in await self._call("connect_device", connect)
         ]
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:
@@ -597,12 +596,7 @@ class RedisStore(StoreBase):
             if conns is None:  # the device expired; its queue waits for the sweep
                 backlogs.append(Backlog([], 0))
                 continue
-            seqs = map(keys.message_seq, records[::2])
-            ordered = sorted(zip(seqs, records[1::2], strict=True))
-            messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
-            # The seq is read first: a message stored between the two reads is in ``records``.
-            last_seq = max(int(last or 0), ordered[-1][0] if ordered else 0)
-            backlogs.append(Backlog(messages, last_seq))
+            backlogs.append(_backlog(last, records, after_seq))
         return backlogs
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
@@ -765,3 +759,13 @@ def _deliveries(flat: list[Any], at: int, count: int) -> list[Delivery]:
             )
         )
     return deliveries
+
+
+def _backlog(last: bytes | None, records: list[bytes], after_seq: int = 0) -> Backlog:
+    """A device's queue from its last seq and its messages hash (HGETALL's flat list)."""
+    seqs = map(keys.message_seq, records[::2])
+    ordered = sorted(zip(seqs, records[1::2], strict=True))
+    messages = [StoredMessage.decode(seq, rec) for seq, rec in ordered if seq > after_seq]
+    # The seq is read first: a message stored between the two reads is in ``records``.
+    last_seq = max(int(last or 0), ordered[-1][0] if ordered else 0)
+    return Backlog(messages, last_seq)

@@ -337,6 +337,27 @@ class RedisWire:
         (reply,) = await self.run_scripts([(script, keys, args)])
         return reply
 
+    async def run_scripts_then(
+        self,
+        calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]],
+        commands: Sequence[Sequence[Any]],
+    ) -> list[Any]:
+        """``run_scripts``' replies, with ``commands`` run after the scripts: written behind
+        them at once, as one Redis runs a connection's commands in order. If a script was not
+        known, the commands are sent again once it has run (they must bear repeating)."""
+        if not commands:
+            return await self.run_scripts(calls)
+        replies = await self._exchange(
+            lambda connection: (
+                [script.call(keys, args, connection.deadline()) for script, keys, args in calls]
+                + list(commands)
+            )
+        )
+        scripts = replies[: len(calls)]
+        if any(map(_missing_script, scripts)):
+            return [*await self.run_scripts(calls), *await self.pipeline(commands)][: len(calls)]
+        return _raise_first_error(replies)[: len(calls)]
+
     async def _exchange(self, build: Callable[[_Connection], Sequence[Sequence[Any]]]) -> list[Any]:
         """Replies to the commands ``build`` makes for the connection they go out on (a
         script's deadline is that connection's)."""
@@ -581,6 +602,18 @@ class ClusterWire:
     async def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         (reply,) = await self.run_scripts([(script, keys, args)])
         return reply
+
+    async def run_scripts_then(
+        self,
+        calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]],
+        commands: Sequence[Sequence[Any]],
+    ) -> list[Any]:
+        """As ``RedisWire``'s; the commands' keys may be on other primaries, so they are sent
+        once the scripts have replied."""
+        replies = await self.run_scripts(calls)
+        if commands:
+            await self.pipeline(commands)
+        return replies
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Each command goes to its key's primary (its second word is the key)."""

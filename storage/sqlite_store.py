@@ -287,7 +287,7 @@ class SQLiteStore(StoreBase):
             for site, user, device, after in items
         ]
         return [
-            Backlog([StoredMessage.decode(seq, record) for seq, record in rows], last_seq)
+            _backlog(rows, last_seq)
             for rows, last_seq in await self._transaction("read_queue", _read_queues, keys)
         ]
 
@@ -431,7 +431,12 @@ def _connect_device(
     ).fetchone()
     db.execute("DELETE FROM memberships WHERE site = :site AND user = :user", key)
     db.executemany("INSERT OR IGNORE INTO memberships (site, room, user) VALUES (?, ?, ?)", rooms)
-    return Connected(first=conns == 1, overflowed=flagged is not None, retired="\t".join(retired))
+    return Connected(
+        first=conns == 1,
+        overflowed=flagged is not None,
+        retired="\t".join(retired),
+        backlog=_backlog(*_read_queue(db, {**key, "after": 0})),
+    )
 
 
 def _disconnect_device(db: Db, key: dict[str, Any], forget: bool) -> bool:
@@ -585,6 +590,10 @@ def _connections(db: Db, site: str, user: str, device: str) -> int:
         "SELECT conns FROM devices WHERE site = ? AND user = ? AND device = ?", (site, user, device)
     ).fetchone()
     return row[0] if row else 0
+
+
+def _backlog(rows: list[Any], last_seq: int) -> Backlog:
+    return Backlog([StoredMessage.decode(seq, record) for seq, record in rows], last_seq)
 
 
 def _read_queues(db: Db, keys: Sequence[dict[str, Any]]) -> list[tuple[list[Any], int]]:

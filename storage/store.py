@@ -47,12 +47,15 @@ class Connected:
     (messages were not stored for it) since it last connected? ``refused``: the user has
     ``max_devices`` devices already, all connected, and this one is new (nothing changed).
     ``retired``: the device that made room for this new one (the least recently seen of the
-    user's offline devices; its queue is gone)."""
+    user's offline devices; its queue is gone). ``backlog``: the device's queue, read in the
+    same step (what ``read_queue`` would return right after), so a reconnecting socket gets
+    its ``_batch`` without a second call."""
 
     first: bool
     overflowed: bool
     refused: bool = False
     retired: str = ""
+    backlog: Backlog = field(default_factory=lambda: Backlog([], 0))
 
 
 AckItem = tuple[str, str, str, Sequence[tuple[int, str]]]
@@ -247,7 +250,8 @@ class Store(Protocol):
 
         ``shared_rooms`` replaces the user's membership (the latest auth answer wins). A device
         whose queue had expired starts empty. Says whether the user had no connection before,
-        and whether the device's queue overflowed since it last connected (and clears that).
+        and whether the device's queue overflowed since it last connected (and clears that),
+        and returns the device's queue as it is once connected.
         """
 
     async def disconnect_device(self, site: str, user: str, device: str, *, forget: bool) -> bool:

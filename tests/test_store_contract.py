@@ -46,6 +46,25 @@ async def test_messages_are_kept_in_send_order_across_events(store: Store) -> No
     assert [m.seq for m in pending] == [1, 2, 3, 4]
 
 
+async def test_a_connect_returns_the_devices_queue_as_read_queue_reads_it(store: Store) -> None:
+    assert (await store.connect_device(SITE, "user_1", "phone", [])).backlog.messages == []
+    for event in ["a", "b", "c"]:
+        await store.enqueue(SITE, ["user_1"], [], msg(event, event))
+    await store.ack(SITE, "user_1", "phone", [(2, "b")])
+    await store.disconnect_device(SITE, "user_1", "phone", forget=False)
+    await store.enqueue(SITE, ["user_1"], [], msg("d", "d"))  # while it was away
+
+    backlog = (await store.connect_device(SITE, "user_1", "phone", ["staff"])).backlog
+    assert [(m.seq, m.event, m.args) for m in backlog.messages] == [
+        (1, "a", ["a"]),
+        (3, "c", ["c"]),
+        (4, "d", ["d"]),
+    ]
+    assert backlog == await store.read_queue(SITE, "user_1", "phone")
+    assert backlog.last_seq == 4
+    assert (await store.connect_device(SITE, "user_1", "tablet", [])).backlog.messages == []
+
+
 async def test_enqueue_reports_each_device_once(store: Store) -> None:
     await store.connect_device(SITE, "user_1", "phone", ["Staff"])
     await store.connect_device(SITE, "user_1", "laptop", ["Staff"])
@@ -149,7 +168,7 @@ async def test_queue_expires_ttl_after_disconnect(
         await until(expired)
         assert await store.enqueue(SITE, ["user_1"], ["staff"], msg("after-expiry")) == []
         assert await store.shared_room_members(SITE, "staff") == set()
-        await store.connect_device(SITE, "user_1", "d", [])
+        assert (await store.connect_device(SITE, "user_1", "d", [])).backlog.messages == []
         assert await store.pending(SITE, "user_1", "d") == []
     finally:
         await store.close()

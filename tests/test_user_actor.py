@@ -195,6 +195,52 @@ async def test_batch_first_then_live_in_order(
     assert await asyncio.wait_for(_empty(store), WAIT) == []
 
 
+async def register(actor: UserActor, outbox: FakeOutbox, sid: str) -> None:
+    """The first half of ``attach``: registered (its queue read with it), not attached yet."""
+    reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    outbox.connected.add(sid)
+    actor.tell(Register(sid, DEVICE, [], "Bearer t", forget_on_disconnect=False, reply=reply))
+    await asyncio.wait_for(reply, WAIT)
+
+
+async def test_a_message_stored_between_register_and_attach_comes_once_in_the_batch(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
+    await attach(actor, outbox, "s1")
+    actor.tell(Detach("s1"))
+    await actor.drained()
+    actor.tell(await store_message(store, 1))  # the laptop's copy
+    assert (await outbox.next()).sid == "laptop-socket"
+
+    await register(actor, outbox, "s2")  # reads [1]
+    actor.tell(await store_message(store, 2))  # for a device not attached yet: skipped
+    actor.tell(Attach("s2"))
+    assert (await outbox.next()).sid == "laptop-socket"
+    assert (await outbox.next()).event == "_settings"
+    batch = await outbox.next()
+    assert (batch.sid, batch.event, batch.args) == ("s2", "_batch", [[["n", 1], ["n", 2]]])
+    await actor.drained()
+    assert outbox.nothing_sent()
+
+
+async def test_an_ack_between_register_and_attach_is_not_sent_again(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "s1")
+    actor.tell(await store_message(store, 1))
+    first = await outbox.next()
+    assert (first.sid, first.args) == ("s1", [1])
+
+    await register(actor, outbox, "s2")  # the same device from a second socket: reads [1]
+    first.ack()  # the first socket acks it before the second attaches
+    actor.tell(Attach("s2"))
+    assert (await outbox.next()).event == "_settings"
+    await actor.drained()
+    assert outbox.nothing_sent()  # no _batch: 1 was acked
+    assert await store.pending(SITE, USER, DEVICE) == []
+
+
 async def _empty(store: Store) -> list[object]:
     """The queue once the acks in flight are written (they are written in the background)."""
     while True:
