@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from socketio_webservice.webservice import gc_policy
+from tests.harness import Harness, SiteStub
 
 
 async def test_a_full_collection_runs_once_enough_connections_closed(
@@ -41,3 +43,79 @@ async def test_a_full_collection_runs_once_enough_connections_closed(
         task.cancel()
         gc.callbacks.remove(watch)
         gc.enable()
+
+
+async def test_a_collection_that_finds_little_lets_the_next_wait_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gc_policy, "CHECK_EVERY", 0.01)
+    monkeypatch.setattr(gc_policy, "AFTER_CLOSES", 100)
+    full: asyncio.Queue[int] = asyncio.Queue()
+    closed = [0]
+
+    def watch(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.put_nowait(closed[0])
+
+    gc.collect()
+    gc.callbacks.append(watch)
+    gc.disable()
+    task = asyncio.create_task(gc_policy.collect_after_churn(lambda: closed[0], lambda: 0))
+    try:
+        await asyncio.sleep(0)
+        closed[0] = 100
+        assert await asyncio.wait_for(full.get(), 5) == 100  # found nothing: next after 200
+        closed[0] = 250
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(full.get(), 0.2)
+        closed[0] = 300
+        assert await asyncio.wait_for(full.get(), 5) == 300  # again nothing: next after 400
+        cycles = [[] for _ in range(1_000)]
+        for cycle in cycles:
+            cycle.append(cycle)
+        del cycles, cycle
+        closed[0] = 700
+        assert await asyncio.wait_for(full.get(), 5) == 700  # 1,000 found: back to 100
+        closed[0] = 800
+        assert await asyncio.wait_for(full.get(), 5) == 800
+    finally:
+        task.cancel()
+        gc.callbacks.remove(watch)
+        gc.enable()
+
+
+SERVER_SIDE = ("socketio_webservice.", "engineio.async_socket", "aiohttp.web_")
+
+
+async def test_a_closed_websocket_leaves_nothing_of_the_server_in_reference_cycles(
+    harness: Harness, stub: SiteStub
+) -> None:
+    """Reference counting frees a closed connection's server side at once: the policy's full
+    collections, a walk of the whole heap, find nothing of it to free."""
+    await harness.start()
+    assert harness.service is not None
+    sio = harness.service.sio
+    for i in range(20):
+        stub.answers[f"t{i}"] = [f"user_{i}"]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        clients = [await harness.connect("shop", f"t{i}") for i in range(20)]
+        for client in clients:
+            await client.disconnect()
+        harness.clients.clear()
+        async with asyncio.timeout(5):
+            # Nothing says when the server is done with a connection but its own set of them.
+            while sio.eio.websockets or sio.session_count():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        gc.collect()
+        left = Counter(
+            f"{type(o).__module__}.{type(o).__qualname__}"
+            for o in gc.garbage
+            if type(o).__module__.startswith(SERVER_SIDE)
+        )
+        assert not left
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()

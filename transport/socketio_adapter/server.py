@@ -81,7 +81,8 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         self.environ = environ
         self.transport = request.transport
         eio_socket = self.handler.__self__
-        eio_socket.websocket = self  # for queue_event and drop_stalled_writers
+        if getattr(eio_socket, "websocket", None) is None:  # not a second one (refused)
+            eio_socket.websocket = self  # for queue_event and Socket.close
         self.server.websockets.add(self)
         try:
             await self.handler(self)
@@ -89,6 +90,10 @@ class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             self.server.drop(eio_socket, f"undecodable frame ({str(exc)[:100]})")
         finally:
             self.server.websockets.discard(self)
+            # The socket held this, which held the socket (its handler) and the whole
+            # connection: a cycle only a full collection would free (gc_policy.py).
+            if eio_socket.websocket is self:
+                eio_socket.websocket = None
         return self._sock
 
     async def send(self, message: Any) -> None:
