@@ -252,7 +252,9 @@ return left
 # KEYS: for each part in order, a key of its bucket (so that Redis Cluster routes and checks
 #   the call), then its idempotency record if its message has a key.
 # ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, guarded (1 on Redis Cluster: every
-#   device read before any is written, as a slot may be moving), then for each message:
+#   part of the call read before any is written, as a slot may be moving; a message whose
+#   idempotency record an earlier one of the call writes is left for the next call), then
+#   for each message:
 #   event, record, has a key (0/1), n_parts, then its parts: (bucket prefix, n_users,
 #   n_rooms, users..., shared rooms...). A part is one bucket's share of a message: its
 #   users, and the rooms whose members in the bucket it reaches. Messages are stored in this
@@ -278,53 +280,65 @@ local function holders_of(fields)
   end
   return table.concat(holders, ',')
 end
-local started = now_ms()
-local out, i, key_at = {0}, 6, 1
-while i <= #ARGV do
- local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
- local parts = tonumber(ARGV[i + 3])
- i = i + 4
- for _ = 1, parts do
-  out[1] = out[1] + 1
-  local p = ARGV[i]
-  local depth = KEYS[key_at]  -- the part's bucket's depth: a declared key of its slot
-  local idem = keyed and KEYS[key_at + 1] or nil
-  key_at = key_at + (idem and 2 or 1)
-  local n_users, n_rooms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local first_user, first_room = i + 3, i + 3 + n_users
-  i = first_room + n_rooms
+local out, added = {0}, {}  -- added: messages this call stored per queue (see below)
+-- One part's reads; returns its writes, which also append its answer to out. On Redis
+-- Cluster every part of the call is read before the first write (a key already moved to
+-- another primary fails the script having stored nothing); elsewhere each part is written
+-- as soon as it is read.
+local function read_part(p, depth, idem, first_user, first_room, n_rooms, event, record)
   local prior = idem and redis.call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
-    local entries = {}
+    local entries, found = {}, {}
     for entry in string.gmatch(prior, '[^:]+') do entries[#entries + 1] = entry end
-    out[#out + 1] = -1; out[#out + 1] = tonumber(entries[1]); out[#out + 1] = #entries - 1
     for k = 2, #entries do
       local user, device, seq = string.match(entries[k], '^([^\t]*)\t([^\t]*)\t(%d+)$')
-      out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = tonumber(seq)
-      out[#out + 1] = holders_of(redis.call('HKEYS', (device_keys(p, user, device))))
+      local nodes = holders_of(redis.call('HKEYS', (device_keys(p, user, device))))
+      found[#found + 1] = {user, device, tonumber(seq), nodes}
     end
-    out[#out + 1] = 0; out[#out + 1] = 0
-  else
-    local targets, seen, empty_rooms = {}, {}, {}
-    local function add(user)
-      if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
+    return function()
+      out[#out + 1] = -1; out[#out + 1] = tonumber(entries[1]); out[#out + 1] = #found
+      for _, f in ipairs(found) do
+        out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]; out[#out + 1] = f[4]
+      end
+      out[#out + 1] = 0; out[#out + 1] = 0
     end
-    for k = first_user, first_room - 1 do add(ARGV[k]) end
-    for k = first_room, first_room + n_rooms - 1 do
-      local room = members_key(p, ARGV[k])
-      local found = redis.call('SMEMBERS', room)
-      if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
-      for _, user in ipairs(found) do add(user) end  -- expired: no devices; swept later
+  end
+  local targets, seen, empty_rooms = {}, {}, {}
+  local function add(user)
+    if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
+  end
+  for k = first_user, first_room - 1 do add(ARGV[k]) end
+  for k = first_room, first_room + n_rooms - 1 do
+    local found = redis.call('SMEMBERS', members_key(p, ARGV[k]))
+    if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
+    for _, user in ipairs(found) do add(user) end  -- expired: no devices; swept later
+  end
+  local plans = {}  -- {devices, user, device, dev, msg, holders, queued, ttl}
+  for _, user in ipairs(targets) do
+    local _, devices = user_keys(p, user)
+    for _, device in ipairs(redis.call('SMEMBERS', devices)) do
+      local dev, msg = device_keys(p, user, device)
+      local plan = {devices, user, device, dev, msg}
+      local fields = redis.call('HKEYS', dev)
+      if #fields > 0 then
+        local holders, queued = holders_of(fields), redis.call('HLEN', msg)
+        plan[6], plan[7] = holders, queued
+        -- An offline device's messages expire with it; its first one makes a new hash.
+        plan[8] = (queued == 0 and holders == '') and redis.call('PTTL', dev) or 0
+      end
+      plans[#plans + 1] = plan
     end
+  end
+  return function()
     local count_at = #out + 1
     out[count_at] = 0
     local full_devices = {}
-    local function apply(plan)  -- {devices, user, device, dev, msg, holders, full, ttl}
-      local devices, user, device, dev, msg, holders, full, ttl = unpack(plan, 1, 8)
+    for _, plan in ipairs(plans) do
+      local devices, user, device, dev, msg, holders, queued, ttl = unpack(plan, 1, 8)
       if not holders then  -- the device expired
         redis.call('SREM', devices, device)
-      elseif full then
+      elseif queued + (guarded and added[msg] or 0) >= max_queue then
         if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
           full_devices[#full_devices + 1] = user; full_devices[#full_devices + 1] = device
         end
@@ -332,29 +346,12 @@ while i <= #ARGV do
         local seq = redis.call('HINCRBY', dev, 'seq', 1)
         redis.call('HSET', msg, message_field(seq, event), record)
         if ttl > 0 then redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
+        added[msg] = (added[msg] or 0) + 1
         out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
         out[#out + 1] = holders
         out[count_at] = out[count_at] + 1
       end
     end
-    -- On Redis Cluster every read comes before the first write (see above): the plans wait.
-    local plans = {}
-    for _, user in ipairs(targets) do
-      local _, devices = user_keys(p, user)
-      for _, device in ipairs(redis.call('SMEMBERS', devices)) do
-        local dev, msg = device_keys(p, user, device)
-        local plan = {devices, user, device, dev, msg}
-        local fields = redis.call('HKEYS', dev)
-        if #fields > 0 then
-          local holders, queued = holders_of(fields), redis.call('HLEN', msg)
-          plan[6], plan[7] = holders, queued >= max_queue
-          -- An offline device's messages expire with it; its first one makes a new hash.
-          plan[8] = (queued == 0 and holders == '') and redis.call('PTTL', dev) or 0
-        end
-        if guarded then plans[#plans + 1] = plan else apply(plan) end
-      end
-    end
-    for _, plan in ipairs(plans) do apply(plan) end
     if out[count_at] > 0 then redis.call('HINCRBY', depth, site_field(p), out[count_at]) end
     if idem then
       local record_of = {out[count_at]}
@@ -370,9 +367,34 @@ while i <= #ARGV do
     out[#out + 1] = #empty_rooms
     for _, room in ipairs(empty_rooms) do out[#out + 1] = room end
   end
+end
+local started = now_ms()
+local i, key_at, writes, idems = 6, 1, {}, {}
+while i <= #ARGV do
+ local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
+ local parts = tonumber(ARGV[i + 3])
+ if guarded and keyed then  -- one written by an earlier message of this call: next call
+  local again = false
+  for k = 0, parts - 1 do again = again or idems[KEYS[key_at + 2 * k + 1]] ~= nil end
+  if again then break end
+ end
+ i = i + 4
+ for _ = 1, parts do
+  out[1] = out[1] + 1
+  local p = ARGV[i]
+  local depth = KEYS[key_at]  -- the part's bucket's depth: a declared key of its slot
+  local idem = keyed and KEYS[key_at + 1] or nil
+  key_at = key_at + (idem and 2 or 1)
+  local n_users, n_rooms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local first_user, first_room = i + 3, i + 3 + n_users
+  i = first_room + n_rooms
+  if idem then idems[idem] = true end
+  local write = read_part(p, depth, idem, first_user, first_room, n_rooms, event, record)
+  if guarded then writes[#writes + 1] = write else write() end
  end
  if now_ms() - started >= step_ms then break end
 end
+for _, write in ipairs(writes) do write() end
 return out
 """,
     with_deadline=True,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+import redis.crc
 
 from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable, redis_keys
 from socketio_webservice.storage import redis_store as redis_store_module
@@ -205,3 +206,88 @@ async def test_the_originals_redis_block_with_a_password_and_a_user_connects(
             await store.close()
     finally:
         server.stop()
+
+
+async def test_a_step_that_meets_a_key_already_migrated_stores_none_of_its_messages(
+    tmp_path: Path,
+) -> None:
+    """Two messages to two users of one bucket go to Redis Cluster in one script. While the
+    bucket's slot is moving, the second user's keys are already on the new primary: the
+    script must fail before it stores the first message, which "Redis Cluster is moving"
+    (a 503: nothing stored) promises, and which a retry would otherwise store again."""
+    cluster = RedisClusterSet(tmp_path / "cluster-moving", replicas=0)
+    cluster.start()
+    store = RedisStore(cluster.url, device_ttl=3600, node_id="node-a", timeout=1)
+    try:
+        await store.open()
+        p = redis_keys.user_prefix("sws:", SITE, "user_0")
+        first, second = [
+            user
+            for user in (f"user_{n}" for n in range(5_000))
+            if redis_keys.user_prefix("sws:", SITE, user) == p
+        ][:2]
+        for user in (first, second):
+            await store.connect_device(SITE, user, "phone", [])
+        await store.enqueue(SITE, [first], [], Message(event="n", args=[0]))  # the bucket's
+        moved = [  # counters now exist, and stay on the old primary with the first user's keys
+            *redis_keys.user_keys(p, second),
+            *redis_keys.device_keys(p, second, "phone"),
+        ]
+        slot = redis.crc.key_slot(moved[0].encode())
+        source = cluster.primary_of(moved[0])
+        target = next(s for s in cluster.primaries() if s.port != source.port)
+        ids = {
+            s.port: cluster.cli("-p", str(s.port), "cluster", "myid").strip()
+            for s in (source, target)
+        }
+        cluster.cli(
+            "-p", str(target.port), "cluster", "setslot", str(slot), "importing", ids[source.port]
+        )
+        cluster.cli(
+            "-p", str(source.port), "cluster", "setslot", str(slot), "migrating", ids[target.port]
+        )
+        cluster.cli(
+            "-p",
+            str(source.port),
+            "migrate",
+            "127.0.0.1",
+            str(target.port),
+            "",
+            "0",
+            "5000",
+            "keys",
+            *moved,
+        )
+        items = [
+            (SITE, [first], [], Message(event="n", args=[1])),
+            (SITE, [second], [], Message(event="n", args=[2])),
+        ]
+        with pytest.raises(StoreUnavailable, match="moving"):
+            await store.enqueue_all(items)
+
+        left = cluster.cli("-p", str(source.port), "cluster", "getkeysinslot", str(slot), "100")
+        if left.split():
+            cluster.cli(
+                "-p",
+                str(source.port),
+                "migrate",
+                "127.0.0.1",
+                str(target.port),
+                "",
+                "0",
+                "5000",
+                "keys",
+                *left.split(),
+            )
+        for server in cluster.primaries():
+            cluster.cli(
+                "-p", str(server.port), "cluster", "setslot", str(slot), "node", ids[target.port]
+            )
+        # the failed step stored nothing
+        assert [m.args for m in await store.pending(SITE, first, "phone")] == [[0]]
+        await store.enqueue_all(items)  # the site's retry, once the slot has moved
+        assert [m.args for m in await store.pending(SITE, first, "phone")] == [[0], [1]]
+        assert [m.args for m in await store.pending(SITE, second, "phone")] == [[2]]
+    finally:
+        await store.close()
+        cluster.stop()

@@ -313,6 +313,24 @@ async def test_a_full_queue_stores_no_more_and_says_so_once(
         await store.close()
 
 
+async def test_a_bulk_send_fills_a_queue_to_the_limit_and_no_further(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    """The messages of one bulk step count against the limit as they are stored (on Redis
+    Cluster every part of a step is read before the first is written)."""
+    store = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, max_queue=3)
+    await store.open()
+    try:
+        await store.connect_device(SITE, "user_1", "away", [])
+        await store.enqueue(SITE, ["user_1"], [], msg("e", 0))
+        stored = await store.enqueue_all([(SITE, ["user_1"], [], msg("e", n)) for n in (1, 2, 3)])
+        assert [len(deliveries) for deliveries in stored] == [1, 1, 0]
+        assert [m.args for m in await store.pending(SITE, "user_1", "away")] == [[0], [1], [2]]
+        assert (await store.connect_device(SITE, "user_1", "away", [])).overflowed
+    finally:
+        await store.close()
+
+
 def test_redis_commands_are_packed_the_same_by_hiredis() -> None:
     """The store's connection packs commands with hiredis (storage/redis_wire.py): the
     bytes must be redis-py's own, for every kind of argument a script call carries."""
