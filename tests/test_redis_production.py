@@ -4,7 +4,7 @@ primary that moves. Real redis-server processes, started here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -208,6 +208,53 @@ async def test_the_originals_redis_block_with_a_password_and_a_user_connects(
         server.stop()
 
 
+class SlotMove:
+    """A slot of a Redis Cluster moved by hand, as ``redis-cli --cluster reshard`` does, with
+    a pause in the middle: some of its keys on the new primary, the rest still on the old."""
+
+    def __init__(self, cluster: RedisClusterSet, key: str) -> None:
+        self.cluster, self.slot = cluster, redis.crc.key_slot(key.encode())
+        self.source = cluster.primary_of(key)
+        self.target = next(s for s in cluster.primaries() if s.port != self.source.port)
+        self.ids = {
+            s.port: cluster.cli("-p", str(s.port), "cluster", "myid").strip()
+            for s in (self.source, self.target)
+        }
+
+    def start(self, *keys: str) -> None:
+        """The slot moving, and ``keys`` of it moved already."""
+        self._setslot(self.target, "importing", self.ids[self.source.port])
+        self._setslot(self.source, "migrating", self.ids[self.target.port])
+        self._migrate(keys)
+
+    def finish(self) -> None:
+        left = self.cluster.cli(
+            "-p", str(self.source.port), "cluster", "getkeysinslot", str(self.slot), "1000"
+        ).split()
+        if left:
+            self._migrate(left)
+        for server in self.cluster.primaries():
+            self._setslot(server, "node", self.ids[self.target.port])
+
+    def _setslot(self, server: RedisServer, *args: str) -> None:
+        self.cluster.cli("-p", str(server.port), "cluster", "setslot", str(self.slot), *args)
+
+    def _migrate(self, keys: Sequence[str]) -> None:
+        target = ("127.0.0.1", str(self.target.port), "", "0", "5000")
+        self.cluster.cli("-p", str(self.source.port), "migrate", *target, "keys", *keys)
+
+
+def users_of(p: str, count: int, start: int = 0) -> list[str]:
+    """``count`` users whose bucket prefix is ``p``."""
+    found = (f"user_{n}" for n in range(start, start + 20_000))
+    return [user for user in found if redis_keys.user_prefix("sws:", SITE, user) == p][:count]
+
+
+def user_and_device_keys(user: str) -> list[str]:
+    p = redis_keys.user_prefix("sws:", SITE, user)
+    return [*redis_keys.user_keys(p, user), *redis_keys.device_keys(p, user, "phone")]
+
+
 async def test_a_step_that_meets_a_key_already_migrated_stores_none_of_its_messages(
     tmp_path: Path,
 ) -> None:
@@ -220,44 +267,13 @@ async def test_a_step_that_meets_a_key_already_migrated_stores_none_of_its_messa
     store = RedisStore(cluster.url, device_ttl=3600, node_id="node-a", timeout=1)
     try:
         await store.open()
-        p = redis_keys.user_prefix("sws:", SITE, "user_0")
-        first, second = [
-            user
-            for user in (f"user_{n}" for n in range(5_000))
-            if redis_keys.user_prefix("sws:", SITE, user) == p
-        ][:2]
+        first, second = users_of(redis_keys.user_prefix("sws:", SITE, "user_0"), 2)
         for user in (first, second):
             await store.connect_device(SITE, user, "phone", [])
-        await store.enqueue(SITE, [first], [], Message(event="n", args=[0]))  # the bucket's
-        moved = [  # counters now exist, and stay on the old primary with the first user's keys
-            *redis_keys.user_keys(p, second),
-            *redis_keys.device_keys(p, second, "phone"),
-        ]
-        slot = redis.crc.key_slot(moved[0].encode())
-        source = cluster.primary_of(moved[0])
-        target = next(s for s in cluster.primaries() if s.port != source.port)
-        ids = {
-            s.port: cluster.cli("-p", str(s.port), "cluster", "myid").strip()
-            for s in (source, target)
-        }
-        cluster.cli(
-            "-p", str(target.port), "cluster", "setslot", str(slot), "importing", ids[source.port]
-        )
-        cluster.cli(
-            "-p", str(source.port), "cluster", "setslot", str(slot), "migrating", ids[target.port]
-        )
-        cluster.cli(
-            "-p",
-            str(source.port),
-            "migrate",
-            "127.0.0.1",
-            str(target.port),
-            "",
-            "0",
-            "5000",
-            "keys",
-            *moved,
-        )
+        # The bucket's counters now exist, and stay on the old primary with the first user.
+        await store.enqueue(SITE, [first], [], Message(event="n", args=[0]))
+        move = SlotMove(cluster, user_and_device_keys(second)[0])
+        move.start(*user_and_device_keys(second))
         items = [
             (SITE, [first], [], Message(event="n", args=[1])),
             (SITE, [second], [], Message(event="n", args=[2])),
@@ -265,24 +281,7 @@ async def test_a_step_that_meets_a_key_already_migrated_stores_none_of_its_messa
         with pytest.raises(StoreUnavailable, match="moving"):
             await store.enqueue_all(items)
 
-        left = cluster.cli("-p", str(source.port), "cluster", "getkeysinslot", str(slot), "100")
-        if left.split():
-            cluster.cli(
-                "-p",
-                str(source.port),
-                "migrate",
-                "127.0.0.1",
-                str(target.port),
-                "",
-                "0",
-                "5000",
-                "keys",
-                *left.split(),
-            )
-        for server in cluster.primaries():
-            cluster.cli(
-                "-p", str(server.port), "cluster", "setslot", str(slot), "node", ids[target.port]
-            )
+        move.finish()
         # the failed step stored nothing
         assert [m.args for m in await store.pending(SITE, first, "phone")] == [[0]]
         await store.enqueue_all(items)  # the site's retry, once the slot has moved
