@@ -27,6 +27,7 @@ from engineio import packet as eio_packet
 
 MESSAGE = str(eio_packet.MESSAGE)
 PAYLOAD_SEPARATOR = "\x1e"
+ONE_WRITE_LIMIT = 16_384  # characters of queued packets the writer may send in one write
 
 
 class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
@@ -184,7 +185,13 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
                     break
                 encoded = [packet.encode() for packet in packets]
                 try:
-                    if ws.can_write_now() and all(type(text) is str for text in encoded):
+                    # Together in one write only what is small: the rest goes through aiohttp,
+                    # which waits for a client that stopped reading (the queue's bound holds).
+                    if (
+                        ws.can_write_now()
+                        and all(type(text) is str for text in encoded)
+                        and sum(map(len, encoded)) <= ONE_WRITE_LIMIT
+                    ):
                         ws.write_now(*encoded)
                         continue
                     for text in encoded:
