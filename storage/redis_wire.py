@@ -320,6 +320,13 @@ class RedisWire:
                 script.call(keys, args, connection.deadline()) for script, keys, args in calls
             ]
         )
+        return await self._run_missing(calls, replies)
+
+    async def _run_missing(
+        self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]], replies: list[Any]
+    ) -> list[Any]:
+        """``replies`` to ``calls`` sent by SHA1, with the ones Redis did not run for want of
+        the script run again by body (which loads it)."""
         missing = [calls[i] for i, reply in enumerate(replies) if _missing_script(reply)]
         if missing:
             again = iter(
@@ -353,10 +360,11 @@ class RedisWire:
                 + list(commands)
             )
         )
-        scripts = replies[: len(calls)]
+        scripts, after = replies[: len(calls)], replies[len(calls) :]
         if any(map(_missing_script, scripts)):
-            return [*await self.run_scripts(calls), *await self.pipeline(commands)][: len(calls)]
-        return _raise_first_error(replies)[: len(calls)]
+            scripts = await self._run_missing(calls, scripts)
+            after = await self.replies(commands)
+        return _raise_first_error(scripts + after)[: len(calls)]
 
     async def _exchange(self, build: Callable[[_Connection], Sequence[Sequence[Any]]]) -> list[Any]:
         """Replies to the commands ``build`` makes for the connection they go out on (a

@@ -15,6 +15,7 @@ import redis
 
 from socketio_webservice.storage import Message, OutcomeUnknown, StoreUnavailable
 from socketio_webservice.storage.redis_store import RedisStore
+from socketio_webservice.storage.redis_wire import RedisWire, Script
 from testkit.processes import RedisServer, free_port
 
 SITE = "shop"
@@ -84,6 +85,23 @@ async def test_scripts_flushed_from_redis_run_again_by_their_body(
     assert first.first
     deliveries = await store.enqueue(SITE, ["user_1"], ["staff"], Message(event="n", args=[2]))
     assert sorted((d.user, d.seq) for d in deliveries) == [("user_1", 1), ("user_2", 1)]
+
+
+async def test_scripts_then_commands_run_a_known_script_once_when_another_was_unknown(
+    store: RedisStore,
+) -> None:
+    """Of the scripts written with commands behind them, only those Redis did not know run
+    again (by body); the commands, which must bear it, are sent again after them."""
+    known = Script("return redis.call('INCR', KEYS[1])")
+    unknown = Script("return redis.call('INCRBY', KEYS[1], 10)")
+    wire = store.wire
+    assert isinstance(wire, RedisWire)
+    await wire.run_script(known, ["known"], [])
+    replies = await wire.run_scripts_then(
+        [(known, ["known"], []), (unknown, ["unknown"], [])], [(b"INCR", "after")]
+    )
+    assert replies == [2, 10]
+    assert await wire.command(b"GET", "after") == b"2"
 
 
 async def test_a_cancelled_call_leaves_every_other_caller_its_own_reply(store: RedisStore) -> None:
