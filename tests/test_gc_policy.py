@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -14,74 +16,67 @@ from socketio_webservice.webservice import gc_policy
 from tests.harness import Harness, SiteStub
 
 
-async def test_a_full_collection_runs_once_enough_connections_closed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@dataclass
+class Policy:
+    """The policy running on counters the test sets; ``full`` gets the closed count at each
+    full collection."""
+
+    closed: int = 0
+    open_now: int = 0
+    full: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+
+
+@pytest.fixture
+async def policy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Policy]:
     monkeypatch.setattr(gc_policy, "CHECK_EVERY", 0.01)
     monkeypatch.setattr(gc_policy, "AFTER_CLOSES", 100)
-    full: asyncio.Queue[int] = asyncio.Queue()
-    closed, open_now = [0], [1_000]
+    state = Policy()
 
     def watch(phase: str, info: dict[str, Any]) -> None:
         if phase == "stop" and info["generation"] == 2:
-            full.put_nowait(closed[0])
-
-    gc.callbacks.append(watch)
-    gc.disable()  # only the policy's own collections count here
-    task = asyncio.create_task(
-        gc_policy.collect_after_churn(lambda: closed[0], lambda: open_now[0])
-    )
-    try:
-        await asyncio.sleep(0)  # the policy starts counting from 0 closed
-        closed[0] = 200  # under a quarter of the 1,000 open connections: not yet
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(full.get(), 0.2)
-        closed[0] = 250
-        assert await asyncio.wait_for(full.get(), 5) == 250
-        assert full.empty()
-    finally:
-        task.cancel()
-        gc.callbacks.remove(watch)
-        gc.enable()
-
-
-async def test_a_collection_that_finds_little_lets_the_next_wait_longer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(gc_policy, "CHECK_EVERY", 0.01)
-    monkeypatch.setattr(gc_policy, "AFTER_CLOSES", 100)
-    full: asyncio.Queue[int] = asyncio.Queue()
-    closed = [0]
-
-    def watch(phase: str, info: dict[str, Any]) -> None:
-        if phase == "stop" and info["generation"] == 2:
-            full.put_nowait(closed[0])
+            state.full.put_nowait(state.closed)
 
     gc.collect()
     gc.callbacks.append(watch)
-    gc.disable()
-    task = asyncio.create_task(gc_policy.collect_after_churn(lambda: closed[0], lambda: 0))
+    gc.disable()  # only the policy's own collections count here
+    task = asyncio.create_task(
+        gc_policy.collect_after_churn(lambda: state.closed, lambda: state.open_now)
+    )
+    await asyncio.sleep(0)  # the policy starts counting from 0 closed
     try:
-        await asyncio.sleep(0)
-        closed[0] = 100
-        assert await asyncio.wait_for(full.get(), 5) == 100  # found nothing: next after 200
-        closed[0] = 250
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(full.get(), 0.2)
-        closed[0] = 300
-        assert await asyncio.wait_for(full.get(), 5) == 300  # again nothing: next after 400
-        cycles = [[] for _ in range(1_000)]
-        for cycle in cycles:
-            cycle.append(cycle)
-        del cycles, cycle
-        closed[0] = 700
-        assert await asyncio.wait_for(full.get(), 5) == 700  # 1,000 found: back to 100
-        closed[0] = 800
-        assert await asyncio.wait_for(full.get(), 5) == 800
+        yield state
     finally:
         task.cancel()
         gc.callbacks.remove(watch)
         gc.enable()
+
+
+async def test_a_full_collection_runs_once_enough_connections_closed(policy: Policy) -> None:
+    policy.open_now = 1_000
+    policy.closed = 200  # under a quarter of the 1,000 open connections: not yet
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(policy.full.get(), 0.2)
+    policy.closed = 250
+    assert await asyncio.wait_for(policy.full.get(), 5) == 250
+    assert policy.full.empty()
+
+
+async def test_a_collection_that_finds_little_lets_the_next_wait_longer(policy: Policy) -> None:
+    policy.closed = 100
+    assert await asyncio.wait_for(policy.full.get(), 5) == 100  # found nothing: next after 200
+    policy.closed = 250
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(policy.full.get(), 0.2)
+    policy.closed = 300
+    assert await asyncio.wait_for(policy.full.get(), 5) == 300  # again nothing: next after 400
+    cycles = [[] for _ in range(1_000)]
+    for cycle in cycles:
+        cycle.append(cycle)
+    del cycles, cycle
+    policy.closed = 700
+    assert await asyncio.wait_for(policy.full.get(), 5) == 700  # 1,000 found: back to 100
+    policy.closed = 800
+    assert await asyncio.wait_for(policy.full.get(), 5) == 800
 
 
 SERVER_SIDE = ("socketio_webservice.", "engineio.async_socket", "aiohttp.web_")

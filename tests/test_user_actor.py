@@ -144,12 +144,17 @@ async def actor(store: Store, outbox: FakeOutbox) -> AsyncIterator[UserActor]:
     await runner.stop()
 
 
-async def attach(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = DEVICE) -> Sent:
-    """Register and attach a socket as the transport does; returns its _settings."""
+async def register(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = DEVICE) -> None:
+    """The first half of ``attach``: registered (its queue read with it), not attached yet."""
     reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     outbox.connected.add(sid)
     actor.tell(Register(sid, device, [], "Bearer t", forget_on_disconnect=False, reply=reply))
     await asyncio.wait_for(reply, WAIT)
+
+
+async def attach(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = DEVICE) -> Sent:
+    """Register and attach a socket as the transport does; returns its _settings."""
+    await register(actor, outbox, sid, device)
     actor.tell(Attach(sid))
     settings = await outbox.next()
     assert settings.event == "_settings"
@@ -193,14 +198,6 @@ async def test_batch_first_then_live_in_order(
     third.ack()
     await actor.drained()
     assert await asyncio.wait_for(_empty(store), WAIT) == []
-
-
-async def register(actor: UserActor, outbox: FakeOutbox, sid: str) -> None:
-    """The first half of ``attach``: registered (its queue read with it), not attached yet."""
-    reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    outbox.connected.add(sid)
-    actor.tell(Register(sid, DEVICE, [], "Bearer t", forget_on_disconnect=False, reply=reply))
-    await asyncio.wait_for(reply, WAIT)
 
 
 async def test_a_message_stored_between_register_and_attach_comes_once_in_the_batch(
