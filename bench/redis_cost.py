@@ -6,15 +6,23 @@ Reported per delivery: the microseconds Redis spent in the scripts (``INFO comma
 EVALSHA and EVAL) and its process CPU (``used_cpu_sys + used_cpu_user``), on a private
 redis-server, or a Redis Cluster of three primaries (``--cluster``: summed over them).
 
+Seconds of CPU on a shared machine move by a quarter from run to run; ``--instructions``
+runs the Redis under valgrind's callgrind instead and counts the instructions it executes
+for the sends and acks alone: the same count for the same code, whatever else the machine
+does (valgrind must be installed; about fifty times slower).
+
     python -m bench.redis_cost                  # single Redis, 1,000 users, 20 sends
     python -m bench.redis_cost --cluster
+    python -m bench.redis_cost --instructions
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import redis
@@ -22,32 +30,83 @@ import redis
 from socketio_webservice.storage import Message, make_store
 from testkit.processes import RedisClusterSet, RedisServer
 
+_SCRIPT_COMMANDS = ("cmdstat_evalsha", "cmdstat_eval")
 
-def redis_cost(ports: list[int]) -> tuple[float, float]:
-    """Microseconds in scripts, and CPU seconds, summed over the servers."""
+
+def redis_cost(ports: list[int]) -> tuple[float, float, Counter[str]]:
+    """Microseconds in scripts, CPU seconds, and the commands run inside scripts (by name),
+    summed over the servers."""
     scripts_us = cpu = 0.0
+    commands: Counter[str] = Counter()
     for port in ports:
         with redis.Redis(port=port) as client:
             stats = client.info("commandstats")
-            scripts_us += sum(
-                stats.get(name, {}).get("usec", 0) for name in ("cmdstat_evalsha", "cmdstat_eval")
-            )
+            scripts_us += sum(stats.get(name, {}).get("usec", 0) for name in _SCRIPT_COMMANDS)
+            for name, stat in stats.items():
+                if name not in _SCRIPT_COMMANDS and name != "cmdstat_info":
+                    commands[name.removeprefix("cmdstat_").upper()] += stat["calls"]
             info = client.info("cpu")
             cpu += info["used_cpu_sys"] + info["used_cpu_user"]
-    return scripts_us, cpu
+    return scripts_us, cpu, commands
 
 
-async def measure(url: str, ports: list[int], users: int, sends: int) -> tuple[float, float]:
+class Callgrind:
+    """A redis-server run by callgrind, counting only between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.output = scratch / "callgrind.out"
+        self.wrapper = (
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={self.output}",
+        )
+
+    def start(self) -> None:
+        self._control("--instr=on")
+
+    def stop(self) -> None:
+        self._control("--instr=off")
+
+    def _control(self, what: str) -> None:
+        # valgrind's launcher runs the tool as a child: find it by its output file.
+        listed = subprocess.run(["vgdb", "-l"], capture_output=True, text=True)  # exits 1
+        (pid,) = [
+            line.split()[1].removeprefix("--pid=")
+            for line in listed.stdout.splitlines()
+            if f"--callgrind-out-file={self.output} " in line
+        ]
+        done = subprocess.run(["callgrind_control", what, pid], capture_output=True, text=True)
+        if done.returncode or "Error" in done.stdout + done.stderr:  # it exits 0 on errors
+            raise RuntimeError(f"callgrind_control {what}: {done.stdout}{done.stderr}")
+
+    def instructions(self) -> int:
+        """What was counted, read once the server has ended."""
+        for line in self.output.read_text().splitlines():
+            if line.startswith("totals:"):  # "summary:" counts only since the last toggle
+                return int(line.split()[1])
+        raise RuntimeError(f"no totals in {self.output}")
+
+
+async def measure(
+    url: str, ports: list[int], users: int, sends: int, callgrind: Callgrind | None = None
+) -> tuple[float, float, dict[str, float]]:
     store = make_store(redis_url=url, device_ttl=3600, node_id="bench")
     await store.open()
     try:
-        await asyncio.gather(
-            *(store.connect_device("shop", f"user_{n}", "phone", ["staff"]) for n in range(users))
-        )
+        for first in range(0, users, 250):  # a few at a time: under valgrind Redis is slow
+            await asyncio.gather(
+                *(
+                    store.connect_device("shop", f"user_{n}", "phone", ["staff"])
+                    for n in range(first, min(users, first + 250))
+                )
+            )
         for port in ports:
             with redis.Redis(port=port) as client:
                 client.config_resetstat()
-        before_us, before_cpu = redis_cost(ports)
+        before_us, before_cpu, before_commands = redis_cost(ports)
+        if callgrind:
+            callgrind.start()
         delivered = 0
         for n in range(sends):
             deliveries = await store.enqueue("shop", [], ["staff"], Message("n", [n]))
@@ -55,10 +114,13 @@ async def measure(url: str, ports: list[int], users: int, sends: int) -> tuple[f
             await asyncio.gather(
                 *(store.ack("shop", d.user, d.device, [(d.seq, "n")]) for d in deliveries)
             )
-        after_us, after_cpu = redis_cost(ports)
+        if callgrind:
+            callgrind.stop()
+        after_us, after_cpu, after_commands = redis_cost(ports)
     finally:
         await store.close()
-    return (after_us - before_us) / delivered, (after_cpu - before_cpu) * 1e6 / delivered
+    commands = {name: n / delivered for name, n in (after_commands - before_commands).most_common()}
+    return (after_us - before_us) / delivered, (after_cpu - before_cpu) * 1e6 / delivered, commands
 
 
 def main() -> None:
@@ -66,24 +128,38 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--cluster", action="store_true", help="three primaries, no replicas")
+    parser.add_argument(
+        "--instructions", action="store_true", help="one Redis, its instructions counted"
+    )
     args = parser.parse_args()
+    callgrind = None
     with tempfile.TemporaryDirectory() as scratch:
         if args.cluster:
             cluster = RedisClusterSet(Path(scratch), replicas=0)
             cluster.start()
             url, ports, stop = cluster.url, [s.port for s in cluster.servers], cluster.stop
         else:
-            server = RedisServer(Path(scratch))
+            callgrind = Callgrind(Path(scratch)) if args.instructions else None
+            server = RedisServer(Path(scratch), wrapper=callgrind.wrapper if callgrind else ())
             server.start()
             url, ports, stop = server.url, [server.port], server.stop
         try:
-            scripts_us, cpu_us = asyncio.run(measure(url, ports, args.users, args.sends))
+            scripts_us, cpu_us, commands = asyncio.run(
+                measure(url, ports, args.users, args.sends, callgrind)
+            )
         finally:
             stop()
+        delivered = args.users * args.sends
+        counted = f", {callgrind.instructions() / delivered:,.0f} instructions" if callgrind else ""
     kind = "Redis Cluster (3 primaries)" if args.cluster else "one Redis"
     print(
         f"{kind}: per acked fan-out delivery ({args.users} users, {args.sends} sends): "
-        f"{scripts_us:.2f} us in scripts, {cpu_us:.2f} us of Redis CPU"
+        f"{scripts_us:.2f} us in scripts, {cpu_us:.2f} us of Redis CPU{counted}"
+    )
+    print(
+        f"commands per delivery: {sum(commands.values()):.2f} ("
+        + ", ".join(f"{name} {n:.2f}" for name, n in commands.items() if n >= 0.005)
+        + ")"
     )
 
 

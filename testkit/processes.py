@@ -73,11 +73,13 @@ class RedisServer:
         port: int | None = None,
         persistent: bool = False,
         options: tuple[str, ...] = (),
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.persistent = persistent  # AOF fsynced on every write: a restart keeps everything
         self.options = options  # more redis-server arguments: ("--maxmemory-policy", "...")
+        self.wrapper = wrapper  # a command that runs redis-server: ("valgrind", "...")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,6 +98,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
+                *self.wrapper,
                 binary,
                 "--port",
                 str(self.port),
@@ -116,7 +119,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (60 if self.wrapper else 10)
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
@@ -145,7 +148,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=60 if self.wrapper else 10)
             self.process = None
 
 
