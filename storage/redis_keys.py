@@ -15,7 +15,9 @@ spelt anywhere else.
 
     {prefix}{b<n>}:{site}:dev:{user}:{device}   HASH  seq (last assigned), conns (all nodes),
                                                       overflow, seen, imported, n:{node}
-                                                      (connections on that node)
+                                                      (connections on that node), nodes
+                                                      (the nodes with connections, comma-
+                                                      separated: a send reads one field)
     {prefix}{b<n>}:{site}:msg:{user}:{device}   HASH  "{seq}:{event}" -> record (flags byte +
                                                       JSON); the event in the field name lets
                                                       a resync ack find an event's messages
@@ -65,6 +67,7 @@ NODE = "node"
 EXPIRING = "expiring"
 DEPTH = "depth"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
+NODES_FIELD = "nodes"  # the device hash's list of the nodes holding its connections
 
 
 # Every ack and every delivery names a user and a device. Bounded: names are at most a few
@@ -208,10 +211,6 @@ def node_devices(g: str, node: str) -> str:
     return f"{g}{NODE}{SEP}{node}{SEP}{DEVICES}"
 
 
-def node_field(node: str) -> str:
-    return f"{NODE_FIELD}{node}"
-
-
 def health(prefix: str, node: str) -> str:
     return f"{prefix}health{SEP}{node}"
 
@@ -234,6 +233,11 @@ def bucket_of_prefix(p: str) -> str:
     return p[: p.index("}") + 2]
 
 
+def site_field(p: str) -> str:
+    """The field of bucket prefix ``p``'s site in its bucket's depth hash (the escaped site)."""
+    return p[p.index("}") + 2 : -1]
+
+
 def _lua(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("\t", "\\t").replace("\0", "\\0") + "'"
 
@@ -247,9 +251,10 @@ _USER_ENTRY_PATTERN = f"^([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*)$"
 # The same grammar for the scripts; every script starts with it (see ``redis_scripts``).
 LUA_PRELUDE = f"""
 local function device_keys(p, user, device)
-  local tail = user .. {_lua(SEP)} .. device
-  return p .. {_lua(DEVICE + SEP)} .. tail, p .. {_lua(MESSAGES + SEP)} .. tail
+  return p .. {_lua(DEVICE + SEP)} .. user .. {_lua(SEP)} .. device,
+    p .. {_lua(MESSAGES + SEP)} .. user .. {_lua(SEP)} .. device
 end
+local function devices_key(p, user) return p .. {_lua(DEVICES + SEP)} .. user end
 local function user_keys(p, user)
   return p .. {_lua(USER + SEP)} .. user, p .. {_lua(DEVICES + SEP)} .. user,
     p .. {_lua(ROOMS + SEP)} .. user
@@ -266,6 +271,40 @@ end
 local function user_key(p, user) return p .. {_lua(USER + SEP)} .. user end
 local function node_field(node) return {_lua(NODE_FIELD)} .. node end
 local NODE_FIELD = {_lua(NODE_FIELD)}
+local NODES_FIELD = {_lua(NODES_FIELD)}
+-- The nodes named by a device hash's n:{{node}} fields, comma-separated.
+local function holders_of(fields)
+  local holders = ''
+  for k = 1, #fields do
+    if string.find(fields[k], NODE_FIELD, 1, true) == 1 then
+      local node = string.sub(fields[k], #NODE_FIELD + 1)
+      holders = holders == '' and node or holders .. ',' .. node
+    end
+  end
+  return holders
+end
+-- The nodes holding a device's connections ('' for none), or false: no such device. One
+-- field to read on every send; hashes written before it existed are read by their n: fields.
+local function nodes_of(dev)
+  local nodes = redis.call('HGET', dev, NODES_FIELD)
+  if nodes then return nodes end
+  local fields = redis.call('HKEYS', dev)
+  return #fields > 0 and holders_of(fields)
+end
+-- A device's count of connections on ``node`` changes by ``by``; the nodes field follows.
+local function count_on_node(dev, node, by)
+  local field = node_field(node)
+  local left = redis.call('HINCRBY', dev, field, by)
+  if left > 0 and left ~= by then return left end  -- the node was, and stays, a holder
+  local nodes = nodes_of(dev) or ''
+  local kept = {{}}
+  for other in string.gmatch(nodes, '[^,]+') do
+    if other ~= node then kept[#kept + 1] = other end
+  end
+  if left > 0 then kept[#kept + 1] = node else redis.call('HDEL', dev, field) end
+  redis.call('HSET', dev, NODES_FIELD, table.concat(kept, ','))
+  return left
+end
 local function held_entry(p, user, device)
   return p .. {_lua(HELD_SEP)} .. user .. {_lua(HELD_SEP)} .. device
 end
@@ -276,7 +315,8 @@ local function user_entry(p, user) return p .. {_lua(HELD_SEP)} .. user end
 local function split_user_entry(entry)
   return string.match(entry, {_lua(_USER_ENTRY_PATTERN)})
 end
-local function message_field(seq, event) return seq .. {_lua(SEP)} .. event end
+-- (%d: a number's own conversion to a string is a float's, several times slower)
+local function message_field(seq, event) return string.format('%d', seq) .. {_lua(SEP)} .. event end
 local function split_message_field(field)  -- seq (a number), event
   local seq, event = string.match(field, {_lua("^(%d+)" + SEP + "(.*)$")})
   return tonumber(seq), event

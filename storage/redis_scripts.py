@@ -131,7 +131,7 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 
 # KEYS: the device's hash and messages; the user's hash, devices, rooms; the bucket's
 #   held-devices set of this node, expiring users and devices. ARGV: deadline, bucket prefix,
-#   node field, user, device, max devices, shared rooms...
+#   node, user, device, max devices, shared rooms...
 #   -> {the user's connection count, this one included, or -1: refused (the user has max
 #      devices, all connected; nothing changed); 1 if the device's queue overflowed since it
 #      last connected (the flag is cleared), else 0; the devices retired to make room for
@@ -140,7 +140,7 @@ def _script(body: str, with_deadline: bool = False) -> Script:
 CONNECT_DEVICE = _script(
     """
 local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
-local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local p, node, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_devices = tonumber(ARGV[6])
 -- reads
 local expired, retire = {}, {}
@@ -189,7 +189,7 @@ end
 local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
 redis.call('HDEL', dev, 'overflow')
 redis.call('HINCRBY', dev, 'conns', 1)
-redis.call('HINCRBY', dev, field, 1)
+count_on_node(dev, node, 1)
 redis.call('HSET', dev, 'seen', now_us())
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg)
@@ -213,18 +213,17 @@ return {conns, overflowed, table.concat(retire, '\t'), seq, redis.call('HGETALL'
     with_deadline=True,
 )
 
-# KEYS: as CONNECT_DEVICE. ARGV: deadline, bucket prefix, node field, user, device, ttl_ms,
+# KEYS: as CONNECT_DEVICE. ARGV: deadline, bucket prefix, node, user, device, ttl_ms,
 #   forget (0/1) -> the user's connection count left
 DISCONNECT_DEVICE = _script(
     """
 local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
-local p, field, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local p, node, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 redis.call('EXISTS', depth_key(dev))  -- reads first (cluster)
 if redis.call('EXISTS', dev) == 1 then
   redis.call('HSET', dev, 'seen', now_us())
-  if redis.call('HINCRBY', dev, field, -1) <= 0 then
-    redis.call('HDEL', dev, field)
+  if count_on_node(dev, node, -1) <= 0 then
     redis.call('SREM', held, held_entry(p, user, device))
   end
   if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
@@ -271,21 +270,18 @@ ENQUEUE = _script(
     + """
 local max_queue, step_ms, idem_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local guarded = ARGV[5] == '1'  -- Redis Cluster: a slot may be moving (reads before writes)
-local function holders_of(fields)
-  local holders = {}
-  for _, f in ipairs(fields) do
-    if string.sub(f, 1, #NODE_FIELD) == NODE_FIELD then
-      holders[#holders + 1] = string.sub(f, #NODE_FIELD + 1)
-    end
-  end
-  return table.concat(holders, ',')
+-- This script runs for every delivery: its loops avoid what Lua makes costly (closures and
+-- tables per part or device, numbers turned into strings, arrays read where a field does).
+local function count(s)  -- a count in ARGV: mostly 0 or 1, which need no parsing
+  if s == '0' then return 0 elseif s == '1' then return 1 end
+  return tonumber(s)
 end
-local out, added = {0}, {}  -- added: messages this call stored per queue (see below)
--- One part's reads; returns its writes, which also append its answer to out. On Redis
--- Cluster every part of the call is read before the first write (a key already moved to
--- another primary fails the script having stored nothing); elsewhere each part is written
--- as soon as it is read.
-local function read_part(p, depth, idem, first_user, first_room, n_rooms, event, record)
+local out, n_out, added = {0}, 1, {}  -- added: messages this call stored per queue (cluster)
+-- One part's reads: {depth, idem, repeated, found, empty rooms, plans}; plans holds 8
+-- values per device. On Redis Cluster every part of the call is read before the first write
+-- (a key already moved to another primary fails the script having stored nothing);
+-- elsewhere each part is written as soon as it is read.
+local function read_part(p, depth, idem, first_user, first_room, n_rooms)
   local prior = idem and redis.call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
@@ -293,86 +289,109 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms, event,
     for entry in string.gmatch(prior, '[^:]+') do entries[#entries + 1] = entry end
     for k = 2, #entries do
       local user, device, seq = string.match(entries[k], '^([^\t]*)\t([^\t]*)\t(%d+)$')
-      local nodes = holders_of(redis.call('HKEYS', (device_keys(p, user, device))))
+      local nodes = nodes_of((device_keys(p, user, device))) or ''
       found[#found + 1] = {user, device, tonumber(seq), nodes}
     end
-    return function()
-      out[#out + 1] = -1; out[#out + 1] = tonumber(entries[1]); out[#out + 1] = #found
-      for _, f in ipairs(found) do
-        out[#out + 1] = f[1]; out[#out + 1] = f[2]; out[#out + 1] = f[3]; out[#out + 1] = f[4]
+    return {depth, idem, tonumber(entries[1]), found}
+  end
+  local targets, empty_rooms = nil, {}
+  if first_user == first_room and n_rooms == 1 then  -- one room: a set has no duplicates
+    targets = redis.call('SMEMBERS', members_key(p, ARGV[first_room]))
+    if #targets == 0 then empty_rooms[1] = ARGV[first_room] end
+  else
+    local seen = {}
+    targets = {}
+    for k = first_user, first_room + n_rooms - 1 do
+      local found = {ARGV[k]}
+      if k >= first_room then
+        found = redis.call('SMEMBERS', members_key(p, ARGV[k]))
+        if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
       end
-      out[#out + 1] = 0; out[#out + 1] = 0
+      for _, user in ipairs(found) do  -- expired users have no devices; swept later
+        if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
+      end
     end
   end
-  local targets, seen, empty_rooms = {}, {}, {}
-  local function add(user)
-    if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
-  end
-  for k = first_user, first_room - 1 do add(ARGV[k]) end
-  for k = first_room, first_room + n_rooms - 1 do
-    local found = redis.call('SMEMBERS', members_key(p, ARGV[k]))
-    if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
-    for _, user in ipairs(found) do add(user) end  -- expired: no devices; swept later
-  end
-  local plans = {}  -- {devices, user, device, dev, msg, holders, queued, ttl}
-  for _, user in ipairs(targets) do
-    local _, devices = user_keys(p, user)
-    for _, device in ipairs(redis.call('SMEMBERS', devices)) do
+  local plans, n = {}, 0
+  for t = 1, #targets do
+    local user = targets[t]
+    local devices = devices_key(p, user)
+    local names = redis.call('SMEMBERS', devices)
+    for d = 1, #names do
+      local device = names[d]
       local dev, msg = device_keys(p, user, device)
-      local plan = {devices, user, device, dev, msg}
-      local fields = redis.call('HKEYS', dev)
-      if #fields > 0 then
-        local holders, queued = holders_of(fields), redis.call('HLEN', msg)
-        plan[6], plan[7] = holders, queued
+      local holders, queued, ttl = nodes_of(dev), 0, 0  -- holders false: the device expired
+      if holders then
+        queued = redis.call('HLEN', msg)
         -- An offline device's messages expire with it; its first one makes a new hash.
-        plan[8] = (queued == 0 and holders == '') and redis.call('PTTL', dev) or 0
+        if queued == 0 and holders == '' then ttl = redis.call('PTTL', dev) end
       end
-      plans[#plans + 1] = plan
+      plans[n + 1], plans[n + 2], plans[n + 3], plans[n + 4] = devices, user, device, dev
+      plans[n + 5], plans[n + 6], plans[n + 7], plans[n + 8] = msg, holders, queued, ttl
+      n = n + 8
     end
   end
-  return function()
-    local count_at = #out + 1
-    out[count_at] = 0
-    local full_devices = {}
-    for _, plan in ipairs(plans) do
-      local devices, user, device, dev, msg, holders, queued, ttl = unpack(plan, 1, 8)
-      if not holders then  -- the device expired
-        redis.call('SREM', devices, device)
-      elseif queued + (guarded and added[msg] or 0) >= max_queue then
-        if redis.call('HSETNX', dev, 'overflow', 1) == 1 then
-          full_devices[#full_devices + 1] = user; full_devices[#full_devices + 1] = device
-        end
-      else
-        local seq = redis.call('HINCRBY', dev, 'seq', 1)
-        redis.call('HSET', msg, message_field(seq, event), record)
-        if ttl > 0 then redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
-        added[msg] = (added[msg] or 0) + 1
-        out[#out + 1] = user; out[#out + 1] = device; out[#out + 1] = seq
-        out[#out + 1] = holders
-        out[count_at] = out[count_at] + 1
-      end
+  return {depth, idem, false, false, empty_rooms, plans}
+end
+-- One part's writes, and its answer appended to out.
+local function write_part(part, event, record, site)
+  local depth, idem, repeated, found, empty_rooms, plans = unpack(part, 1, 6)
+  if repeated then
+    out[n_out + 1], out[n_out + 2], out[n_out + 3] = -1, repeated, #found
+    n_out = n_out + 3
+    for _, f in ipairs(found) do
+      out[n_out + 1], out[n_out + 2], out[n_out + 3], out[n_out + 4] = f[1], f[2], f[3], f[4]
+      n_out = n_out + 4
     end
-    if out[count_at] > 0 then redis.call('HINCRBY', depth, site_field(p), out[count_at]) end
-    if idem then
-      local record_of = {out[count_at]}
-      if out[count_at] <= RECORDED_DELIVERIES then
-        for k = count_at + 1, #out, 4 do
-          record_of[#record_of + 1] = out[k] .. '\t' .. out[k + 1] .. '\t' .. out[k + 2]
-        end
-      end
-      redis.call('SET', idem, table.concat(record_of, ':'), 'PX', idem_ttl)
-    end
-    out[#out + 1] = #full_devices / 2
-    for _, name in ipairs(full_devices) do out[#out + 1] = name end
-    out[#out + 1] = #empty_rooms
-    for _, room in ipairs(empty_rooms) do out[#out + 1] = room end
+    out[n_out + 1], out[n_out + 2] = 0, 0
+    n_out = n_out + 2
+    return
   end
+  local count_at, stored, full = n_out + 1, 0, {}
+  n_out = count_at
+  for k = 1, #plans, 8 do
+    local devices, user, device, dev, msg, holders, queued, ttl = unpack(plans, k, k + 7)
+    if not holders then
+      redis.call('SREM', devices, device)
+    elseif queued + (guarded and added[msg] or 0) >= max_queue then
+      if redis.call('HSETNX', dev, 'overflow', '1') == 1 then
+        full[#full + 1] = user; full[#full + 1] = device
+      end
+    else
+      local seq = redis.call('HINCRBY', dev, 'seq', '1')
+      redis.call('HSET', msg, message_field(seq, event), record)
+      if ttl > 0 then redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
+      if guarded then added[msg] = (added[msg] or 0) + 1 end
+      out[n_out + 1], out[n_out + 2], out[n_out + 3], out[n_out + 4] = user, device, seq, holders
+      n_out = n_out + 4
+      stored = stored + 1
+    end
+  end
+  out[count_at] = stored
+  if stored > 0 then
+    redis.call('HINCRBY', depth, site, string.format('%d', stored))
+  end
+  if idem then
+    local record_of = {stored}
+    if stored <= RECORDED_DELIVERIES then
+      for k = count_at + 1, n_out, 4 do
+        record_of[#record_of + 1] = out[k] .. '\t' .. out[k + 1] .. '\t' .. out[k + 2]
+      end
+    end
+    redis.call('SET', idem, table.concat(record_of, ':'), 'PX', idem_ttl)
+  end
+  out[n_out + 1] = #full / 2
+  n_out = n_out + 1
+  for _, name in ipairs(full) do n_out = n_out + 1; out[n_out] = name end
+  out[n_out + 1] = #empty_rooms
+  n_out = n_out + 1
+  for _, room in ipairs(empty_rooms) do n_out = n_out + 1; out[n_out] = room end
 end
 local started = now_ms()
-local i, key_at, writes, idems = 6, 1, {}, {}
+local i, key_at, reads, idems = 6, 1, {}, {}
 while i <= #ARGV do
  local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
- local parts = tonumber(ARGV[i + 3])
+ local parts, site = count(ARGV[i + 3]), site_field(ARGV[i + 4])  -- one site per message
  if guarded and keyed then  -- one written by an earlier message of this call: next call
   local again = false
   for k = 0, parts - 1 do again = again or idems[KEYS[key_at + 2 * k + 1]] ~= nil end
@@ -385,35 +404,47 @@ while i <= #ARGV do
   local depth = KEYS[key_at]  -- the part's bucket's depth: a declared key of its slot
   local idem = keyed and KEYS[key_at + 1] or nil
   key_at = key_at + (idem and 2 or 1)
-  local n_users, n_rooms = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local n_users, n_rooms = count(ARGV[i + 1]), count(ARGV[i + 2])
   local first_user, first_room = i + 3, i + 3 + n_users
   i = first_room + n_rooms
   if idem then idems[idem] = true end
-  local write = read_part(p, depth, idem, first_user, first_room, n_rooms, event, record)
-  if guarded then writes[#writes + 1] = write else write() end
+  local part = read_part(p, depth, idem, first_user, first_room, n_rooms)
+  if guarded then
+    reads[#reads + 1] = {part, event, record, site}
+  else
+    write_part(part, event, record, site)
+  end
  end
  if now_ms() - started >= step_ms / (guarded and 2 or 1) then break end  -- guarded: then writes
 end
-for _, write in ipairs(writes) do write() end
+for _, read in ipairs(reads) do write_part(unpack(read, 1, 4)) end
 return out
 """,
     with_deadline=True,
 )
 
-# KEYS: the messages of each acking device. ARGV: for each device in turn, n, then the n
-#   fields of its acked messages -> for each device, how many were still stored and are now
-#   removed
+# KEYS: the depth hash of each group (a site in a bucket), then the messages of each acking
+#   device, group by group. ARGV: the number of groups; for each group, its site's depth
+#   field and its number of devices; then for each device in turn, n and the n fields of its
+#   acked messages -> for each device, how many were still stored and are now removed
 ACK = _script("""
-for k = 1, #KEYS do redis.call('EXISTS', depth_key(KEYS[k])) end  -- reads first (cluster)
-local out, i = {}, 1
-for k = 1, #KEYS do
-  local last, removed = i + tonumber(ARGV[i]), 0
-  for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
-    removed = removed + redis.call('HDEL', KEYS[k], unpack(ARGV, j, math.min(j + 999, last)))
+local groups = tonumber(ARGV[1])
+redis.call('EXISTS', unpack(KEYS, 1, groups))  -- reads first (cluster)
+local out, n_out, key, i = {}, 0, groups + 1, 2 * groups + 2
+for g = 1, groups do
+  local site, removed = ARGV[2 * g], 0
+  for _ = 1, tonumber(ARGV[2 * g + 1]) do
+    local n = ARGV[i] == '1' and 1 or tonumber(ARGV[i])  -- mostly one message: no parsing
+    local last, gone = i + n, 0
+    for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
+      gone = gone + redis.call('HDEL', KEYS[key], unpack(ARGV, j, math.min(j + 999, last)))
+    end
+    n_out = n_out + 1
+    out[n_out] = gone
+    removed = removed + gone
+    key, i = key + 1, last + 1
   end
-  count_out(KEYS[k], removed)
-  out[k] = removed
-  i = last + 1
+  if removed > 0 then redis.call('HINCRBY', KEYS[g], site, string.format('%d', -removed)) end
 end
 return out
 """)
@@ -485,7 +516,7 @@ for k, entry in ipairs(entries) do
   if count > 0 then
     local p, user, device = split_held(entry)
     local dev = device_keys(p, user, device)
-    redis.call('HDEL', dev, node_field(node))
+    count_on_node(dev, node, -count)
     if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
       redis.call('HSET', dev, 'conns', 0)
       device_gone(ttl, exp_devices, p, user, device)
@@ -607,7 +638,7 @@ local created = redis.call('EXISTS', dev) == 0
 if created then
   count_out(msg, redis.call('HLEN', msg))  -- an expired device's queue, not swept yet
   redis.call('DEL', msg)
-  redis.call('HSET', dev, 'conns', 0, 'seq', 0, 'seen', now_us())
+  redis.call('HSET', dev, 'conns', 0, 'seq', 0, 'seen', now_us(), NODES_FIELD, '')
 end
 local set_existed = redis.call('EXISTS', devices) == 1
 redis.call('SADD', devices, device)

@@ -313,7 +313,7 @@ class RedisStore(StoreBase):
         """Connections arriving together (a node restart, a network blip) share a round trip.
         Each room's index then lists the user's bucket (after the script: see PRUNE_ROOM;
         a bump repeated changes nothing the prune relies on)."""
-        node = keys.node_field(self.node_id)
+        node = self.node_id
         calls = [
             (
                 scripts.CONNECT_DEVICE,
@@ -356,7 +356,7 @@ class RedisStore(StoreBase):
             scripts.DISCONNECT_DEVICE,
             self._device_keys(site, user, device),
             self._p(site, user),
-            keys.node_field(self.node_id),
+            self.node_id,
             escape(user),
             escape(device),
             self.device_ttl * 1000,
@@ -600,19 +600,34 @@ class RedisStore(StoreBase):
         return backlogs
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
-        """Every ack of this moment: one script (on Redis Cluster, one per bucket)."""
-        groups: dict[int | None, tuple[list[int], list[str], list[Any]]] = {}
-        for i, (site, user, device, acked) in enumerate(items):
-            _, msg = keys.device_keys(self._p(site, user), user, device)
-            indexes, names, args = groups.setdefault(self.wire.slot_of(msg), ([], [], []))
-            indexes.append(i)
-            names.append(msg)
-            args.append(len(acked))
-            args += [keys.message_field(seq, event) for seq, event in acked]
-        calls = [(scripts.ACK, names, args) for _, names, args in groups.values()]
+        """Every ack of this moment: one script (on Redis Cluster, one per bucket), each
+        bucket's depth counted down once per site."""
+        by_slot: dict[int | None, dict[str, tuple[str, list[int]]]] = {}
+        for i, (site, user, _device, _acked) in enumerate(items):
+            p = self._p(site, user)
+            depth = keys.depth(keys.bucket_of_prefix(p))
+            groups = by_slot.setdefault(self.wire.slot_of(depth), {})
+            groups.setdefault(p, (depth, []))[1].append(i)
+        calls = []
+        order: list[list[int]] = []
+        for groups in by_slot.values():
+            names = [depth for depth, _ in groups.values()]
+            args: list[Any] = [len(groups)]
+            fields: list[Any] = []
+            indexes: list[int] = []
+            for p, (_, members) in groups.items():
+                args += [keys.site_field(p), len(members)]
+                for i in members:
+                    _site, user, device, acked = items[i]
+                    names.append(keys.device_keys(p, user, device)[1])
+                    fields.append(len(acked))
+                    fields += [keys.message_field(seq, event) for seq, event in acked]
+                indexes += members
+            calls.append((scripts.ACK, names, args + fields))
+            order.append(indexes)
         replies = await self._call("ack", lambda: self.wire.run_scripts(calls))
         removed = [0] * len(items)
-        for (indexes, _, _), counts in zip(groups.values(), replies, strict=True):
+        for indexes, counts in zip(order, replies, strict=True):
             for i, count in zip(indexes, counts, strict=True):
                 removed[i] = int(count)
         return removed

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from socketio_webservice.storage import Message
+import redis.asyncio
+
+from socketio_webservice.storage import Message, redis_keys
 from socketio_webservice.storage.redis_store import RedisStore
 
 SITE = "shop"
@@ -26,6 +28,42 @@ async def test_deliveries_name_the_nodes_holding_each_device(redis_url: str) -> 
             ("user_2", ("b",)),
             ("user_3", ()),
         }
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_nodes_named_follow_connects_disconnects_and_older_hashes(
+    redis_url: str,
+) -> None:
+    """A send reads a device's holders from one field that connects and disconnects keep;
+    a device hash written before that field is read from its per-node counts."""
+    a = RedisStore(redis_url, device_ttl=60, node_id="a")
+    b = RedisStore(redis_url, device_ttl=60, node_id="b")
+
+    async def holders() -> tuple[str, ...]:
+        (delivery,) = await a.enqueue(SITE, ["user_1"], [], Message("e", []))
+        return tuple(sorted(delivery.nodes))
+
+    try:
+        await a.connect_device(SITE, "user_1", "phone", [])
+        await a.connect_device(SITE, "user_1", "phone", [])  # two tabs on node a
+        await b.connect_device(SITE, "user_1", "phone", [])
+        assert await holders() == ("a", "b")
+        await a.disconnect_device(SITE, "user_1", "phone", forget=False)
+        assert await holders() == ("a", "b")  # a still holds one
+        await b.disconnect_device(SITE, "user_1", "phone", forget=False)
+        assert await holders() == ("a",)
+
+        await b.connect_device(SITE, "user_1", "phone", [])
+        dev, _ = redis_keys.device_keys(a._p(SITE, "user_1"), "user_1", "phone")
+        async with redis.asyncio.Redis.from_url(redis_url) as client:
+            assert await client.hdel(dev, redis_keys.NODES_FIELD) == 1  # as an older release
+        assert await holders() == ("a", "b")
+        await a.disconnect_device(SITE, "user_1", "phone", forget=False)
+        assert await holders() == ("b",)
+        await b.disconnect_device(SITE, "user_1", "phone", forget=False)
+        assert await holders() == ()
     finally:
         await a.close()
         await b.close()

@@ -637,6 +637,33 @@ async def test_queue_depth_is_what_is_stored_and_not_acked(store: Store) -> None
     }
 
 
+async def test_acks_arriving_together_count_each_device_and_site_out(store: Store) -> None:
+    """Concurrent acks share one store call: each device's count, and each site's depth."""
+    sites = [SITE, "other-site"]
+    users = [f"user_{n}" for n in range(6)]
+    for site in sites:
+        for user in users:
+            await store.connect_device(site, user, "phone", ["staff"])
+        for k in range(3):
+            await store.enqueue(site, [], ["staff"], msg("n", k))
+    # user_n acks its first 1 + n % 3 messages (seqs 1 to 3 on every device)
+    acks = [
+        (site, user, [(seq, "n") for seq in range(1, 2 + n % 3)])
+        for site in sites
+        for n, user in enumerate(users)
+    ]
+    removed = await asyncio.gather(
+        *(store.ack(site, user, "phone", acked) for site, user, acked in acks),
+        store.ack(SITE, "user_0", "phone", [(99, "n")]),  # never stored
+    )
+    assert removed == [len(acked) for *_, acked in acks] + [0]
+    left = {site: 3 * len(users) - sum(len(a) for s, _, a in acks if s == site) for site in sites}
+    assert left == {SITE: 6, "other-site": 6}
+    assert await store.queue_depths(sites) == left
+    for site in sites:
+        assert left[site] == sum([len(await store.pending(site, u, "phone")) for u in users])
+
+
 async def test_an_expired_devices_queue_leaves_the_depth(
     store_kind: str, tmp_path: Path, store_redis_url: str | None
 ) -> None:
