@@ -359,7 +359,14 @@ class RedisClusterSet:
     """A Redis Cluster of real redis-server processes: ``masters`` primaries, each with
     ``replicas`` replicas, made with ``redis-cli --cluster create``."""
 
-    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        masters: int = 3,
+        replicas: int = 1,
+        wrap: Callable[[Path], tuple[str, ...]] | None = None,
+    ) -> None:
+        """``wrap``: the command that runs each server, from its directory (a profiler)."""
         self.workdir = workdir
         self.replicas_each = replicas
         count = masters * (1 + replicas)
@@ -378,6 +385,7 @@ class RedisClusterSet:
                     "--cluster-port",  # not port + 10000: a free port may be above 55535
                     str(ports[2 * n + 1]),
                 ),
+                wrapper=wrap(workdir / f"node-{n}") if wrap else (),
             )
             for n in range(count)
         ]
