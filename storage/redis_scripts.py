@@ -119,7 +119,20 @@ def _needed(body: str, definitions: list[tuple[str, str]]) -> str:
     return "".join(text for name, text in definitions if name in used)
 
 
-_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE)
+# The key names a call works on: its KEYS, or (n > 0) the last n of its ARGV, which then ends
+# its arguments. A call to one primary of Redis Cluster for buckets of several slots declares
+# one key only (Redis refuses declared keys of several slots), and reads every key it will
+# write before the first write (a key of a slot moving away fails the call unchanged).
+_NAMES = """
+local function key_names(n)
+  if n == 0 then return KEYS, #ARGV end
+  local names, last = {}, #ARGV - n
+  for k = 1, n do names[k] = ARGV[last + k] end
+  return names, last
+end
+"""
+
+_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE + _NAMES)
 
 
 def _script(body: str, with_deadline: bool = False) -> Script:
@@ -248,12 +261,12 @@ return left
     with_deadline=True,
 )
 
-# KEYS: for each part in order, a key of its bucket (so that Redis Cluster routes and checks
-#   the call), then its idempotency record if its message has a key.
+# KEYS (or the names at ARGV's end, see key_names): for each part in order, its bucket's depth
+#   hash, then its idempotency record if its message has a key.
 # ARGV: deadline, max_queue, step_ms, idempotency ttl_ms, guarded (1 on Redis Cluster: every
 #   part of the call read before any is written, as a slot may be moving; a message whose
-#   idempotency record an earlier one of the call writes is left for the next call), then
-#   for each message:
+#   idempotency record an earlier one of the call writes is left for the next call), how
+#   many key names end ARGV (0: they are KEYS), then for each message:
 #   event, record, has a key (0/1), n_parts, then its parts: (bucket prefix, n_users,
 #   n_rooms, users..., shared rooms...). A part is one bucket's share of a message: its
 #   users, and the rooms whose members in the bucket it reaches. Messages are stored in this
@@ -282,6 +295,7 @@ local out, n_out, added = {0}, 1, {}  -- added: messages this call stored per qu
 -- (a key already moved to another primary fails the script having stored nothing);
 -- elsewhere each part is written as soon as it is read.
 local function read_part(p, depth, idem, first_user, first_room, n_rooms)
+  if guarded then redis.call('EXISTS', depth) end  -- written below; maybe not declared
   local prior = idem and redis.call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
@@ -388,21 +402,22 @@ local function write_part(part, event, record, site)
   for _, room in ipairs(empty_rooms) do n_out = n_out + 1; out[n_out] = room end
 end
 local started = now_ms()
-local i, key_at, reads, idems = 6, 1, {}, {}
-while i <= #ARGV do
+local names, last_arg = key_names(count(ARGV[6]))
+local i, key_at, reads, idems = 7, 1, {}, {}
+while i <= last_arg do
  local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
  local parts, site = count(ARGV[i + 3]), site_field(ARGV[i + 4])  -- one site per message
  if guarded and keyed then  -- one written by an earlier message of this call: next call
   local again = false
-  for k = 0, parts - 1 do again = again or idems[KEYS[key_at + 2 * k + 1]] ~= nil end
+  for k = 0, parts - 1 do again = again or idems[names[key_at + 2 * k + 1]] ~= nil end
   if again then break end
  end
  i = i + 4
  for _ = 1, parts do
   out[1] = out[1] + 1
   local p = ARGV[i]
-  local depth = KEYS[key_at]  -- the part's bucket's depth: a declared key of its slot
-  local idem = keyed and KEYS[key_at + 1] or nil
+  local depth = names[key_at]  -- the part's bucket's depth: a key of its slot
+  local idem = keyed and names[key_at + 1] or nil
   key_at = key_at + (idem and 2 or 1)
   local n_users, n_rooms = count(ARGV[i + 1]), count(ARGV[i + 2])
   local first_user, first_room = i + 3, i + 3 + n_users
@@ -423,28 +438,40 @@ return out
     with_deadline=True,
 )
 
-# KEYS: the depth hash of each group (a site in a bucket), then the messages of each acking
-#   device, group by group. ARGV: the number of groups; for each group, its site's depth
+# KEYS (or the names at ARGV's end, see key_names): the depth hash of each group (a site in a
+#   bucket), then the messages of each acking device, group by group. ARGV: how many key
+#   names end ARGV (0: they are KEYS), the number of groups; for each group, its site's depth
 #   field and its number of devices; then for each device in turn, n and the n fields of its
 #   acked messages -> for each device, how many were still stored and are now removed
 ACK = _script("""
-local groups = tonumber(ARGV[1])
-redis.call('EXISTS', unpack(KEYS, 1, groups))  -- reads first (cluster)
-local out, n_out, key, i = {}, 0, groups + 1, 2 * groups + 2
+local in_argv, groups = tonumber(ARGV[1]), tonumber(ARGV[2])
+local names = key_names(in_argv)
+if in_argv > 0 then  -- keys not declared: each group's read before the first write
+  local key = groups + 1
+  for g = 1, groups do
+    local last = key + tonumber(ARGV[2 * g + 2]) - 1
+    redis.call('EXISTS', names[g], unpack(names, key, math.min(key + 998, last)))
+    for j = key + 999, last, 1000 do
+      redis.call('EXISTS', unpack(names, j, math.min(j + 999, last)))
+    end
+    key = last + 1
+  end
+end
+local out, n_out, key, i = {}, 0, groups + 1, 2 * groups + 3
 for g = 1, groups do
-  local site, removed = ARGV[2 * g], 0
-  for _ = 1, tonumber(ARGV[2 * g + 1]) do
+  local site, removed = ARGV[2 * g + 1], 0
+  for _ = 1, tonumber(ARGV[2 * g + 2]) do
     local n = ARGV[i] == '1' and 1 or tonumber(ARGV[i])  -- mostly one message: no parsing
     local last, gone = i + n, 0
     for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
-      gone = gone + redis.call('HDEL', KEYS[key], unpack(ARGV, j, math.min(j + 999, last)))
+      gone = gone + redis.call('HDEL', names[key], unpack(ARGV, j, math.min(j + 999, last)))
     end
     n_out = n_out + 1
     out[n_out] = gone
     removed = removed + gone
     key, i = key + 1, last + 1
   end
-  if removed > 0 then redis.call('HINCRBY', KEYS[g], site, string.format('%d', -removed)) end
+  if removed > 0 then redis.call('HINCRBY', names[g], site, string.format('%d', -removed)) end
 end
 return out
 """)

@@ -420,9 +420,9 @@ class RedisStore(StoreBase):
         """What ENQUEUE takes once per message, before its parts."""
         return [message.event, message.encode(), "1" if message.idempotency_id else "0", parts]
 
-    def _enqueue_args(self) -> list[Any]:
+    def _enqueue_args(self, names_in_args: int = 0) -> list[Any]:
         guarded = "0" if isinstance(self.wire, RedisWire) else "1"
-        return [self.max_queue, self.step_ms, self.idempotency_ttl * 1000, guarded]
+        return [self.max_queue, self.step_ms, self.idempotency_ttl * 1000, guarded, names_in_args]
 
     async def _enqueue_one_redis(
         self,
@@ -469,34 +469,77 @@ class RedisStore(StoreBase):
             for k, (names, _group, _p) in enumerate(parts):
                 by_slot.setdefault(self.wire.slot_of(names[0]), []).append((m, k))
         answers: dict[tuple[int, int], _PartAnswer] = {}
+        wire = self.send_wire
+        assert isinstance(wire, ClusterWire)
+
+        def call(order: list[tuple[int, int]], alone: bool) -> Any:
+            """One call for these parts (in message order): alone, for one slot, its keys
+            declared; else the names in ARGV, for the slots of one primary."""
+            names: list[str] = []
+            args: list[Any] = []
+            at = 0
+            while at < len(order):
+                m = order[at][0]
+                end = at
+                while end < len(order) and order[end][0] == m:
+                    end += 1
+                args += self._message_args(items[m][3], end - at)
+                for _, k in order[at:end]:
+                    names += plan[m][k][0]
+                    args += plan[m][k][1]
+                at = end
+            if alone:
+                return (scripts.ENQUEUE, names, self._enqueue_args() + args)
+            return (scripts.ENQUEUE, names[:1], self._enqueue_args(len(names)) + args + names)
 
         async def run_all() -> None:
-            """Every slot's first step in one exchange per primary, then again for the slots
-            with messages left (a step is ``step_ms``)."""
+            """A step of every primary's parts in one call each, the primaries in parallel,
+            then again for the parts left (a step is ``step_ms``). The slots of a call that
+            met a slot on the move go one call each from then on, following redirections."""
             waiting = {slot: order for slot, order in by_slot.items() if order}
+            alone: set[int | None] = set()
             errors: list[Exception] = []
             while waiting and not errors:
-                calls = []
-                for order in waiting.values():
-                    names: list[str] = []
-                    args = self._enqueue_args()
-                    for m, k in order:  # one part of each message per slot: a bucket is one
-                        names += plan[m][k][0]
-                        args += self._message_args(items[m][3], 1) + plan[m][k][1]
-                    calls.append((scripts.ENQUEUE, names, args))
-                replies = await self.send_wire.script_replies(calls)
-                for (slot, order), flat in zip(list(waiting.items()), replies, strict=True):
+                by_primary: dict[str, list[int | None]] = {}
+                for slot, order in waiting.items():
+                    if slot not in alone:
+                        first = plan[order[0][0]][order[0][1]][0][0]
+                        by_primary.setdefault(wire.primary_of(first), []).append(slot)
+                merged = [
+                    sorted(p for s in slots for p in waiting[s]) for slots in by_primary.values()
+                ]
+                single = [slot for slot in waiting if slot in alone]
+                replies = await asyncio.gather(
+                    wire.script_replies_once([call(order, False) for order in merged]),
+                    wire.script_replies([call(waiting[slot], True) for slot in single]),
+                )
+                sent = [
+                    (order, slots, flat, True)
+                    for order, slots, flat in zip(
+                        merged, by_primary.values(), replies[0], strict=True
+                    )
+                ] + [
+                    (waiting[slot], [slot], flat, False)
+                    for slot, flat in zip(single, replies[1], strict=True)
+                ]
+                for order, slots, flat, first_try in sent:
                     if isinstance(flat, Exception):
+                        if first_try and wire.redirected(flat):
+                            alone.update(slots)  # nothing stored: again, one call per slot
+                            continue
                         errors.append(flat)
-                        del waiting[slot]
+                        for slot in slots:
+                            del waiting[slot]
                         continue
                     handled = int(flat[0])
                     for key, answer in zip(order, _part_answers(flat, handled), strict=False):
                         answers[key] = answer
-                    if handled >= len(order):
-                        del waiting[slot]
-                    else:
-                        waiting[slot] = order[handled:]
+                    for slot in slots:
+                        left = [part for part in waiting[slot] if part not in answers]
+                        if left:
+                            waiting[slot] = left
+                        else:
+                            del waiting[slot]
             if errors:
                 doubt = answers or any(isinstance(e, WriteInDoubt) for e in errors)
                 if doubt:  # some parts stored: a retry with the same key completes the rest
@@ -600,37 +643,72 @@ class RedisStore(StoreBase):
         return backlogs
 
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
-        """Every ack of this moment: one script (on Redis Cluster, one per bucket), each
+        """Every ack of this moment: one script (on Redis Cluster, one per primary), each
         bucket's depth counted down once per site."""
-        by_slot: dict[int | None, dict[str, tuple[str, list[int]]]] = {}
+        cluster = isinstance(self.wire, ClusterWire)
+        calls: dict[str, dict[str, tuple[str, list[int]]]] = {}  # where -> p -> depth, items
         for i, (site, user, _device, _acked) in enumerate(items):
             p = self._p(site, user)
             depth = keys.depth(keys.bucket_of_prefix(p))
-            groups = by_slot.setdefault(self.wire.slot_of(depth), {})
-            groups.setdefault(p, (depth, []))[1].append(i)
-        calls = []
-        order: list[list[int]] = []
-        for groups in by_slot.values():
-            names = [depth for depth, _ in groups.values()]
-            args: list[Any] = [len(groups)]
-            fields: list[Any] = []
-            indexes: list[int] = []
-            for p, (_, members) in groups.items():
-                args += [keys.site_field(p), len(members)]
-                for i in members:
-                    _site, user, device, acked = items[i]
-                    names.append(keys.device_keys(p, user, device)[1])
-                    fields.append(len(acked))
-                    fields += [keys.message_field(seq, event) for seq, event in acked]
-                indexes += members
-            calls.append((scripts.ACK, names, args + fields))
-            order.append(indexes)
-        replies = await self._call("ack", lambda: self.wire.run_scripts(calls))
+            where = self.wire.primary_of(depth) if isinstance(self.wire, ClusterWire) else ""
+            calls.setdefault(where, {}).setdefault(p, (depth, []))[1].append(i)
         removed = [0] * len(items)
-        for indexes, counts in zip(order, replies, strict=True):
-            for i, count in zip(indexes, counts, strict=True):
-                removed[i] = int(count)
+
+        def count(groups: dict[str, tuple[str, list[int]]], counts: list[Any]) -> None:
+            members = [i for _, group in groups.values() for i in group]
+            for i, n in zip(members, counts, strict=True):
+                removed[i] = int(n)
+
+        async def write() -> None:
+            if not cluster:
+                (groups,) = calls.values()
+                (counts,) = await self.wire.run_scripts([self._ack_call(items, groups, False)])
+                count(groups, counts)
+                return
+            assert isinstance(self.wire, ClusterWire)
+            replies = await self.wire.script_replies_once(
+                [self._ack_call(items, groups, True) for groups in calls.values()]
+            )
+            by_slot: dict[int | None, dict[str, tuple[str, list[int]]]] = {}
+            for groups, reply in zip(calls.values(), replies, strict=True):
+                if isinstance(reply, Exception) and not self.wire.redirected(reply):
+                    raise reply
+                if not isinstance(reply, Exception):
+                    count(groups, reply)
+                    continue
+                for p, group in groups.items():  # a slot moved: one call per slot instead
+                    by_slot.setdefault(self.wire.slot_of(group[0]), {})[p] = group
+            if by_slot:
+                slots = list(by_slot.values())
+                answers = await self.wire.run_scripts(
+                    [self._ack_call(items, groups, False) for groups in slots]
+                )
+                for groups, counts in zip(slots, answers, strict=True):
+                    count(groups, counts)
+
+        await self._call("ack", write)
         return removed
+
+    @staticmethod
+    def _ack_call(
+        items: Sequence[AckItem], groups: dict[str, tuple[str, list[int]]], names_in_args: bool
+    ) -> tuple[Script, list[str], list[Any]]:
+        """ACK for these groups (a site in a bucket each): their keys declared, or (for
+        buckets of several slots on one primary of Redis Cluster) named at ARGV's end."""
+        names = [depth for depth, _ in groups.values()]
+        args: list[Any] = [0, len(groups)]
+        fields: list[Any] = []
+        for p, (_, members) in groups.items():
+            args += [keys.site_field(p), len(members)]
+            for i in members:
+                _site, user, device, acked = items[i]
+                names.append(keys.device_keys(p, user, device)[1])
+                fields.append(len(acked))
+                fields += [keys.message_field(seq, event) for seq, event in acked]
+        if names_in_args:
+            args[0] = len(names)
+            return (scripts.ACK, names[:1], args + fields + names)
+        return (scripts.ACK, names, args + fields)
 
     async def devices_of(self, site: str, user: str) -> list[DeviceState]:
         p = self._p(site, user)

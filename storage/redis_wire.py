@@ -506,6 +506,11 @@ class ClusterWire:
     def primaries(self) -> list[RedisWire]:
         return [self._wire_of(node) for node in self._cluster.get_primaries()]
 
+    def primary_of(self, key: str | bytes) -> str:
+        """The name of the primary that the map says serves ``key``'s slot."""
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        return str(self._cluster.nodes_manager.get_node_from_slot(slot).name)
+
     async def node_of(self, key: str) -> ClusterNode:
         """The primary serving ``key``'s slot, the map read again first."""
         if self._started:
@@ -543,9 +548,11 @@ class ClusterWire:
         items: Sequence[Any],
         key_of: Callable[[Any], Any],
         send: Callable[[RedisWire, list[Any]], Any],
+        again: bool = True,
     ) -> list[Any]:
         """Replies to ``items``, each sent to its key's primary (those of one primary at
-        once, the primaries in parallel); redirected ones again, with the map read again."""
+        once, the primaries in parallel); redirected ones again, with the map read again
+        (unless not ``again``: then the redirection is the reply)."""
         if not self._started:
             await self.start()
         replies: list[Any] = [None] * len(items)
@@ -582,7 +589,7 @@ class ClusterWire:
             if lost:
                 await self._forget_map()
             waiting = [index for index in waiting if _elsewhere(replies[index])]
-            if not waiting or loop.time() + pause > deadline:
+            if not waiting or not again or loop.time() + pause > deadline:
                 return replies
             await asyncio.sleep(pause)
             pause *= 2
@@ -606,6 +613,24 @@ class ClusterWire:
         return await self._routed(
             calls, lambda call: call[1][0], lambda wire, group: wire.script_replies(group)
         )
+
+    async def script_replies_once(
+        self, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
+    ) -> list[Any]:
+        """As ``script_replies``, but a call redirected (or one that met a key of a slot
+        served elsewhere) comes back as that error: for a call on buckets of several slots,
+        which its caller then splits, one call per slot."""
+        return await self._routed(
+            calls,
+            lambda call: call[1][0],
+            lambda wire, group: wire.script_replies(group),
+            again=False,
+        )
+
+    @staticmethod
+    def redirected(reply: Any) -> bool:
+        """The reply says the call's slot, or a key's, is served elsewhere: nothing changed."""
+        return _elsewhere(reply)
 
     async def run_script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         (reply,) = await self.run_scripts([(script, keys, args)])

@@ -290,3 +290,64 @@ async def test_a_step_that_meets_a_key_already_migrated_stores_none_of_its_messa
     finally:
         await store.close()
         cluster.stop()
+
+
+def two_buckets_on_one_primary(cluster: RedisClusterSet) -> tuple[str, str]:
+    """Two users of different buckets (slots) that one primary serves."""
+    first = "user_0"
+    primary = cluster.primary_of(user_and_device_keys(first)[0]).port
+    p = redis_keys.user_prefix("sws:", SITE, first)
+    second = next(
+        user
+        for user in (f"user_{n}" for n in range(1, 20_000))
+        if redis_keys.user_prefix("sws:", SITE, user) != p
+        and cluster.primary_of(user_and_device_keys(user)[0]).port == primary
+    )
+    return first, second
+
+
+async def test_a_call_for_several_slots_of_one_primary_meets_a_slot_on_the_move(
+    tmp_path: Path,
+) -> None:
+    """A primary's buckets share one script call. When one of its slots is on the move, the
+    call changes nothing; each slot is then sent on its own: the other bucket's part is
+    stored, the moving one's fails, and the site's retry with the same key completes the
+    send without a second copy. Acks take the same way."""
+    cluster = RedisClusterSet(tmp_path / "cluster-moving", replicas=0)
+    cluster.start()
+    store = RedisStore(cluster.url, device_ttl=3600, node_id="node-a", timeout=1)
+    try:
+        await store.open()
+        moving, staying = two_buckets_on_one_primary(cluster)
+        for user in (moving, staying):
+            await store.connect_device(SITE, user, "phone", [])
+        await store.enqueue(SITE, [moving, staying], [], Message(event="n", args=[0]))
+        move = SlotMove(cluster, user_and_device_keys(moving)[0])
+        move.start(*user_and_device_keys(moving))
+        sent = Message(event="n", args=[1], idempotency_id="send-1")
+        with pytest.raises(OutcomeUnknown, match="a part of the send failed"):
+            await store.enqueue(SITE, [moving, staying], [], sent)
+        assert [m.args for m in await store.pending(SITE, staying, "phone")] == [[0], [1]]
+        acks = await asyncio.gather(
+            store.ack(SITE, moving, "phone", [(1, "n")]),
+            store.ack(SITE, staying, "phone", [(1, "n")]),
+            return_exceptions=True,
+        )
+        assert all(isinstance(a, StoreUnavailable) and "moving" in str(a) for a in acks)
+        # the staying bucket's ack went through on its own (an ack's retry removes nothing)
+        assert [m.args for m in await store.pending(SITE, staying, "phone")] == [[1]]
+        move.finish()
+        assert [m.args for m in await store.pending(SITE, moving, "phone")] == [[0]]
+
+        await store.enqueue(SITE, [moving, staying], [], sent)  # the site's retry
+        assert [m.args for m in await store.pending(SITE, moving, "phone")] == [[0], [1]]
+        assert [m.args for m in await store.pending(SITE, staying, "phone")] == [[1]]
+        removed = await asyncio.gather(
+            store.ack(SITE, moving, "phone", [(1, "n"), (2, "n")]),
+            store.ack(SITE, staying, "phone", [(1, "n"), (2, "n")]),
+        )
+        assert removed == [2, 1]
+        assert await store.queue_depths([SITE]) == {SITE: 0}
+    finally:
+        await store.close()
+        cluster.stop()
