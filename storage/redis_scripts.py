@@ -77,7 +77,8 @@ end
 # on Redis's clock (ms), put there by the wire; run past it, the script changes nothing and
 # answers a LATE error, since its caller was already told it failed.
 _DEADLINE = """
-if now_ms() > tonumber(ARGV[1]) then
+local called_at = now_ms()
+if called_at > tonumber(ARGV[1]) then
   return redis.error_reply('LATE Redis ran this after its caller gave up: nothing changed')
 end
 """
@@ -281,7 +282,7 @@ return left
 ENQUEUE = _script(
     f"local RECORDED_DELIVERIES = {RECORDED_DELIVERIES}"
     + """
-local max_queue, step_ms, idem_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_queue, idem_ttl = tonumber(ARGV[2]), ARGV[4]
 local guarded = ARGV[5] == '1'  -- Redis Cluster: a slot may be moving (reads before writes)
 -- This script runs for every delivery: its loops avoid what Lua makes costly (closures and
 -- tables per part or device, numbers turned into strings, arrays read where a field does).
@@ -289,13 +290,15 @@ local function count(s)  -- a count in ARGV: mostly 0 or 1, which need no parsin
   if s == '0' then return 0 elseif s == '1' then return 1 end
   return tonumber(s)
 end
+local in_argv = ARGV[6] ~= '0'  -- the key names end ARGV: only the first is declared
+local names, last_arg = key_names(count(ARGV[6]))
 local out, n_out, added = {0}, 1, {}  -- added: messages this call stored per queue (cluster)
 -- One part's reads: {depth, idem, repeated, found, empty rooms, plans}; plans holds 8
 -- values per device. On Redis Cluster every part of the call is read before the first write
 -- (a key already moved to another primary fails the script having stored nothing);
 -- elsewhere each part is written as soon as it is read.
 local function read_part(p, depth, idem, first_user, first_room, n_rooms)
-  if guarded then redis.call('EXISTS', depth) end  -- written below; maybe not declared
+  if in_argv then redis.call('EXISTS', depth) end  -- written below, and not declared
   local prior = idem and redis.call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
@@ -401,8 +404,7 @@ local function write_part(part, event, record, site)
   n_out = n_out + 1
   for _, room in ipairs(empty_rooms) do n_out = n_out + 1; out[n_out] = room end
 end
-local started = now_ms()
-local names, last_arg = key_names(count(ARGV[6]))
+
 local i, key_at, reads, idems = 7, 1, {}, {}
 while i <= last_arg do
  local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
@@ -430,7 +432,10 @@ while i <= last_arg do
     write_part(part, event, record, site)
   end
  end
- if now_ms() - started >= step_ms / (guarded and 2 or 1) then break end  -- guarded: then writes
+ -- past step_ms (on Redis Cluster, half of it: the writes follow), the rest is left
+ if i <= last_arg and now_ms() - called_at >= tonumber(ARGV[3]) / (guarded and 2 or 1) then
+  break
+ end
 end
 for _, read in ipairs(reads) do write_part(unpack(read, 1, 4)) end
 return out

@@ -505,6 +505,10 @@ class RedisStore(StoreBase):
                     if slot not in alone:
                         first = plan[order[0][0]][order[0][1]][0][0]
                         by_primary.setdefault(wire.primary_of(first), []).append(slot)
+                for slots in list(by_primary.values()):
+                    if len(slots) == 1:  # a primary's only slot: its keys declared, as Redis
+                        alone.update(slots)  # Cluster checks them before the script runs
+                by_primary = {name: slots for name, slots in by_primary.items() if len(slots) > 1}
                 merged = [
                     sorted(p for s in slots for p in waiting[s]) for slots in by_primary.values()
                 ]
@@ -666,8 +670,12 @@ class RedisStore(StoreBase):
                 count(groups, counts)
                 return
             assert isinstance(self.wire, ClusterWire)
+            slots_of = [{self.wire.slot_of(d) for d, _ in g.values()} for g in calls.values()]
             replies = await self.wire.script_replies_once(
-                [self._ack_call(items, groups, True) for groups in calls.values()]
+                [
+                    self._ack_call(items, groups, len(slots) > 1)
+                    for groups, slots in zip(calls.values(), slots_of, strict=True)
+                ]
             )
             by_slot: dict[int | None, dict[str, tuple[str, list[int]]]] = {}
             for groups, reply in zip(calls.values(), replies, strict=True):
