@@ -292,11 +292,13 @@ local function count(s)  -- a count in ARGV: mostly 0 or 1, which need no parsin
 end
 local in_argv = ARGV[6] ~= '0'  -- the key names end ARGV: only the first is declared
 local names, last_arg = key_names(count(ARGV[6]))
-local out, n_out, added = {0}, 1, {}  -- added: messages this call stored per queue (cluster)
--- One part's reads: {depth, idem, repeated, found, empty rooms, plans}; plans holds 8
--- values per device. On Redis Cluster every part of the call is read before the first write
--- (a key already moved to another primary fails the script having stored nothing);
--- elsewhere each part is written as soon as it is read.
+local out, n_out = {0}, 1
+local added = guarded and {}  -- messages this call stored per queue (see below)
+local NONE = {}  -- no rooms without members, no devices whose queue filled: most parts
+-- One part's reads, returned as (depth, idem, repeated, found, empty rooms, plans): plans
+-- holds 8 values per device. On Redis Cluster every part of the call is read before the
+-- first write (a key already moved to another primary fails the script having stored
+-- nothing); elsewhere each part is written as soon as it is read.
 local function read_part(p, depth, idem, first_user, first_room, n_rooms)
   if in_argv then redis.call('EXISTS', depth) end  -- written below, and not declared
   local prior = idem and redis.call('GET', idem)
@@ -309,33 +311,37 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms)
       local nodes = nodes_of((device_keys(p, user, device))) or ''
       found[#found + 1] = {user, device, tonumber(seq), nodes}
     end
-    return {depth, idem, tonumber(entries[1]), found}
+    return depth, idem, tonumber(entries[1]), found
   end
-  local targets, empty_rooms = nil, {}
-  if first_user == first_room and n_rooms == 1 then  -- one room: a set has no duplicates
+  -- the users: those named (distinct: the store sends each once), then the rooms' members
+  local targets, n_targets, empty_rooms = ARGV, first_room - 1, NONE
+  if n_rooms == 1 and first_user == first_room then  -- one room: a set has no duplicates
     targets = redis.call('SMEMBERS', members_key(p, ARGV[first_room]))
-    if #targets == 0 then empty_rooms[1] = ARGV[first_room] end
-  else
+    first_user, n_targets = 1, #targets
+    if n_targets == 0 then empty_rooms = {ARGV[first_room]} end
+  elseif n_rooms > 0 then
     local seen = {}
     targets = {}
-    for k = first_user, first_room + n_rooms - 1 do
-      local found = {ARGV[k]}
-      if k >= first_room then
-        found = redis.call('SMEMBERS', members_key(p, ARGV[k]))
-        if #found == 0 then empty_rooms[#empty_rooms + 1] = ARGV[k] end
+    for k = first_user, first_room - 1 do seen[ARGV[k]] = true; targets[#targets + 1] = ARGV[k] end
+    for k = first_room, first_room + n_rooms - 1 do
+      local found = redis.call('SMEMBERS', members_key(p, ARGV[k]))
+      if #found == 0 then
+        if empty_rooms == NONE then empty_rooms = {} end
+        empty_rooms[#empty_rooms + 1] = ARGV[k]
       end
       for _, user in ipairs(found) do  -- expired users have no devices; swept later
         if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
       end
     end
+    first_user, n_targets = 1, #targets
   end
   local plans, n = {}, 0
-  for t = 1, #targets do
+  for t = first_user, n_targets do
     local user = targets[t]
     local devices = devices_key(p, user)
-    local names = redis.call('SMEMBERS', devices)
-    for d = 1, #names do
-      local device = names[d]
+    local device_names = redis.call('SMEMBERS', devices)
+    for d = 1, #device_names do
+      local device = device_names[d]
       local dev, msg = device_keys(p, user, device)
       local holders, queued, ttl = nodes_of(dev), 0, 0  -- holders false: the device expired
       if holders then
@@ -348,11 +354,10 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms)
       n = n + 8
     end
   end
-  return {depth, idem, false, false, empty_rooms, plans}
+  return depth, idem, false, false, empty_rooms, plans
 end
 -- One part's writes, and its answer appended to out.
-local function write_part(part, event, record, site)
-  local depth, idem, repeated, found, empty_rooms, plans = unpack(part, 1, 6)
+local function write_part(event, record, site, depth, idem, repeated, found, empty_rooms, plans)
   if repeated then
     out[n_out + 1], out[n_out + 2], out[n_out + 3] = -1, repeated, #found
     n_out = n_out + 3
@@ -364,21 +369,22 @@ local function write_part(part, event, record, site)
     n_out = n_out + 2
     return
   end
-  local count_at, stored, full = n_out + 1, 0, {}
+  local count_at, stored, full = n_out + 1, 0, NONE
   n_out = count_at
   for k = 1, #plans, 8 do
     local devices, user, device, dev, msg, holders, queued, ttl = unpack(plans, k, k + 7)
     if not holders then
       redis.call('SREM', devices, device)
-    elseif queued + (guarded and added[msg] or 0) >= max_queue then
+    elseif queued + (added and added[msg] or 0) >= max_queue then
       if redis.call('HSETNX', dev, 'overflow', '1') == 1 then
+        if full == NONE then full = {} end
         full[#full + 1] = user; full[#full + 1] = device
       end
     else
       local seq = redis.call('HINCRBY', dev, 'seq', '1')
       redis.call('HSET', msg, message_field(seq, event), record)
       if ttl > 0 then redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
-      if guarded then added[msg] = (added[msg] or 0) + 1 end
+      if added then added[msg] = (added[msg] or 0) + 1 end
       out[n_out + 1], out[n_out + 2], out[n_out + 3], out[n_out + 4] = user, device, seq, holders
       n_out = n_out + 4
       stored = stored + 1
@@ -405,11 +411,12 @@ local function write_part(part, event, record, site)
   for _, room in ipairs(empty_rooms) do n_out = n_out + 1; out[n_out] = room end
 end
 
-local i, key_at, reads, idems = 7, 1, {}, {}
+local i, key_at = 7, 1
+local reads, idems = guarded and {}, guarded and {}  -- Redis Cluster: the writes come last
 while i <= last_arg do
  local event, record, keyed = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
  local parts, site = count(ARGV[i + 3]), site_field(ARGV[i + 4])  -- one site per message
- if guarded and keyed then  -- one written by an earlier message of this call: next call
+ if idems and keyed then  -- one written by an earlier message of this call: next call
   local again = false
   for k = 0, parts - 1 do again = again or idems[names[key_at + 2 * k + 1]] ~= nil end
   if again then break end
@@ -424,12 +431,12 @@ while i <= last_arg do
   local n_users, n_rooms = count(ARGV[i + 1]), count(ARGV[i + 2])
   local first_user, first_room = i + 3, i + 3 + n_users
   i = first_room + n_rooms
-  if idem then idems[idem] = true end
-  local part = read_part(p, depth, idem, first_user, first_room, n_rooms)
-  if guarded then
-    reads[#reads + 1] = {part, event, record, site}
+  if reads then
+    if idem then idems[idem] = true end
+    local read = {event, record, site, read_part(p, depth, idem, first_user, first_room, n_rooms)}
+    reads[#reads + 1] = read
   else
-    write_part(part, event, record, site)
+    write_part(event, record, site, read_part(p, depth, idem, first_user, first_room, n_rooms))
   end
  end
  -- past step_ms (on Redis Cluster, half of it: the writes follow), the rest is left
@@ -437,7 +444,7 @@ while i <= last_arg do
   break
  end
 end
-for _, read in ipairs(reads) do write_part(unpack(read, 1, 4)) end
+for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 9)) end
 return out
 """,
     with_deadline=True,

@@ -400,7 +400,7 @@ class RedisStore(StoreBase):
         """One message's parts, one per bucket it reaches: (KEYS, ARGV group, bucket prefix)."""
         site, users, rooms, message = item
         by_bucket: dict[str, tuple[list[str], list[str]]] = {}
-        for user in users:
+        for user in dict.fromkeys(users):  # each once: ENQUEUE takes the named users as given
             by_bucket.setdefault(self._p(site, user), ([], []))[0].append(escape(user))
         for room in rooms:
             for bucket in indexes.get((site, room), {}):
