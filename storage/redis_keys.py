@@ -5,7 +5,7 @@ bucket is a Redis Cluster hash tag (``{b17}``): every key of the bucket is in on
 script that works on one bucket runs on one Redis whatever the cluster looks like, and a
 user's devices, queues, rooms, and the bucket's own indexes (which node holds which device,
 what expires when, who holds a shared room) change together, atomically. A send to many
-users is one script per bucket on Redis Cluster, one script in all on a single Redis.
+users is one script per primary on Redis Cluster, one script in all on a single Redis.
 
 User and device names are escaped (``%``, ``:``, tab, braces) so that no two (user, device)
 pairs can name the same key. The Python helpers take names as the service knows them and

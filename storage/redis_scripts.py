@@ -2,11 +2,11 @@
 
 Each starts with ``redis_keys.LUA_PRELUDE``, the key grammar, and builds no key name of its
 own. Each works on one bucket (``redis_keys``: one hash slot), except BEAT, FORGET_NODE and
-PRUNE_ROOM, which work on one key of their own, and, on a single Redis, the batched ENQUEUE
-and ACK, which take parts of several buckets in one call (on Redis Cluster, one call per
-bucket). The keys a script can name before it runs come as ``KEYS``; those it finds in sets as
-it goes (a user's devices, a room's members in the bucket) it builds from ``p``, the bucket's
-prefix for a site, in ARGV: they are in the bucket's slot by construction.
+PRUNE_ROOM, which work on one key of their own, and the batched ENQUEUE and ACK, which take
+parts of several buckets in one call (on Redis Cluster, the buckets of one primary: see
+``key_names``). The keys a script can name before it runs come as ``KEYS``; those it finds
+in sets as it goes (a user's devices, a room's members in the bucket) it builds from ``p``,
+the bucket's prefix for a site, in ARGV: they are in the bucket's slot by construction.
 
 **Reads before writes.** While Redis Cluster moves a slot to another master, a key already
 moved (or not yet created) is not there: a command on it fails the script. So every script

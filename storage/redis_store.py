@@ -2,8 +2,8 @@
 
 Each decision is one Lua script per bucket (see ``redis_keys`` and ``redis_scripts``), atomic
 across nodes: on a single Redis a /send is one script however many devices it reaches; on
-Redis Cluster it is one script per bucket it reaches, run on their primaries in parallel. No
-``KEYS``: every key a script touches is found from the sets that index it.
+Redis Cluster it is one script per primary it reaches, run in parallel, each bucket's part
+in it atomic. No ``KEYS``: every key a script touches is found from the sets that index it.
 """
 
 from __future__ import annotations
@@ -366,8 +366,8 @@ class RedisStore(StoreBase):
 
     async def _write_enqueues(self, items: Sequence[EnqueueItem]) -> list[list[Delivery]]:
         """The messages of concurrent /sends, in submit order. On a single Redis, one script
-        stores as many as fit in ``step_ms``; on Redis Cluster, each message in one script
-        per bucket it reaches, every bucket's primary at once, all of ``items``."""
+        stores as many as fit in ``step_ms``; on Redis Cluster, one script per primary, the
+        primaries at once, as many steps as ``items`` take."""
         indexes = await self._room_indexes(
             {(site, room) for site, _users, rooms, _message in items for room in rooms}
         )
