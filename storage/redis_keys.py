@@ -291,19 +291,19 @@ local function nodes_of(dev)
   local fields = redis.call('HKEYS', dev)
   return #fields > 0 and holders_of(fields)
 end
--- A device's count of connections on ``node`` changes by ``by``; the nodes field follows.
-local function count_on_node(dev, node, by)
+-- A device's count of connections on ``node`` changes by ``by`` -> the count left, and the
+-- nodes field's new value if the node became, or stopped being, a holder (for the caller's
+-- HSET); ``nodes``: the field as the caller read it, if it did.
+local function count_on_node(dev, node, by, nodes)
   local field = node_field(node)
   local left = redis.call('HINCRBY', dev, field, by)
   if left > 0 and left ~= by then return left end  -- the node was, and stays, a holder
-  local nodes = nodes_of(dev) or ''
   local kept = {{}}
-  for other in string.gmatch(nodes, '[^,]+') do
+  for other in string.gmatch(nodes or nodes_of(dev) or '', '[^,]+') do
     if other ~= node then kept[#kept + 1] = other end
   end
   if left > 0 then kept[#kept + 1] = node else redis.call('HDEL', dev, field) end
-  redis.call('HSET', dev, NODES_FIELD, table.concat(kept, ','))
-  return left
+  return left, table.concat(kept, ',')
 end
 local function held_entry(p, user, device)
   return p .. {_lua(HELD_SEP)} .. user .. {_lua(HELD_SEP)} .. device

@@ -158,7 +158,8 @@ local p, node, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_devices = tonumber(ARGV[6])
 -- reads
 local expired, retire = {}, {}
-if redis.call('EXISTS', dev) == 0 then  -- new to the user: it needs a place among max_devices
+local exists = redis.call('EXISTS', dev) == 1
+if not exists then  -- new to the user: it needs a place among max_devices
   local live, offline = 0, {}
   for _, other in ipairs(redis.call('SMEMBERS', devices)) do
     local odev, omsg = device_keys(p, user, other)
@@ -176,12 +177,26 @@ if redis.call('EXISTS', dev) == 0 then  -- new to the user: it needs a place amo
   table.sort(offline, function(a, b) return a[1] < b[1] end)
   for k = 1, math.max(over, 0) do retire[k] = offline[k][2] end
 end
+-- a reconnect with the rooms it had (most are) leaves the rooms' members as they are
 local old_rooms = redis.call('SMEMBERS', rooms)
-for _, room in ipairs(old_rooms) do redis.call('EXISTS', members_key(p, room)) end
-for i = 7, #ARGV do redis.call('EXISTS', members_key(p, ARGV[i])) end
+local same_rooms = #old_rooms == #ARGV - 6
+if same_rooms then
+  local had = {}
+  for _, room in ipairs(old_rooms) do had[room] = true end
+  for i = 7, #ARGV do same_rooms = same_rooms and had[ARGV[i]] == true end
+else
+  for _, room in ipairs(old_rooms) do redis.call('EXISTS', members_key(p, room)) end
+  for i = 7, #ARGV do redis.call('EXISTS', members_key(p, ARGV[i])) end
+end
 redis.call('EXISTS', depth_key(p))
--- the queue of a device that expired (not swept yet), and those of the retired ones
-local stale = redis.call('EXISTS', dev) == 0 and redis.call('HLEN', msg) or 0
+-- the device's state, the queue of a device that expired (not swept yet), and those of the
+-- retired ones
+local overflowed, seq, nodes = 0, '0', ''
+if exists then
+  local state = redis.call('HMGET', dev, 'overflow', 'seq', NODES_FIELD)
+  overflowed, seq, nodes = state[1] and 1 or 0, state[2] or '0', state[3]
+end
+local stale = not exists and redis.call('HLEN', msg) or 0
 local retired_queued = {}
 for k, name in ipairs(retire) do
   local _, omsg = device_keys(p, user, name)
@@ -200,28 +215,34 @@ if stale > 0 then
   redis.call('DEL', msg)
   count_out(p, stale)
 end
-local overflowed = redis.call('HGET', dev, 'overflow') and 1 or 0
-redis.call('HDEL', dev, 'overflow')
+if overflowed == 1 then redis.call('HDEL', dev, 'overflow') end
 redis.call('HINCRBY', dev, 'conns', 1)
-count_on_node(dev, node, 1)
-redis.call('HSET', dev, 'seen', now_us())
+local _, now_nodes = count_on_node(dev, node, 1, nodes)
+if now_nodes then
+  redis.call('HSET', dev, 'seen', now_us(), NODES_FIELD, now_nodes)
+else
+  redis.call('HSET', dev, 'seen', now_us())
+end
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg)
 redis.call('ZREM', exp_devices, held_entry(p, user, device))
 redis.call('SADD', devices, device)
 redis.call('PERSIST', devices)
 redis.call('ZREM', exp_users, user_entry(p, user))
-for _, room in ipairs(old_rooms) do
-  redis.call('SREM', members_key(p, room), user)
-end
-redis.call('DEL', rooms)
-for i = 7, #ARGV do
-  redis.call('SADD', rooms, ARGV[i])
-  redis.call('SADD', members_key(p, ARGV[i]), user)
+if same_rooms then
+  redis.call('PERSIST', rooms)  -- as a new set would be: its user is connected
+else
+  for _, room in ipairs(old_rooms) do
+    redis.call('SREM', members_key(p, room), user)
+  end
+  redis.call('DEL', rooms)
+  for i = 7, #ARGV do
+    redis.call('SADD', rooms, ARGV[i])
+    redis.call('SADD', members_key(p, ARGV[i]), user)
+  end
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
 redis.call('PERSIST', ukey)
-local seq = redis.call('HGET', dev, 'seq') or '0'
 return {conns, overflowed, table.concat(retire, '\t'), seq, redis.call('HGETALL', msg)}
 """,
     with_deadline=True,
@@ -236,8 +257,13 @@ local p, node, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 redis.call('EXISTS', depth_key(dev))  -- reads first (cluster)
 if redis.call('EXISTS', dev) == 1 then
-  redis.call('HSET', dev, 'seen', now_us())
-  if count_on_node(dev, node, -1) <= 0 then
+  local left, nodes = count_on_node(dev, node, -1)
+  if nodes then
+    redis.call('HSET', dev, 'seen', now_us(), NODES_FIELD, nodes)
+  else
+    redis.call('HSET', dev, 'seen', now_us())
+  end
+  if left <= 0 then
     redis.call('SREM', held, held_entry(p, user, device))
   end
   if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
@@ -555,7 +581,8 @@ for k, entry in ipairs(entries) do
   if count > 0 then
     local p, user, device = split_held(entry)
     local dev = device_keys(p, user, device)
-    count_on_node(dev, node, -count)
+    local _, nodes = count_on_node(dev, node, -count)
+    redis.call('HSET', dev, NODES_FIELD, nodes)
     if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
       redis.call('HSET', dev, 'conns', 0)
       device_gone(ttl, exp_devices, p, user, device)

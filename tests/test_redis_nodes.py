@@ -92,3 +92,27 @@ async def test_a_silent_nodes_connections_are_released(redis_url: str) -> None:
         assert released == ["crashed"]
     finally:
         await survivor.close()
+
+
+async def test_a_reconnect_with_the_same_rooms_keeps_them_for_as_long_as_it_stays(
+    redis_url: str,
+) -> None:
+    """A reconnect whose auth answer names the rooms it had leaves the rooms' members as
+    they are; the user's rooms set, given a lifetime when it went offline, is kept again for
+    as long as it is connected (the sweep needs it to take the user out of the rooms)."""
+    store = RedisStore(redis_url, device_ttl=60, node_id="a")
+    try:
+        await store.connect_device(SITE, "user_1", "phone", ["staff"])
+        await store.disconnect_device(SITE, "user_1", "phone", forget=False)
+        rooms = redis_keys.user_keys(store._p(SITE, "user_1"), "user_1")[2]
+        async with redis.asyncio.Redis.from_url(redis_url) as client:
+            assert await client.pttl(rooms) > 0  # offline: it expires after its user
+            await store.connect_device(SITE, "user_1", "phone", ["staff"])
+            assert await client.pttl(rooms) == -1
+        (delivery,) = await store.enqueue(SITE, [], ["staff"], Message("e", []))
+        assert (delivery.user, delivery.nodes) == ("user_1", ("a",))
+        await store.connect_device(SITE, "user_1", "phone", ["sales"])  # another answer
+        assert await store.enqueue(SITE, [], ["staff"], Message("e", [])) == []
+        assert len(await store.enqueue(SITE, [], ["sales"], Message("e", []))) == 1
+    finally:
+        await store.close()
