@@ -6,7 +6,10 @@ line, and everyone else is served as before. Real sockets, both stores."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -203,3 +206,38 @@ async def test_many_clients_each_sending_one_bad_packet_cost_one_line(
     await harness.send("shop", "user_1", "after", 1)
     assert (await bystander.next()).args == [1]
     await bystander.disconnect()
+
+
+_SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+SOMAXCONN = int(_SOMAXCONN.read_text()) if _SOMAXCONN.exists() else 0
+
+
+def _connect_all(port: int, count: int, timeout: float) -> list[bool]:
+    """``count`` TCP connects at once from threads of their own: whether each completed
+    within ``timeout`` (the kernel completes them while they wait to be accepted)."""
+
+    def connect(_: int) -> socket.socket | None:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        sockets = list(pool.map(connect, range(count)))
+    for sock in sockets:
+        if sock is not None:
+            sock.close()
+    return [sock is not None for sock in sockets]
+
+
+@pytest.mark.skipif(SOMAXCONN < 300, reason="net.core.somaxconn caps the backlog below 300")
+async def test_a_storm_of_connects_while_the_node_is_busy_waits_in_the_backlog(
+    harness: Harness,
+) -> None:
+    """300 connects arrive while the node's event loop is busy (this test blocks it): each
+    waits in the listen backlog and completes at once. With aiohttp's 128 the kernel
+    dropped the rest, and their clients tried again a second later."""
+    await harness.start()  # the default listen_backlog
+    assert harness.service is not None
+    completed = _connect_all(harness.service.config.port, 300, timeout=0.5)  # loop blocked
+    assert completed.count(True) == 300

@@ -130,8 +130,15 @@ class _CappedProtocol(asyncio.Protocol):
 class CappedSite(web.BaseSite):
     """Like aiohttp's ``TCPSite``, with every connection passing through a ``ConnectionCap``."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, cap: ConnectionCap) -> None:
-        super().__init__(runner)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        cap: ConnectionCap,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self.cap = cap

@@ -66,6 +66,11 @@ class Limits:
     max_connections: int = 0
     """Open TCP connections to the service; past it new ones are refused (HTTP 503 and
     closed). 0: as many as the open-files limit allows, less 200 for everything else."""
+    listen_backlog: int = 1024
+    """Connections the kernel holds until the service accepts them. When a reconnect storm
+    (a node restarted, a network blip) overflows it, the kernel drops the connection
+    attempt and the client's retry comes a second later; the kernel caps it at
+    net.core.somaxconn."""
 
 
 LIMIT_NAMES = tuple(f.name for f in fields(Limits))

@@ -190,7 +190,10 @@ class Service:
             cap = ConnectionCap(
                 usable_connections(limits.max_connections), limits.http_read_timeout
             )
-            await CappedSite(self.runner, self.config.host, self.config.port, cap).start()
+            listener = CappedSite(
+                self.runner, self.config.host, self.config.port, cap, limits.listen_backlog
+            )
+            await listener.start()
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
