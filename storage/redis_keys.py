@@ -235,7 +235,7 @@ def bucket_of_prefix(p: str) -> str:
 
 def site_field(p: str) -> str:
     """The field of bucket prefix ``p``'s site in its bucket's depth hash (the escaped site)."""
-    return p[p.index("}") + 2 : -1]
+    return p[len(bucket_of_prefix(p)) : -1]
 
 
 def _lua(text: str) -> str:

@@ -124,16 +124,32 @@ def _needed(body: str, definitions: list[tuple[str, str]]) -> str:
 # its arguments. A call to one primary of Redis Cluster for buckets of several slots declares
 # one key only (Redis refuses declared keys of several slots), and reads every key it will
 # write before the first write (a key of a slot moving away fails the call unchanged).
-_NAMES = """
+_ARGUMENTS = """
 local function key_names(n)
   if n == 0 then return KEYS, #ARGV end
   local names, last = {}, #ARGV - n
   for k = 1, n do names[k] = ARGV[last + k] end
   return names, last
 end
+-- A count in ARGV: mostly 0 or 1, which need no parsing (tonumber is strtod's work).
+local function count(s)
+  if s == '0' then return 0 elseif s == '1' then return 1 end
+  return tonumber(s)
+end
 """
 
-_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE + _NAMES)
+# A device seen now; and its nodes field, when the caller's count_on_node changed it.
+_SEEN = """
+local function mark_seen(dev, nodes)
+  if nodes then
+    redis.call('HSET', dev, 'seen', now_us(), NODES_FIELD, nodes)
+  else
+    redis.call('HSET', dev, 'seen', now_us())
+  end
+end
+"""
+
+_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE + _ARGUMENTS + _SEEN)
 
 
 def _script(body: str, with_deadline: bool = False) -> Script:
@@ -218,11 +234,7 @@ end
 if overflowed == 1 then redis.call('HDEL', dev, 'overflow') end
 redis.call('HINCRBY', dev, 'conns', 1)
 local _, now_nodes = count_on_node(dev, node, 1, nodes)
-if now_nodes then
-  redis.call('HSET', dev, 'seen', now_us(), NODES_FIELD, now_nodes)
-else
-  redis.call('HSET', dev, 'seen', now_us())
-end
+mark_seen(dev, now_nodes)
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg)
 redis.call('ZREM', exp_devices, held_entry(p, user, device))
@@ -258,11 +270,7 @@ local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
 redis.call('EXISTS', depth_key(dev))  -- reads first (cluster)
 if redis.call('EXISTS', dev) == 1 then
   local left, nodes = count_on_node(dev, node, -1)
-  if nodes then
-    redis.call('HSET', dev, 'seen', now_us(), NODES_FIELD, nodes)
-  else
-    redis.call('HSET', dev, 'seen', now_us())
-  end
+  mark_seen(dev, nodes)
   if left <= 0 then
     redis.call('SREM', held, held_entry(p, user, device))
   end
@@ -312,12 +320,9 @@ local max_queue, idem_ttl = tonumber(ARGV[2]), ARGV[4]
 local guarded = ARGV[5] == '1'  -- Redis Cluster: a slot may be moving (reads before writes)
 -- This script runs for every delivery: its loops avoid what Lua makes costly (closures and
 -- tables per part or device, numbers turned into strings, arrays read where a field does).
-local function count(s)  -- a count in ARGV: mostly 0 or 1, which need no parsing
-  if s == '0' then return 0 elseif s == '1' then return 1 end
-  return tonumber(s)
-end
-local in_argv = ARGV[6] ~= '0'  -- the key names end ARGV: only the first is declared
-local names, last_arg = key_names(count(ARGV[6]))
+local n_names = count(ARGV[6])
+local in_argv = n_names > 0  -- the key names end ARGV: only the first is declared
+local names, last_arg = key_names(n_names)
 local out, n_out = {0}, 1
 local added = guarded and {}  -- messages this call stored per queue (see below)
 local NONE = {}  -- no rooms without members, no devices whose queue filled: most parts
@@ -482,12 +487,12 @@ return out
 #   field and its number of devices; then for each device in turn, n and the n fields of its
 #   acked messages -> for each device, how many were still stored and are now removed
 ACK = _script("""
-local in_argv, groups = tonumber(ARGV[1]), tonumber(ARGV[2])
-local names = key_names(in_argv)
-if in_argv > 0 then  -- keys not declared: each group's read before the first write
+local n_names, groups = count(ARGV[1]), count(ARGV[2])
+local names = key_names(n_names)
+if n_names > 0 then  -- keys not declared: each group's read before the first write
   local key = groups + 1
   for g = 1, groups do
-    local last = key + tonumber(ARGV[2 * g + 2]) - 1
+    local last = key + count(ARGV[2 * g + 2]) - 1
     redis.call('EXISTS', names[g], unpack(names, key, math.min(key + 998, last)))
     for j = key + 999, last, 1000 do
       redis.call('EXISTS', unpack(names, j, math.min(j + 999, last)))
@@ -498,9 +503,8 @@ end
 local out, n_out, key, i = {}, 0, groups + 1, 2 * groups + 3
 for g = 1, groups do
   local site, removed = ARGV[2 * g + 1], 0
-  for _ = 1, tonumber(ARGV[2 * g + 2]) do
-    local n = ARGV[i] == '1' and 1 or tonumber(ARGV[i])  -- mostly one message: no parsing
-    local last, gone = i + n, 0
+  for _ = 1, count(ARGV[2 * g + 2]) do
+    local last, gone = i + count(ARGV[i]), 0
     for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
       gone = gone + redis.call('HDEL', names[key], unpack(ARGV, j, math.min(j + 999, last)))
     end

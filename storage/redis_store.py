@@ -420,9 +420,34 @@ class RedisStore(StoreBase):
         """What ENQUEUE takes once per message, before its parts."""
         return [message.event, message.encode(), "1" if message.idempotency_id else "0", parts]
 
-    def _enqueue_args(self, names_in_args: int = 0) -> list[Any]:
+    def _enqueue_call(
+        self,
+        items: Sequence[EnqueueItem],
+        plan: list[list[tuple[list[str], list[Any], str]]],
+        order: Sequence[tuple[int, int]],
+        names_in_args: bool,
+    ) -> tuple[Script, list[str], list[Any]]:
+        """ENQUEUE for these parts, (message, part) in message order: their keys declared,
+        or (for the buckets of several slots on one primary of Redis Cluster) named at
+        ARGV's end."""
         guarded = "0" if isinstance(self.wire, RedisWire) else "1"
-        return [self.max_queue, self.step_ms, self.idempotency_ttl * 1000, guarded, names_in_args]
+        names: list[str] = []
+        args: list[Any] = []
+        at = 0
+        while at < len(order):
+            m = order[at][0]
+            end = at
+            while end < len(order) and order[end][0] == m:
+                end += 1
+            args += self._message_args(items[m][3], end - at)
+            for _, k in order[at:end]:
+                names += plan[m][k][0]
+                args += plan[m][k][1]
+            at = end
+        head = [self.max_queue, self.step_ms, self.idempotency_ttl * 1000, guarded]
+        if names_in_args:
+            return (scripts.ENQUEUE, names[:1], [*head, len(names), *args, *names])
+        return (scripts.ENQUEUE, names, [*head, 0, *args])
 
     async def _enqueue_one_redis(
         self,
@@ -430,19 +455,11 @@ class RedisStore(StoreBase):
         plan: list[list[tuple[list[str], list[Any], str]]],
         indexes: dict[tuple[str, str], dict[int, bytes]],
     ) -> list[list[Delivery]]:
-        names: list[str] = []
-        args = self._enqueue_args()
-        for (_site, _users, _rooms, message), parts in zip(items, plan, strict=True):
-            if parts:
-                args += self._message_args(message, len(parts))
-            for part_names, group, _p in parts:
-                names += part_names
-                args += group
+        order = [(m, k) for m, parts in enumerate(plan) for k in range(len(parts))]
+        call = self._enqueue_call(items, plan, order, names_in_args=False)
         flat: list[Any] = []
-        if names:
-            flat = await self._call(
-                "enqueue", lambda: self.send_wire.run_script(scripts.ENQUEUE, names, args)
-            )
+        if order:
+            flat = await self._call("enqueue", lambda: self.send_wire.run_script(*call))
             if self.min_replicas:
                 await self._replicated()
         handled = int(flat[0]) if flat else 0
@@ -472,26 +489,6 @@ class RedisStore(StoreBase):
         wire = self.send_wire
         assert isinstance(wire, ClusterWire)
 
-        def call(order: list[tuple[int, int]], alone: bool) -> Any:
-            """One call for these parts (in message order): alone, for one slot, its keys
-            declared; else the names in ARGV, for the slots of one primary."""
-            names: list[str] = []
-            args: list[Any] = []
-            at = 0
-            while at < len(order):
-                m = order[at][0]
-                end = at
-                while end < len(order) and order[end][0] == m:
-                    end += 1
-                args += self._message_args(items[m][3], end - at)
-                for _, k in order[at:end]:
-                    names += plan[m][k][0]
-                    args += plan[m][k][1]
-                at = end
-            if alone:
-                return (scripts.ENQUEUE, names, self._enqueue_args() + args)
-            return (scripts.ENQUEUE, names[:1], self._enqueue_args(len(names)) + args + names)
-
         async def run_all() -> None:
             """A step of every primary's parts in one call each, the primaries in parallel,
             then again for the parts left (a step is ``step_ms``). The slots of a call that
@@ -514,8 +511,12 @@ class RedisStore(StoreBase):
                 ]
                 single = [slot for slot in waiting if slot in alone]
                 replies = await asyncio.gather(
-                    wire.script_replies_once([call(order, False) for order in merged]),
-                    wire.script_replies([call(waiting[slot], True) for slot in single]),
+                    wire.script_replies_once(
+                        [self._enqueue_call(items, plan, order, True) for order in merged]
+                    ),
+                    wire.script_replies(
+                        [self._enqueue_call(items, plan, waiting[slot], False) for slot in single]
+                    ),
                 )
                 sent = [
                     (order, slots, flat, True)
@@ -649,12 +650,12 @@ class RedisStore(StoreBase):
     async def _write_acks(self, items: Sequence[AckItem]) -> list[int]:
         """Every ack of this moment: one script (on Redis Cluster, one per primary), each
         bucket's depth counted down once per site."""
-        cluster = isinstance(self.wire, ClusterWire)
+        wire = self.wire
         calls: dict[str, dict[str, tuple[str, list[int]]]] = {}  # where -> p -> depth, items
         for i, (site, user, _device, _acked) in enumerate(items):
             p = self._p(site, user)
             depth = keys.depth(keys.bucket_of_prefix(p))
-            where = self.wire.primary_of(depth) if isinstance(self.wire, ClusterWire) else ""
+            where = wire.primary_of(depth) if isinstance(wire, ClusterWire) else ""
             calls.setdefault(where, {}).setdefault(p, (depth, []))[1].append(i)
         removed = [0] * len(items)
 
@@ -664,14 +665,13 @@ class RedisStore(StoreBase):
                 removed[i] = int(n)
 
         async def write() -> None:
-            if not cluster:
+            if not isinstance(wire, ClusterWire):
                 (groups,) = calls.values()
-                (counts,) = await self.wire.run_scripts([self._ack_call(items, groups, False)])
+                (counts,) = await wire.run_scripts([self._ack_call(items, groups, False)])
                 count(groups, counts)
                 return
-            assert isinstance(self.wire, ClusterWire)
-            slots_of = [{self.wire.slot_of(d) for d, _ in g.values()} for g in calls.values()]
-            replies = await self.wire.script_replies_once(
+            slots_of = [{wire.slot_of(d) for d, _ in g.values()} for g in calls.values()]
+            replies = await wire.script_replies_once(
                 [
                     self._ack_call(items, groups, len(slots) > 1)
                     for groups, slots in zip(calls.values(), slots_of, strict=True)
@@ -679,16 +679,16 @@ class RedisStore(StoreBase):
             )
             by_slot: dict[int | None, dict[str, tuple[str, list[int]]]] = {}
             for groups, reply in zip(calls.values(), replies, strict=True):
-                if isinstance(reply, Exception) and not self.wire.redirected(reply):
+                if isinstance(reply, Exception) and not wire.redirected(reply):
                     raise reply
                 if not isinstance(reply, Exception):
                     count(groups, reply)
                     continue
                 for p, group in groups.items():  # a slot moved: one call per slot instead
-                    by_slot.setdefault(self.wire.slot_of(group[0]), {})[p] = group
+                    by_slot.setdefault(wire.slot_of(group[0]), {})[p] = group
             if by_slot:
                 slots = list(by_slot.values())
-                answers = await self.wire.run_scripts(
+                answers = await wire.run_scripts(
                     [self._ack_call(items, groups, False) for groups in slots]
                 )
                 for groups, counts in zip(slots, answers, strict=True):
