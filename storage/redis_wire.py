@@ -226,9 +226,12 @@ async def subscriber(
     return client(url, **options), False
 
 
-async def publish(wire: RedisWire | ClusterWire, channel: str, data: bytes) -> None:
-    """PUBLISH; SPUBLISH on Redis Cluster, to the primary of the channel's slot."""
-    await wire.command(b"SPUBLISH" if isinstance(wire, ClusterWire) else b"PUBLISH", channel, data)
+async def publish(wire: RedisWire | ClusterWire, channel: str, data: bytes) -> int:
+    """PUBLISH; SPUBLISH on Redis Cluster, to the primary of the channel's slot. How many
+    subscribers Redis handed it to."""
+    command = b"SPUBLISH" if isinstance(wire, ClusterWire) else b"PUBLISH"
+    receivers: int = await wire.command(command, channel, data)
+    return receivers
 
 
 def wire_for(url: str, timeout: float) -> RedisWire | ClusterWire:

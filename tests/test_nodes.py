@@ -9,9 +9,11 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
 from socketio_webservice.storage import redis_keys
 from socketio_webservice.storage.redis_store import RedisStore
@@ -151,6 +153,63 @@ async def test_plain_broadcasts_reach_sockets_on_every_node(
     await on_b.no_event_within(0.3)
     for client in (on_a, on_b):
         await client.disconnect()
+
+
+def publishes(url: str) -> int:
+    """PUBLISH and SPUBLISH calls Redis served so far, summed over a cluster's primaries."""
+    if url.startswith("redis+cluster"):
+        client: Any = redis.RedisCluster.from_url(url.replace("redis+cluster", "redis"))
+        stats = client.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+        per_node = list(stats.values())
+    else:
+        client = redis.Redis.from_url(url)
+        per_node = [client.info("commandstats")]
+    client.close()
+    return sum(
+        node.get(f"cmdstat_{command}", {}).get("calls", 0)
+        for node in per_node
+        for command in ("publish", "spublish")
+    )
+
+
+async def test_a_lone_node_publishes_no_plain_send_and_a_new_node_is_told_first(
+    start_nodes: StartNodes,
+    stub: SiteStub,
+    http: aiohttp.ClientSession,
+    shared_url: str,
+) -> None:
+    """Alone on Redis, a node emits a plain site's sends to its own sockets without
+    publishing them; a node that starts is known to it before it takes a connection, so the
+    first send after a client joined the new node reaches that client; once the new node is
+    gone, the first one stops publishing again."""
+    (a,) = await start_nodes(1, REDIS_URL=shared_url)
+    stub.answers.update({"x": ["weather"], "y": ["weather"]})
+    on_a = await connect(a.url, "news", "x")
+    before = await asyncio.to_thread(publishes, shared_url)
+    for i in range(20):
+        assert (await post_send(http, a.url, "news", "weather", "headline", i))[0] == 200
+    assert [(await on_a.next()).args[0] for _ in range(20)] == list(range(20))
+    assert await asyncio.to_thread(publishes, shared_url) - before <= 2  # counts, every 5 s
+
+    (b,) = await start_nodes(1, REDIS_URL=shared_url)
+    on_b = await connect(b.url, "news", "y")
+    assert (await post_send(http, a.url, "news", "weather", "headline", "rain"))[0] == 200
+    for client in (on_a, on_b):
+        received = await client.next()
+        assert (received.event, received.args) == ("headline", ["rain"])
+
+    await on_b.disconnect()
+    await b.stop()
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:  # the next count (within 5 s) finds it alone
+        before = await asyncio.to_thread(publishes, shared_url)
+        assert (await post_send(http, a.url, "news", "weather", "headline", "sun"))[0] == 200
+        assert (await on_a.next()).args == ["sun"]
+        if await asyncio.to_thread(publishes, shared_url) == before:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "still publishing"
+        await asyncio.sleep(0.2)
+    await on_a.disconnect()
 
 
 async def test_plain_broadcasts_cross_nodes_again_after_cluster_primaries_die(

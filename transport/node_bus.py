@@ -11,6 +11,13 @@ A plain site (no user rooms) stores nothing and tracks no one's rooms: its sends
 node on one broadcast channel, best effort, as socket.io's Redis adapter does. On Redis Cluster
 both are sharded channels (``SPUBLISH``), so each is carried by the one primary serving its
 slot, and a failover or a moved slot is followed like any key's.
+
+A node alone on the broadcast channel does not publish a plain site's sends (publishing them
+and reading them back was a third of a plain send's CPU on one node). It knows it is alone
+when a publish of its own reached one listener and came back to it: that listener is itself.
+It counts again every ``ALONE_CHECK_EVERY`` seconds, and stops being alone at once when
+another node says hello. A node says hello on start, and waits for every other listener's
+answer before it takes connections: no client can join a node that the others do not know.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ RECONNECT_MAX = 5.0
 STILL_DOWN_EVERY = 60.0  # seconds between lines saying the bus is still down
 SUBSCRIBE_TIMEOUT = 10.0
 PUBLISH_TIMEOUT = 5.0
+ALONE_CHECK_EVERY = 5.0  # seconds between counts of who listens to plain sites' sends
+ECHO_WAIT = 1.0  # seconds for a node's own count to come back to it
+WELCOME_WAIT = 2.0  # seconds a starting node waits for the other nodes' answers
 # No socket timeout: a subscriber waits for messages; health checks find dead links.
 LISTEN_OPTIONS = {"socket_connect_timeout": 5, "health_check_interval": 5, "socket_keepalive": True}
 
@@ -149,6 +159,14 @@ class RedisBus:
         self._listening: dict[str, bool] = {self._deliveries: False, self._broadcasts: False}
         self._listeners: list[asyncio.Task[None]] = []
         self._failed_broadcasts = LogThrottle(STILL_DOWN_EVERY)
+        self._alone = False  # no other node listens to broadcasts: none are published
+        self._hellos = 0  # other nodes' hellos heard
+        self._counts = 0  # counts this node made
+        self._echoes: dict[int, asyncio.Future[int]] = {}  # count -> hellos heard at its echo
+        self._welcomes: dict[int, int] = {}  # hello -> answers heard
+        self._welcomed: dict[int, tuple[int, asyncio.Future[None]]] = {}  # hello -> awaited
+        self._counting: asyncio.Task[None] | None = None
+        self._hellos_said: set[asyncio.Task[None]] = set()  # after a reconnection
 
     @property
     def healthy(self) -> bool:
@@ -162,8 +180,14 @@ class RedisBus:
             for channel, event in subscribed.items()
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in subscribed.values())), 10)
+        await self._count(hello=True)
+        self._counting = asyncio.create_task(self._count_forever(), name="node-bus count")
 
     async def stop(self) -> None:
+        counting = [*self._hellos_said, *([self._counting] if self._counting else [])]
+        for task in counting:
+            task.cancel()
+        await asyncio.gather(*counting, return_exceptions=True)
         for listener in self._listeners:
             listener.cancel()
         await asyncio.gather(*self._listeners, return_exceptions=True)
@@ -195,6 +219,8 @@ class RedisBus:
     async def broadcast(
         self, site: str, rooms: Sequence[str], event: str, args: Sequence[Any]
     ) -> None:
+        if self._alone and self._listening[self._broadcasts]:
+            return
         signal = orjson.dumps(
             {"site": site, "rooms": rooms, "event": event, "args": args, "from": self.node_id}
         )
@@ -204,6 +230,83 @@ class RedisBus:
         except (RedisError, OSError) as exc:
             self.stats.signals_failed += 1
             self._broadcast_failed(exc)
+
+    async def _count_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ALONE_CHECK_EVERY)
+            await self._count(hello=False)
+
+    async def _count(self, hello: bool) -> None:
+        """Publish a count (a hello, on start) on the broadcast channel, and be alone if Redis
+        handed it to one listener and it came back here, with no other node's hello after it
+        (a node subscribing later says hello after this count in the channel's order). A
+        hello is answered by each other node: wait for as many answers as there were other
+        listeners, so that they know of this node before it takes connections."""
+        self._counts += 1
+        number = self._counts
+        echoed = self._echoes[number] = asyncio.get_running_loop().create_future()
+        if hello:
+            self._welcomes[number] = 0
+        signal = orjson.dumps({"hello" if hello else "count": number, "from": self.node_id})
+        try:
+            receivers = await redis_wire.publish(self.wire, self._broadcasts, signal)
+            async with asyncio.timeout(ECHO_WAIT):
+                hellos_then = await echoed
+            if hello and receivers > 1:
+                await self._welcomes_from(number, receivers - 1)
+        except (RedisError, OSError, TimeoutError):
+            self._alone = False
+            return
+        finally:
+            self._echoes.pop(number, None)
+            self._welcomes.pop(number, None)
+        self._alone = receivers == 1 and hellos_then == self._hellos
+
+    async def _welcomes_from(self, hello: int, others: int) -> None:
+        """Wait (up to WELCOME_WAIT) for ``others`` answers to this node's hello; a listener
+        that is not a node of this service never answers, and costs this wait once."""
+        welcomed = asyncio.get_running_loop().create_future()
+        self._welcomed[hello] = (others, welcomed)
+        self._heard_welcome(hello, 0)
+        try:
+            async with asyncio.timeout(WELCOME_WAIT):
+                await welcomed
+        except TimeoutError:
+            logger.info(
+                "node bus: {} of {} other listeners did not answer in {:.0f} s",
+                others - self._welcomes.get(hello, 0),
+                others,
+                WELCOME_WAIT,
+            )
+        finally:
+            del self._welcomed[hello]
+
+    def _heard_welcome(self, hello: int, count: int) -> None:
+        if hello not in self._welcomes:
+            return  # an answer to a hello no longer waited for
+        heard = self._welcomes[hello] = self._welcomes[hello] + count
+        others, welcomed = self._welcomed.get(hello, (0, None))
+        if welcomed is not None and heard >= others and not welcomed.done():
+            welcomed.set_result(None)
+
+    async def _heard_company(self, body: dict[str, Any]) -> None:
+        """A hello, count or welcome on the broadcast channel."""
+        sender = str(body["from"])
+        if "welcome" in body:
+            if body["welcome"] == self.node_id:
+                self._heard_welcome(int(body["hello"]), 1)
+        elif sender == self.node_id:
+            echoed = self._echoes.get(int(body.get("hello", body.get("count", 0))))
+            if echoed is not None and not echoed.done():
+                echoed.set_result(self._hellos)
+        elif "hello" in body:
+            self._hellos += 1
+            self._alone = False
+            welcome = {"welcome": sender, "hello": body["hello"], "from": self.node_id}
+            try:
+                await redis_wire.publish(self.wire, self._broadcasts, orjson.dumps(welcome))
+            except (RedisError, OSError) as exc:
+                logger.warning("node bus: could not answer node {}'s hello ({})", sender, exc)
 
     def _broadcast_failed(self, exc: Exception) -> None:
         """One line a minute while Redis is away, however many sends a site makes."""
@@ -245,6 +348,10 @@ class RedisBus:
                         if channel == self._deliveries:
                             assert self.on_recovered is not None
                             self.on_recovered()  # signals may have been missed meanwhile
+                        else:  # nodes that came meanwhile did not hear of this one
+                            hello = asyncio.create_task(self._count(hello=True))
+                            self._hellos_said.add(hello)
+                            hello.add_done_callback(self._hellos_said.discard)
                     while True:
                         item = await pubsub.get_message(timeout=1.0)
                         if item is None:
@@ -269,6 +376,8 @@ class RedisBus:
                         exc,
                     )
                 self._listening[channel] = False
+                if channel == self._broadcasts:
+                    self._alone = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
 
@@ -286,6 +395,9 @@ class RedisBus:
         broadcast: tuple[str, list[str], str, list[Any]] | None = None
         try:
             body = orjson.loads(data)
+            if "from" in body and "rooms" not in body:
+                await self._heard_company(body)
+                return
             if "rooms" in body:
                 if body["from"] == self.node_id:  # our own, emitted here already
                     return
