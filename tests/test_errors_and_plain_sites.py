@@ -208,6 +208,19 @@ async def test_plain_site_broadcasts_once_per_socket_and_stores_nothing(harness:
     await again.no_event_within(0.3)
 
 
+async def test_a_send_to_no_room_reaches_no_one(harness: Harness) -> None:
+    """``rooms: []`` names no room: no socket gets it, on a plain site as on a reliable one
+    (python-socketio's emit reads an empty list as "everyone in the namespace")."""
+    await harness.start()
+    harness.stub.answers.update({"a": ["weather"], "t1": ["user_1", "weather"]})
+    news = await harness.connect("news", "a")
+    shop = await harness.connect("shop", "t1", "phone")
+    for site, client in (("news", news), ("shop", shop)):
+        assert (await harness.send(site, [], "headline", "nobody"))[0] == 200
+        assert (await harness.send(site, ["weather"], "headline", "rain"))[0] == 200
+        assert (await client.next()).args == ["rain"]
+
+
 async def test_plain_site_greets_with_settings(harness: Harness) -> None:
     await harness.start()
     harness.stub.answers["a"] = []

@@ -275,6 +275,27 @@ async def test_a_client_that_stops_reading_is_dropped_and_keeps_its_queue(
     assert received.numbers() == [7]
 
 
+async def test_a_plain_site_client_that_stops_reading_is_dropped_and_the_others_get_all(
+    harness: Harness,
+) -> None:
+    await harness.start(limits=Limits(max_outgoing_queue=20))
+    harness.stub.answers.update({"stuck": ["staff"], "fine": ["staff"]})
+    assert harness.http is not None and harness.service is not None
+    stuck = SimClient(harness.url, "news", "stuck", None)
+    await stuck.connect(harness.http)
+    fine = await harness.connect("news", "fine")
+    assert stuck._reader is not None
+    stuck._reader.cancel()  # it stops reading: its socket's buffers fill up
+
+    big = "x" * 100_000
+    sent = 0
+    while harness.service.metrics.connections("news") == 2:
+        assert sent < 300, "never dropped"
+        assert (await harness.send("news", ["staff"], "m", sent, big))[0] == 200
+        sent += 1
+    assert [(await fine.next()).args[0] for _ in range(sent)] == list(range(sent))
+
+
 # --- store failures -------------------------------------------------------------------------
 
 

@@ -58,7 +58,7 @@ class Dispatcher:
     ) -> None:
         namespace = self.namespaces.get(site)
         if namespace is not None:
-            await namespace.server.emit(event, tuple(args), to=rooms, namespace=namespace.namespace)
+            namespace.send_to_rooms(rooms, event, args)
 
     def deliver_here(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
         namespace = self.namespaces.get(site)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -79,6 +79,11 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
         self.server.queue_event(sid, self.namespace, payload, on_ack)
+
+    def send_to_rooms(self, rooms: Sequence[str], event: str, args: Sequence[Any]) -> None:
+        """A plain site's send, to the sockets here in any of ``rooms``, once each."""
+        payload = orjson.dumps([event, *args]).decode()
+        self.server.queue_to_rooms(self.namespace, rooms, payload)
 
     async def disconnect(self, sid: str) -> None:
         await self.server.disconnect(sid, namespace=self.namespace, ignore_queue=True)

@@ -97,7 +97,6 @@ REQUIRED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
             "_send_packet",
             "_engineio_server_class",
             "disconnect",
-            "emit",
         ),
     ),
     "socketio.AsyncServer()": (
@@ -116,6 +115,7 @@ REQUIRED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
             "is_connected",
             "disconnect",
             "get_rooms",
+            "get_participants",
         ),
     ),
     "socketio.AsyncManager()": (lambda: socketio.AsyncManager(), ("rooms", "callbacks", "server")),

@@ -12,7 +12,9 @@
   costs O(connections) and a wave of them (a node restart, a network blip) O(connections²).
 - Packets queued straight onto a socket (``SocketIOServer.queue_event``), with a bound: a
   client that stops reading is dropped instead of growing its queue forever; so is one whose
-  write stays blocked past ``write_timeout`` (``SocketIOServer.drop_stalled_writers``).
+  write stays blocked past ``write_timeout`` (``SocketIOServer.drop_stalled_writers``). A
+  plain site's send to rooms goes the same way (``queue_to_rooms``): python-socketio's
+  ``emit`` starts a task for every recipient.
 - Clients only receive here. No event a client emits is handled: python-socketio would run
   the namespace's ``on_connect``/``on_disconnect`` for a client-emitted ``connect`` or
   ``disconnect``. A packet that cannot be decoded closes its socket with one log line, and so
@@ -27,7 +29,7 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import engineio
@@ -430,14 +432,27 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         own ``send`` only appends to the socket's queue. A client whose queue is full stopped
         reading: it is dropped (it reconnects, and gets what it missed from the store)."""
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-        socket = self.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if eio_sid is None:
+            return
+        ack = "" if on_ack is None else str(self.manager._generate_ack_id(sid, on_ack))
+        self._queue_packet(eio_sid, f"2{namespace},{ack}{payload}")
+
+    def queue_to_rooms(self, namespace: str, rooms: Sequence[str], payload: str) -> None:
+        """A plain site's send: ``payload`` (``[event, *args]``, encoded once) queued as
+        ``queue_event`` does, once for each socket in any of ``rooms``. python-socketio's
+        ``emit`` starts a task for each recipient, and reads no rooms as the whole namespace."""
+        if rooms:
+            packet = f"2{namespace},{payload}"
+            for _, eio_sid in self.manager.get_participants(namespace, list(rooms)):
+                self._queue_packet(eio_sid, packet)
+
+    def _queue_packet(self, eio_sid: str, packet: str) -> None:
+        socket = self.eio.sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
             return
         if socket.queue.qsize() >= self.limits.max_outgoing_queue:
             self.eio.drop(socket, f"{self.limits.max_outgoing_queue} packets waiting: not reading")
             return
-        ack = "" if on_ack is None else str(self.manager._generate_ack_id(sid, on_ack))
-        packet = f"2{namespace},{ack}{payload}"
         websocket = getattr(socket, "websocket", None)
         if (
             websocket is not None
