@@ -200,6 +200,19 @@ async def test_batch_first_then_live_in_order(
     assert await asyncio.wait_for(_empty(store), WAIT) == []
 
 
+async def test_a_register_whose_connect_handler_gave_up_leaves_the_user_offline(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    """The connect handler stops waiting (cancelled, or past its timeout) before the actor
+    registers the device: the actor takes it offline again, and sends the socket nothing."""
+    reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    reply.cancel()
+    actor.tell(Register("s1", DEVICE, [], "Bearer t", forget_on_disconnect=False, reply=reply))
+    await actor.drained()
+    assert await store.online(SITE, [USER]) == set()
+    assert outbox.nothing_sent()
+
+
 async def test_a_message_stored_between_register_and_attach_comes_once_in_the_batch(
     actor: UserActor, outbox: FakeOutbox, store: Store
 ) -> None:

@@ -118,11 +118,14 @@ class AuthGate:
             if until > time.monotonic():
                 raise LoginRefused()
             del self._refused[key]
-        try:
-            async with asyncio.timeout(self.timeout if self._calls.locked() else None):
-                await self._calls.acquire()
-        except TimeoutError:
-            raise AuthRejected("Auth error: busy, try again") from None
+        if self._calls.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._calls.acquire()
+            except TimeoutError:
+                raise AuthRejected("Auth error: busy, try again") from None
+        else:
+            await self._calls.acquire()  # a free slot: taken at once, no timer needed
         timing = self.stats.auth_time[self.site.name]
         started = time.perf_counter()
         try:

@@ -185,7 +185,10 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             ),
         )
         try:
-            await asyncio.wait_for(asyncio.shield(reply), REGISTER_TIMEOUT)
+            # Not shielded: a connect handler cancelled here cancels the reply, and the actor
+            # then takes the device back offline rather than keep it for a socket never used.
+            async with asyncio.timeout(REGISTER_TIMEOUT):
+                await reply
         except TooManyDevices:
             logger.info(
                 "site={} connect refused: {} devices, all connected",
