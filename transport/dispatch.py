@@ -58,7 +58,7 @@ class Dispatcher:
     ) -> None:
         namespace = self.namespaces.get(site)
         if namespace is not None:
-            namespace.send_to_rooms(rooms, event, args)
+            namespace.send_to_rooms(rooms, Message(event, list(args)).payload)
 
     def deliver_here(self, site: str, message: Message, deliveries: Sequence[Delivery]) -> None:
         namespace = self.namespaces.get(site)

@@ -80,9 +80,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def send(self, sid: str, payload: str, on_ack: Callable[..., Any] | None = None) -> None:
         self.server.queue_event(sid, self.namespace, payload, on_ack)
 
-    def send_to_rooms(self, rooms: Sequence[str], event: str, args: Sequence[Any]) -> None:
+    def send_to_rooms(self, rooms: Sequence[str], payload: str) -> None:
         """A plain site's send, to the sockets here in any of ``rooms``, once each."""
-        payload = orjson.dumps([event, *args]).decode()
         self.server.queue_to_rooms(self.namespace, rooms, payload)
 
     async def disconnect(self, sid: str) -> None:

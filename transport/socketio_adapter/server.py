@@ -432,10 +432,10 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         own ``send`` only appends to the socket's queue. A client whose queue is full stopped
         reading: it is dropped (it reconnects, and gets what it missed from the store)."""
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-        if eio_sid is None:
-            return
-        ack = "" if on_ack is None else str(self.manager._generate_ack_id(sid, on_ack))
-        self._queue_packet(eio_sid, f"2{namespace},{ack}{payload}")
+        socket = self._taking(eio_sid) if eio_sid is not None else None
+        if socket is not None:  # an ack callback only for a packet that goes out
+            ack = "" if on_ack is None else str(self.manager._generate_ack_id(sid, on_ack))
+            self._put(socket, f"2{namespace},{ack}{payload}")
 
     def queue_to_rooms(self, namespace: str, rooms: Sequence[str], payload: str) -> None:
         """A plain site's send: ``payload`` (``[event, *args]``, encoded once) queued as
@@ -444,15 +444,22 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         if rooms:
             packet = f"2{namespace},{payload}"
             for _, eio_sid in self.manager.get_participants(namespace, list(rooms)):
-                self._queue_packet(eio_sid, packet)
+                socket = self._taking(eio_sid)
+                if socket is not None:
+                    self._put(socket, packet)
 
-    def _queue_packet(self, eio_sid: str, packet: str) -> None:
+    def _taking(self, eio_sid: str) -> Any:
+        """The open socket of ``eio_sid`` if it takes one more packet; one whose queue is full
+        stopped reading, and is dropped."""
         socket = self.eio.sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
-            return
+            return None
         if socket.queue.qsize() >= self.limits.max_outgoing_queue:
             self.eio.drop(socket, f"{self.limits.max_outgoing_queue} packets waiting: not reading")
-            return
+            return None
+        return socket
+
+    def _put(self, socket: Any, packet: str) -> None:
         websocket = getattr(socket, "websocket", None)
         if (
             websocket is not None
