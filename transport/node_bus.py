@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -137,6 +137,28 @@ def decode(body: dict[str, Any]) -> tuple[str, Message, list[Delivery]]:
     return body["site"], message, [Delivery(user, device, seq) for user, device, seq in body["to"]]
 
 
+class _Answers:
+    """The other nodes' answers to one hello of this node: how many came, how many are
+    awaited (known once Redis says how many listeners the hello reached)."""
+
+    def __init__(self) -> None:
+        self.heard = 0
+        self.wanted: int | None = None
+        self.all_in: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def heard_one(self) -> None:
+        self.heard += 1
+        self._check()
+
+    def want(self, count: int) -> None:
+        self.wanted = count
+        self._check()
+
+    def _check(self) -> None:
+        if self.wanted is not None and self.heard >= self.wanted and not self.all_in.done():
+            self.all_in.set_result(None)
+
+
 class RedisBus:
     def __init__(
         self,
@@ -163,10 +185,8 @@ class RedisBus:
         self._hellos = 0  # other nodes' hellos heard
         self._counts = 0  # counts this node made
         self._echoes: dict[int, asyncio.Future[int]] = {}  # count -> hellos heard at its echo
-        self._welcomes: dict[int, int] = {}  # hello -> answers heard
-        self._welcomed: dict[int, tuple[int, asyncio.Future[None]]] = {}  # hello -> awaited
-        self._counting: asyncio.Task[None] | None = None
-        self._hellos_said: set[asyncio.Task[None]] = set()  # after a reconnection
+        self._answers: dict[int, _Answers] = {}  # hello of this node -> the others' answers
+        self._counting: set[asyncio.Task[None]] = set()  # every 5 s, and hellos on reconnect
 
     @property
     def healthy(self) -> bool:
@@ -181,10 +201,10 @@ class RedisBus:
         ]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in subscribed.values())), 10)
         await self._count(hello=True)
-        self._counting = asyncio.create_task(self._count_forever(), name="node-bus count")
+        self._count_later(self._count_forever())
 
     async def stop(self) -> None:
-        counting = [*self._hellos_said, *([self._counting] if self._counting else [])]
+        counting = list(self._counting)
         for task in counting:
             task.cancel()
         await asyncio.gather(*counting, return_exceptions=True)
@@ -231,6 +251,11 @@ class RedisBus:
             self.stats.signals_failed += 1
             self._broadcast_failed(exc)
 
+    def _count_later(self, counting: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(counting, name="node-bus count")
+        self._counting.add(task)
+        task.add_done_callback(self._counting.discard)
+
     async def _count_forever(self) -> None:
         while True:
             await asyncio.sleep(ALONE_CHECK_EVERY)
@@ -245,56 +270,46 @@ class RedisBus:
         self._counts += 1
         number = self._counts
         echoed = self._echoes[number] = asyncio.get_running_loop().create_future()
-        if hello:
-            self._welcomes[number] = 0
+        answers = _Answers() if hello else None
+        if answers is not None:
+            self._answers[number] = answers
         signal = orjson.dumps({"hello" if hello else "count": number, "from": self.node_id})
         try:
             receivers = await redis_wire.publish(self.wire, self._broadcasts, signal)
             async with asyncio.timeout(ECHO_WAIT):
                 hellos_then = await echoed
-            if hello and receivers > 1:
-                await self._welcomes_from(number, receivers - 1)
+            if answers is not None and receivers > 1:
+                await self._welcomes_from(answers, receivers - 1)
         except (RedisError, OSError, TimeoutError):
             self._alone = False
             return
         finally:
             self._echoes.pop(number, None)
-            self._welcomes.pop(number, None)
+            self._answers.pop(number, None)
         self._alone = receivers == 1 and hellos_then == self._hellos
 
-    async def _welcomes_from(self, hello: int, others: int) -> None:
+    async def _welcomes_from(self, answers: _Answers, others: int) -> None:
         """Wait (up to WELCOME_WAIT) for ``others`` answers to this node's hello; a listener
         that is not a node of this service never answers, and costs this wait once."""
-        welcomed = asyncio.get_running_loop().create_future()
-        self._welcomed[hello] = (others, welcomed)
-        self._heard_welcome(hello, 0)
+        answers.want(others)
         try:
             async with asyncio.timeout(WELCOME_WAIT):
-                await welcomed
+                await answers.all_in
         except TimeoutError:
             logger.info(
                 "node bus: {} of {} other listeners did not answer in {:.0f} s",
-                others - self._welcomes.get(hello, 0),
+                others - answers.heard,
                 others,
                 WELCOME_WAIT,
             )
-        finally:
-            del self._welcomed[hello]
-
-    def _heard_welcome(self, hello: int, count: int) -> None:
-        if hello not in self._welcomes:
-            return  # an answer to a hello no longer waited for
-        heard = self._welcomes[hello] = self._welcomes[hello] + count
-        others, welcomed = self._welcomed.get(hello, (0, None))
-        if welcomed is not None and heard >= others and not welcomed.done():
-            welcomed.set_result(None)
 
     async def _heard_company(self, body: dict[str, Any]) -> None:
         """A hello, count or welcome on the broadcast channel."""
         sender = str(body["from"])
         if "welcome" in body:
-            if body["welcome"] == self.node_id:
-                self._heard_welcome(int(body["hello"]), 1)
+            answers = self._answers.get(int(body["hello"]))
+            if body["welcome"] == self.node_id and answers is not None:
+                answers.heard_one()
         elif sender == self.node_id:
             echoed = self._echoes.get(int(body.get("hello", body.get("count", 0))))
             if echoed is not None and not echoed.done():
@@ -349,9 +364,7 @@ class RedisBus:
                             assert self.on_recovered is not None
                             self.on_recovered()  # signals may have been missed meanwhile
                         else:  # nodes that came meanwhile did not hear of this one
-                            hello = asyncio.create_task(self._count(hello=True))
-                            self._hellos_said.add(hello)
-                            hello.add_done_callback(self._hellos_said.discard)
+                            self._count_later(self._count(hello=True))
                     while True:
                         item = await pubsub.get_message(timeout=1.0)
                         if item is None:
