@@ -64,6 +64,14 @@ def parse_args() -> argparse.Namespace:
         help="SQLite durability: FULL survives a power loss, NORMAL a crash of the process",
     )
     parser.add_argument(
+        "--log-level",
+        default="warn",
+        choices=["warn", "info"],
+        help="the service's log level: warn writes a line per fault only; info, the "
+        "default a deployment runs, also one per connect, disconnect and send, as the "
+        "original always does (compare with it at info: docs/benchmarks.md)",
+    )
+    parser.add_argument(
         "--reference",
         choices=["node"],
         help="instead: a plain site (no store) on this service beside socket.io 4 on Node "
@@ -202,7 +210,9 @@ async def main() -> None:
                         if auth is not None:
                             await auth.stop()
                 else:
-                    environment = Environment(store, sqlite_synchronous=args.sqlite_synchronous)
+                    environment = Environment(
+                        store, sqlite_synchronous=args.sqlite_synchronous, log_level=args.log_level
+                    )
                     target = await environment.start()
                     try:
                         results = await run_one(

@@ -83,10 +83,15 @@ class Environment:
     """Starts everything for one store kind, or points at a running service."""
 
     def __init__(
-        self, store: str, workdir: Path | None = None, sqlite_synchronous: str = "NORMAL"
+        self,
+        store: str,
+        workdir: Path | None = None,
+        sqlite_synchronous: str = "NORMAL",
+        log_level: str = "warn",
     ) -> None:
         self.store = store
         self.sqlite_synchronous = sqlite_synchronous
+        self.log_level = log_level
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sws-bench-"))
         self.auth = AuthStub()
         self.redis: RedisServer | None = None
@@ -108,7 +113,7 @@ class Environment:
             env["SQLITE_PATH"] = str(self.workdir / "bench.sqlite3")
             env["SQLITE_SYNCHRONOUS"] = self.sqlite_synchronous
         (self.workdir / "config.yml").write_text(
-            "production:\n  winston:\n    console:\n      level: warn\n"
+            f"production:\n  winston:\n    console:\n      level: {self.log_level}\n"
         )
         sites = write_sites(self.workdir, self.auth.url)
         self.service = ServiceProcess(self.workdir, sites, **env)

@@ -329,8 +329,8 @@ def test_the_wheel_installs_one_package_with_its_client_bundles_and_pages(image:
     )
     assert (
         listed.stdout.strip()
-        == "['__main__', 'actors', 'histogram', 'log_throttle', 'sites', 'storage', 'transport', "
-        "'webservice']"
+        == "['__main__', 'actors', 'event_log', 'histogram', 'log_throttle', 'sites', 'storage', "
+        "'transport', 'webservice']"
     )
     for generic in ("actors", "transport", "storage", "webservice", "bench"):
         found = subprocess.run(

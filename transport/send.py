@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
+from ..event_log import events
 from ..log_throttle import LogThrottle
 from ..storage import (
     Message,
@@ -289,7 +290,8 @@ class SendHandler:
                 self.stats.resync_sends[site_name] += 1
         self.stats.sends[site_name, 200] += 1
         self.stats.send_time[site_name].observe(time.perf_counter() - started)
-        logger.info(
+        events.info(
+            __name__,
             "send site={site} event={event} messages={messages} rooms={rooms} stored={stored} "
             "ms={ms}",
             site=site_name,

@@ -13,6 +13,7 @@ from loguru import logger
 
 from ..actors.messages import Attach, Detach, Register, TooManyDevices
 from ..actors.registry import ActorRegistry
+from ..event_log import events
 from ..sites import SiteConfig
 from ..storage import Store
 from .auth import AuthGate, AuthRejected
@@ -147,7 +148,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     ) -> None:
         device = params.get("deviceId", "")
         self.clients[sid] = (user, device)
-        logger.info(
+        events.info(
+            __name__,
             CONNECTED,
             site=self.site.name,
             user=user or "-",
@@ -216,7 +218,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         user, device = client
         if user:
             self.registry.tell(user, Detach(sid))
-        logger.info(
+        events.info(
+            __name__,
             DISCONNECTED,
             site=self.site.name,
             user=user or "-",

@@ -13,10 +13,14 @@ exception, if any, as text; for a log shipper that parses nothing.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
+import threading
 import traceback
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,8 +29,20 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
+from ..event_log import ClockText, LineWriter, events
 from ..log_throttle import LogThrottle
 from .config import LogConfig
+
+INFO = 20  # loguru's number for it
+WAIT_AT_MOST = 0.1  # seconds an event line may wait to leave with others (RedactingSink)
+_sinks: weakref.WeakSet[RedactingSink] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_sinks() -> None:
+    for sink in list(_sinks):
+        sink.send_waiting()
+
 
 WINSTON_LEVELS = {"SILLY": "TRACE", "VERBOSE": "DEBUG", "WARN": "WARNING"}
 MASK = "***"
@@ -76,15 +92,59 @@ class Secrets:
 
 
 class RedactingSink:
-    """A text stream that masks secrets in every line written to it."""
+    """A text stream that masks secrets in every line written to it. It takes loguru's
+    formatted lines (``write``) and the event lines (``write_event``, see event_log.py),
+    one whole line at a time, whichever thread writes.
+
+    Event lines (a connect's, a disconnect's, a send's) written on the event loop's thread
+    wait up to ``WAIT_AT_MOST`` seconds and leave together: a write and a flush for each (a
+    system call each) cost more than formatting it. Any other line leaves at once, after
+    every line waiting; so does an event line written with no loop running or from another
+    thread, and whatever waits when the process exits. A process killed outright loses at
+    most that much of its event lines."""
 
     def __init__(self, stream: TextIO, secrets: Iterable[str]) -> None:
         self.stream = stream
         self.secrets = Secrets(secrets)
+        self.clock = ClockText()
+        self._lock = threading.Lock()
+        self._waiting: list[str] = []
+        _sinks.add(self)
 
     def write(self, message: str) -> None:
-        self.stream.write(redact(message, self.secrets.found_in(message)))
-        self.stream.flush()
+        self._write(message, can_wait=False)
+
+    def _write(self, line: str, can_wait: bool) -> None:
+        line = redact(line, self.secrets.found_in(line))
+        loop: asyncio.AbstractEventLoop | None = None
+        if can_wait:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+        with self._lock:
+            self._waiting.append(line)
+            if loop is None:
+                self._write_waiting()
+            elif len(self._waiting) == 1:
+                loop.call_later(WAIT_AT_MOST, self.send_waiting)
+
+    def send_waiting(self) -> None:
+        """Not ``flush``: loguru would call it after each line."""
+        with self._lock:
+            self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        if self._waiting:
+            self.stream.write("".join(self._waiting))
+            self._waiting.clear()
+            self.stream.flush()
+
+    def write_event(self, now: float, name: str, message: str, fields: dict[str, Any]) -> None:
+        """An info line as ``TEXT_FORMAT`` writes it, ``message`` on one line (``_one_line``)."""
+        if not message.isprintable():
+            message = _CONTROL.sub(_escape, message)
+        self._write(f"{self.clock.text(now)} | INFO     | {name} - {message}\n", can_wait=True)
 
 
 class JsonSink(RedactingSink):
@@ -103,8 +163,14 @@ class JsonSink(RedactingSink):
         if record["exception"] is not None:
             kind, value, tb = record["exception"]
             entry["exception"] = "".join(traceback.format_exception(kind, value, tb)).rstrip()
-        line = orjson.dumps(entry, default=str).decode()
-        super().write(line + "\n")
+        self._write_entry(entry)
+
+    def write_event(self, now: float, name: str, message: str, fields: dict[str, Any]) -> None:
+        entry = {"time": self.clock.iso(now), "level": "INFO", "logger": name, "message": message}
+        self._write_entry({**entry, **fields}, can_wait=True)
+
+    def _write_entry(self, entry: dict[str, Any], can_wait: bool = False) -> None:
+        self._write(orjson.dumps(entry, default=str).decode() + "\n", can_wait)
 
 
 class _InterceptHandler(logging.Handler):
@@ -160,15 +226,19 @@ def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
 
     def add(stream: TextIO, level: str) -> None:
         sink = (JsonSink if json_lines else RedactingSink)(stream, secrets)
+        level = WINSTON_LEVELS.get(level, level)
+        if logger.level(level).no <= INFO:
+            event_writers.append(sink.write_event)
         logger.add(
             sink,
-            level=WINSTON_LEVELS.get(level, level),
+            level=level,
             format="{message}" if json_lines else TEXT_FORMAT,
             colorize=False,
             diagnose=False,
             backtrace=False,
         )
 
+    event_writers: list[LineWriter] = []
     logger.remove()
     logger.configure(patcher=_name_the_logger if json_lines else _one_line)
     add(sys.stderr, config.console_level)
@@ -177,6 +247,7 @@ def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         add(path.open("a", encoding="utf-8"), config.file_level)  # open as long as the process
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+    events.route(event_writers)
 
 
 def _name_the_logger(record: Any) -> None:
