@@ -16,7 +16,7 @@ from loguru import logger
 
 from socketio_webservice.event_log import ClockText, events
 from socketio_webservice.webservice.config import LogConfig
-from socketio_webservice.webservice.log_setup import setup_logging
+from socketio_webservice.webservice.log_setup import WAITING_LINES, RedactingSink, setup_logging
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| (\w+) +\| ([\w.]+) - (.*)$")
 
@@ -122,3 +122,20 @@ async def test_event_lines_leave_together_soon_and_any_other_line_at_once_after_
         while len(said()) < 6:  # noqa: ASYNC110  (a file growing: nothing to await)
             await asyncio.sleep(0.01)
     assert said()[-1] == "six"
+
+
+def test_an_output_that_fails_costs_its_lines_not_the_caller(tmp_path: Path) -> None:
+    stream = (tmp_path / "log.txt").open("w")
+    sink = RedactingSink(stream, [])
+    stream.close()  # as a full disk or a closed file would fail every write
+    sink.write_event(1_780_000_000.0, "socketio_webservice.transport.x", "connect", {})
+    sink.write("a loguru line\n")
+    assert sink.failed
+
+
+async def test_no_more_than_a_thousand_event_lines_wait(tmp_path: Path, configured: None) -> None:
+    path = tmp_path / "log.txt"
+    setup_logging(LogConfig(console_level="ERROR", file_path=str(path)))
+    for n in range(WAITING_LINES):
+        events.info("socketio_webservice.transport.x", "send {n}", n=n)
+    assert len(path.read_text().splitlines()) == WAITING_LINES

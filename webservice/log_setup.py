@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import re
 import sys
@@ -35,6 +36,7 @@ from .config import LogConfig
 
 INFO = 20  # loguru's number for it
 WAIT_AT_MOST = 0.1  # seconds an event line may wait to leave with others (RedactingSink)
+WAITING_LINES = 1_000  # ... and how many may wait: the next leaves with them at once
 _sinks: weakref.WeakSet[RedactingSink] = weakref.WeakSet()
 
 
@@ -97,11 +99,12 @@ class RedactingSink:
     one whole line at a time, whichever thread writes.
 
     Event lines (a connect's, a disconnect's, a send's) written on the event loop's thread
-    wait up to ``WAIT_AT_MOST`` seconds and leave together: a write and a flush for each (a
-    system call each) cost more than formatting it. Any other line leaves at once, after
-    every line waiting; so does an event line written with no loop running or from another
-    thread, and whatever waits when the process exits. A process killed outright loses at
-    most that much of its event lines."""
+    wait up to ``WAIT_AT_MOST`` seconds (``WAITING_LINES`` at most) and leave together: a
+    write and a flush for each (a system call each) cost more than formatting it. Any other
+    line leaves at once, after every line waiting; so does an event line written with no
+    loop running or from another thread, and whatever waits when the process exits. A
+    process killed outright loses at most that much of its event lines. An output that
+    fails (a full disk) loses its lines, said once on stderr, and never fails the caller."""
 
     def __init__(self, stream: TextIO, secrets: Iterable[str]) -> None:
         self.stream = stream
@@ -109,6 +112,7 @@ class RedactingSink:
         self.clock = ClockText()
         self._lock = threading.Lock()
         self._waiting: list[str] = []
+        self.failed = False  # said once, on stderr
         _sinks.add(self)
 
     def write(self, message: str) -> None:
@@ -124,7 +128,7 @@ class RedactingSink:
                 pass
         with self._lock:
             self._waiting.append(line)
-            if loop is None:
+            if loop is None or len(self._waiting) >= WAITING_LINES:
                 self._write_waiting()
             elif len(self._waiting) == 1:
                 loop.call_later(WAIT_AT_MOST, self.send_waiting)
@@ -135,10 +139,18 @@ class RedactingSink:
             self._write_waiting()
 
     def _write_waiting(self) -> None:
-        if self._waiting:
-            self.stream.write("".join(self._waiting))
-            self._waiting.clear()
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except (OSError, ValueError) as exc:  # a full disk, a closed file: never the caller's
+            if not self.failed:
+                self.failed = True
+                with contextlib.suppress(OSError, ValueError):
+                    print(f"log output failed, lines are lost: {exc}", file=sys.__stderr__)
 
     def write_event(self, now: float, name: str, message: str, fields: dict[str, Any]) -> None:
         """An info line as ``TEXT_FORMAT`` writes it, ``message`` on one line (``_one_line``)."""
