@@ -236,6 +236,8 @@ async def main() -> None:
     }
     out = Path(args.out) / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     meta["runs_per_row"] = args.repeat
+    if not args.url and not args.reference:
+        meta["log_level"] = args.log_level  # of the service the bench started
     save_json(rows, meta, out, every_run)
     print(f"\nJSON: {out}")
     if args.chart:
