@@ -232,6 +232,9 @@ if stale > 0 then
   count_out(p, stale)
 end
 if overflowed == 1 then redis.call('HDEL', dev, 'overflow') end
+-- A new hash starts with the two fields each send reads: Redis looks a field of a hash this
+-- small up by walking its fields from the first.
+if not exists then redis.call('HSET', dev, 'seq', '0', NODES_FIELD, '') end
 redis.call('HINCRBY', dev, 'conns', 1)
 local _, now_nodes = count_on_node(dev, node, 1, nodes)
 mark_seen(dev, now_nodes)
@@ -708,7 +711,7 @@ local created = redis.call('EXISTS', dev) == 0
 if created then
   count_out(msg, redis.call('HLEN', msg))  -- an expired device's queue, not swept yet
   redis.call('DEL', msg)
-  redis.call('HSET', dev, 'conns', 0, 'seq', 0, 'seen', now_us(), NODES_FIELD, '')
+  redis.call('HSET', dev, 'seq', 0, NODES_FIELD, '', 'conns', 0, 'seen', now_us())  -- as connect
 end
 local set_existed = redis.call('EXISTS', devices) == 1
 redis.call('SADD', devices, device)
