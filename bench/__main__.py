@@ -64,6 +64,12 @@ def parse_args() -> argparse.Namespace:
         help="SQLite durability: FULL survives a power loss, NORMAL a crash of the process",
     )
     parser.add_argument(
+        "--polling-first",
+        action="store_true",
+        help="with --client node4|node2: each socket starts on HTTP long-polling and upgrades "
+        "to a websocket, as socket.io-client does unless given transports: ['websocket']",
+    )
+    parser.add_argument(
         "--log-level",
         default="warn",
         choices=["warn", "info"],
@@ -94,14 +100,16 @@ async def run_one(
     protocol: int = 4,
     site: str = "shop",
     official: str | None = None,
+    polling_first: bool = False,
 ) -> list[Result]:
-    """``official``: "4" or "2", the official socket.io-client of that major version."""
+    """``official``: "4" or "2", the official socket.io-client of that major version;
+    ``polling_first``: its sockets start on long-polling and upgrade, as by default."""
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         pool = None
         if official is not None:
             prefix = f"n{random.randrange(16**6):06x}u"
-            pool = await OfficialClients.start(target.url, site, prefix, n, official)
+            pool = await OfficialClients.start(target.url, site, prefix, n, official, polling_first)
         bench = Bench(target, store, n, http, protocol, site, official=pool)
         results = [await bench.connect()]
         for name in scenarios:
@@ -115,7 +123,7 @@ async def run_one(
             result.scenario += " eio3"
     if official is not None:
         for result in results:
-            result.scenario += f" js{official}"
+            result.scenario += f" js{official}" + (" poll" if polling_first else "")
     return results
 
 
@@ -178,6 +186,8 @@ async def main() -> None:
     every_run: list[dict[str, Any]] = []
     protocols = {"eio4": [4], "eio3": [3], "both": [4, 3], "node4": [4], "node2": [3]}[args.client]
     official = {"node4": "4", "node2": "2"}.get(args.client)
+    if args.polling_first and official is None:
+        raise SystemExit("--polling-first: only with --client node4 or node2")
     if args.reference:
         why_not = NodeReference.unavailable()
         if why_not is not None:
@@ -204,7 +214,13 @@ async def main() -> None:
                         await auth.start()
                     try:
                         results = await run_one(
-                            target, store, n, scenarios, protocol, official=official
+                            target,
+                            store,
+                            n,
+                            scenarios,
+                            protocol,
+                            official=official,
+                            polling_first=args.polling_first,
                         )
                     finally:
                         if auth is not None:
@@ -216,7 +232,13 @@ async def main() -> None:
                     target = await environment.start()
                     try:
                         results = await run_one(
-                            target, store, n, scenarios, protocol, official=official
+                            target,
+                            store,
+                            n,
+                            scenarios,
+                            protocol,
+                            official=official,
+                            polling_first=args.polling_first,
                         )
                     finally:
                         await environment.stop()
@@ -238,6 +260,8 @@ async def main() -> None:
     meta["runs_per_row"] = args.repeat
     if not args.url and not args.reference:
         meta["log_level"] = args.log_level  # of the service the bench started
+    if official is not None:
+        meta["transports"] = "polling, then websocket" if args.polling_first else "websocket"
     save_json(rows, meta, out, every_run)
     print(f"\nJSON: {out}")
     if args.chart:

@@ -58,7 +58,13 @@ class OfficialClients:
 
     @classmethod
     async def start(
-        cls, url: str, site: str, token_prefix: str, count: int, version: str
+        cls,
+        url: str,
+        site: str,
+        token_prefix: str,
+        count: int,
+        version: str,
+        polling_first: bool = False,
     ) -> OfficialClients:
         node = shutil.which("node")
         if node is None:
@@ -71,6 +77,7 @@ class OfficialClients:
             token_prefix,
             str(count),
             version,
+            "polling,websocket" if polling_first else "websocket",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=2**24,

@@ -61,17 +61,19 @@ async def test_sim_client_sees_a_refused_connect(harness: Harness) -> None:
             raise AssertionError("connect was accepted")
 
 
+@pytest.mark.parametrize("polling_first", [False, True], ids=["websocket", "polling-first"])
 @pytest.mark.parametrize("version", ["4", "2"])
 async def test_the_bench_drives_the_official_client_as_it_drives_its_own(
-    harness: Harness, version: str
+    harness: Harness, version: str, polling_first: bool
 ) -> None:
     """``--client node4|node2``: the official socket.io-client under Node behind the same
-    interface: greeted, live, acked (the queue empties), away and back with a _batch."""
+    interface: greeted, live, acked (the queue empties), away and back with a _batch; on a
+    websocket from the start, or (``--polling-first``) upgraded to one from long-polling."""
     from bench.official_client import OfficialClients
 
     await harness.start()
     harness.stub.answers.update({"js0": ["user_js0", "staff"], "js1": ["user_js1", "staff"]})
-    pool = await OfficialClients.start(harness.url, "shop", "js", 2, version)
+    pool = await OfficialClients.start(harness.url, "shop", "js", 2, version, polling_first)
     try:
         async with aiohttp.ClientSession() as http:
             first, second = pool.clients

@@ -3,11 +3,13 @@
 // Out: {"c": i} greeted (_settings), {"e": i, "why": text} refused, {"r": i, "m": id, "b": 0|1}
 // a message received (b: in a _batch), {"x": i} disconnected. Every message is acked as it
 // arrives, as the original README's clients do. The clients come from tests/e2e/node_modules.
+// Transports: "websocket" (only), or "polling,websocket" (socket.io-client's default: start on
+// long-polling, then upgrade).
 "use strict";
 const path = require("path");
 const readline = require("readline");
 
-const [url, site, tokenPrefix, count, version] = process.argv.slice(2);
+const [url, site, tokenPrefix, count, version, transports] = process.argv.slice(2);
 const modules = path.join(__dirname, "..", "..", "tests", "e2e", "node_modules");
 const io = require(path.join(modules, version === "2" ? "socket.io-client-v2" : "socket.io-client"));
 const sockets = new Array(Number(count)).fill(null);
@@ -26,7 +28,7 @@ function open(i) {
   const query = `token=${tokenPrefix}${i}&deviceId=d`;
   const socket = io(`${url}/${site}?${query}`, {
     forceNew: true,
-    transports: ["websocket"],
+    transports: (transports || "websocket").split(","),
     reconnection: false,
   });
   sockets[i] = socket;
