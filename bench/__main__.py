@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import platform
 import random
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +173,30 @@ def median_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return picked
 
 
+@contextlib.asynccontextmanager
+async def _target(args: argparse.Namespace, store: str) -> AsyncIterator[Target]:
+    """The service to measure: the one at ``--url`` (with the stub site on ``--auth-port``
+    if asked), or one started for ``store`` and stopped afterwards."""
+    if args.url:
+        auth = AuthStub(args.auth_port) if args.auth_port else None
+        if auth is not None:
+            await auth.start()
+        try:
+            yield Target(args.url, args.service_pid, args.redis_pid)
+        finally:
+            if auth is not None:
+                await auth.stop()
+        return
+    environment = Environment(
+        store, sqlite_synchronous=args.sqlite_synchronous, log_level=args.log_level
+    )
+    target = await environment.start()
+    try:
+        yield target
+    finally:
+        await environment.stop()
+
+
 async def main() -> None:
     args = parse_args()
     limit = raise_fd_limit()
@@ -207,41 +233,16 @@ async def main() -> None:
                     + (f", socket.io-client {official}.x" if official else "")
                     + (f", run {attempt + 1}/{args.repeat}" if args.repeat > 1 else "")
                 )
-                if args.url:
-                    target = Target(args.url, args.service_pid, args.redis_pid)
-                    auth = AuthStub(args.auth_port) if args.auth_port else None
-                    if auth is not None:
-                        await auth.start()
-                    try:
-                        results = await run_one(
-                            target,
-                            store,
-                            n,
-                            scenarios,
-                            protocol,
-                            official=official,
-                            polling_first=args.polling_first,
-                        )
-                    finally:
-                        if auth is not None:
-                            await auth.stop()
-                else:
-                    environment = Environment(
-                        store, sqlite_synchronous=args.sqlite_synchronous, log_level=args.log_level
+                async with _target(args, store) as target:
+                    results = await run_one(
+                        target,
+                        store,
+                        n,
+                        scenarios,
+                        protocol,
+                        official=official,
+                        polling_first=args.polling_first,
                     )
-                    target = await environment.start()
-                    try:
-                        results = await run_one(
-                            target,
-                            store,
-                            n,
-                            scenarios,
-                            protocol,
-                            official=official,
-                            polling_first=args.polling_first,
-                        )
-                    finally:
-                        await environment.stop()
                 runs.append([result.figures() for result in results])
                 every_run.extend(runs[-1])
             rows.extend(median_runs(runs))

@@ -34,7 +34,6 @@ from ..event_log import ClockText, LineWriter, events
 from ..log_throttle import LogThrottle
 from .config import LogConfig
 
-INFO = 20  # loguru's number for it
 WAIT_AT_MOST = 0.1  # seconds an event line may wait to leave with others (RedactingSink)
 WAITING_LINES = 1_000  # ... and how many may wait: the next leaves with them at once
 _sinks: weakref.WeakSet[RedactingSink] = weakref.WeakSet()
@@ -239,7 +238,7 @@ def setup_logging(config: LogConfig, secrets: Iterable[str] = ()) -> None:
     def add(stream: TextIO, level: str) -> None:
         sink = (JsonSink if json_lines else RedactingSink)(stream, secrets)
         level = WINSTON_LEVELS.get(level, level)
-        if logger.level(level).no <= INFO:
+        if logger.level(level).no <= logger.level("INFO").no:
             event_writers.append(sink.write_event)
         logger.add(
             sink,
