@@ -85,7 +85,7 @@ REQUIRED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
         lambda: async_socket.AsyncSocket(_engineio_server(), "probe"),
         ("sid", "closing", "closed", "queue", "last_ping", "upgraded", "upgrading", "connected"),
     ),
-    "engineio aiohttp driver": (lambda: aiohttp_driver, ("WebSocket", "translate_request")),
+    "engineio aiohttp driver": (lambda: aiohttp_driver, ("WebSocket",)),
     "socketio.AsyncServer": (
         lambda: socketio.AsyncServer,
         (

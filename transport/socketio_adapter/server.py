@@ -176,8 +176,40 @@ def client_protocol(environ: dict[str, Any]) -> str:
     return protocol
 
 
+# The request headers python-engineio reads (CORS, the websocket upgrade, compression) and
+# their environ keys. python-engineio's own translation copies every header, to be dropped
+# again at the namespace connect (``slim``); a browser's cookies alone can be kilobytes.
+READ_HEADERS = tuple(
+    (name, "HTTP_" + name.upper().replace("-", "_"))
+    for name in (
+        "Origin",
+        "Host",
+        "Upgrade",
+        "Connection",
+        "Accept-Encoding",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "Access-Control-Request-Headers",
+    )
+)
+
+
 def _translate_request(request: web.Request) -> dict[str, Any]:
-    environ: dict[str, Any] = aiohttp_driver.translate_request(request)
+    """The WSGI-like environ python-engineio works on, with only what it reads."""
+    headers = request.headers
+    environ: dict[str, Any] = {
+        "wsgi.input": request.content,
+        "wsgi.url_scheme": headers.get("X-Forwarded-Proto", "http"),
+        "REQUEST_METHOD": request.method,
+        "QUERY_STRING": request.query_string,
+        "PATH_INFO": request.path,
+        "SCRIPT_NAME": "",
+        "REMOTE_ADDR": "127.0.0.1",  # as python-engineio's (the peer is not asked for)
+        "aiohttp.request": request,
+    }
+    for name, key in READ_HEADERS:
+        if name in headers:  # a repeated header's values joined, as in WSGI
+            environ[key] = ",".join(headers.getall(name))
     if LEGACY.get():
         environ["QUERY_STRING"] = as_protocol_4_query(environ["QUERY_STRING"])
         environ[PROTOCOL] = "EIO3"
