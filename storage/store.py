@@ -92,8 +92,7 @@ class Message:
         return f"{'1' if self.resync else '0'}{self.event}\0{self.payload}".encode()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):  # a reconnect reads a queue of them: a tuple is cheapest
     """A message in one device's queue; ``seq`` is dense and increasing per device."""
 
     seq: int
@@ -110,7 +109,7 @@ class StoredMessage:
     def decode(cls, seq: int, record: bytes) -> StoredMessage:
         text = record.decode()
         event, _, payload = text[1:].partition("\0")
-        return cls(seq=seq, event=event, payload=payload, resync=text[0] == "1")
+        return cls(seq, event, payload, text[0] == "1")
 
 
 @dataclass(frozen=True, slots=True)
