@@ -183,6 +183,10 @@ class Service:
             handle_signals=False,
             shutdown_timeout=DRAIN_TIMEOUT,
             keepalive_timeout=self.config.limits.keepalive_timeout,
+            # No SO_KEEPALIVE (a system call and a socket object per connection): a dead
+            # client is found by Engine.IO's pings, an idle HTTP one by keepalive_timeout,
+            # both long before the kernel's two hours.
+            tcp_keepalive=False,
         )
         await self.runner.setup()
         try:
