@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 import orjson
 import socketio
@@ -24,6 +24,7 @@ from .socketio_adapter import client_protocol
 from .stats import TransportStats
 
 REGISTER_TIMEOUT = 10.0
+QUERY_NAMES = frozenset({"token", "deviceId", "meta", "transport"})
 # One info line per connect and per disconnect; in JSON logs each {field} is a field too.
 CONNECTED = (
     "connect site={site} user={user} device={device} node={node} transport={transport} "
@@ -35,9 +36,16 @@ DISCONNECTED = (
 
 
 def connect_params(environ: dict[str, Any], auth: Any) -> dict[str, str]:
-    """token, deviceId and meta from the query string, or from the v4 client's ``auth``."""
-    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    params = {key: values[-1] for key, values in query.items() if values}
+    """token, deviceId and meta (and the transport, for the log) from the query string, or
+    from the v4 client's ``auth``. Read as ``parse_qs`` would (the last of a repeated name,
+    blank values kept), only the names wanted, and unquoted only where escaped."""
+    params: dict[str, str] = {}
+    for pair in environ.get("QUERY_STRING", "").split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if name in QUERY_NAMES:
+            params[name] = unquote_plus(value) if "%" in value or "+" in value else value
     if isinstance(auth, dict):
         for key in ("token", "deviceId", "meta"):
             if isinstance(auth.get(key), (str, int)) and not isinstance(auth.get(key), bool):
