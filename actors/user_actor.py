@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from loguru import logger
 
 from ..storage import Backlog, Message, Store, StoredMessage, StoreUnavailable
+from . import service_events
 from .mailbox import Mailbox
 from .messages import (
     Ack,
@@ -49,7 +49,6 @@ HOLD_LIMIT = 1_000  # out-of-order deliveries held per device while a gap fills
 GAP_WAIT = 1.0
 RETRY_FIRST = 0.2  # seconds; doubles up to RETRY_MAX while the store stays unreachable
 RETRY_MAX = 5.0
-RESYNC = '["_resync"]'
 
 
 @dataclass(slots=True)
@@ -348,10 +347,9 @@ class UserActor:
         batch = backlog.messages
         # Read before the greeting, so a client can count on it: whatever is stored after
         # _settings arrives comes live, after the _batch.
-        settings = orjson.dumps(["_settings", {"device_ttl": self.store.device_ttl}]).decode()
-        self.outbox.send(sid, settings)
+        self.outbox.send(sid, service_events.settings(self.store.device_ttl))
         if batch:
-            payload = '["_batch",[' + ",".join(m.payload for m in batch) + "]]"
+            payload = service_events.batch(m.payload for m in batch)
             acked = [(m.seq, m.event) for m in batch]
             self.outbox.send(sid, payload, self._on_ack(info.device, acked))
             self.stats.batched += len(batch)
@@ -522,7 +520,7 @@ class UserActor:
             self._send_resync(message.sid)
 
     def _send_resync(self, sid: str) -> None:
-        self.outbox.send(sid, RESYNC)
+        self.outbox.send(sid, service_events.RESYNC)
         self.stats.resyncs += 1
 
     # --- failures ----------------------------------------------------------------------------

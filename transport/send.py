@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from loguru import logger
 
+from ..actors import service_events
 from ..event_log import events
 from ..log_throttle import LogThrottle
 from ..storage import (
@@ -34,11 +35,8 @@ from .stats import TransportStats
 
 # Names a client library or this service gives a meaning of its own: a site sending one would
 # forge a batch or a resync, or break the official client ("parse error").
-RESERVED_EVENTS = frozenset(
+RESERVED_EVENTS = service_events.NAMES | frozenset(
     {
-        "_batch",
-        "_resync",
-        "_settings",
         "connect",
         "connect_error",
         "connect_timeout",

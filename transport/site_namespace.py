@@ -7,10 +7,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import unquote_plus
 
-import orjson
 import socketio
 from loguru import logger
 
+from ..actors import service_events
 from ..actors.messages import Attach, Detach, Register, TooManyDevices
 from ..actors.registry import ActorRegistry
 from ..event_log import events
@@ -143,7 +143,7 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             for room in rooms:
                 await self.enter_room(sid, room)
             # Runs only after this handler returns and the CONNECT packet is queued.
-            settings = orjson.dumps(["_settings", {"device_ttl": self.device_ttl}]).decode()
+            settings = service_events.settings(self.device_ttl)
             asyncio.get_running_loop().call_soon(self.send, sid, settings)
             user = ""
         else:
