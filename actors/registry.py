@@ -7,7 +7,7 @@ import asyncio
 from loguru import logger
 
 from ..storage import Store
-from .messages import ActorMessage, CatchUp, Deliver
+from .messages import ActorMessage, Attach, CatchUp, Deliver
 from .outbox import Outbox
 from .stats import DeliveryStats
 from .user_actor import UserActor
@@ -41,6 +41,13 @@ class ActorRegistry:
         actor = self.actors.get(user)
         if actor is not None:
             actor.tell(message)
+
+    def attach(self, user: str, sid: str) -> None:
+        """A registered socket's connect is answered: greet it. An idle actor does it here,
+        as ``deliver`` below, without starting a task for it."""
+        actor = self.actors.get(user)
+        if actor is None or not actor.attach_now(sid):
+            self.tell(user, Attach(sid))
 
     def deliver(self, user: str, deliver: Deliver) -> None:
         """Hand a stored message to the user's actor, if the user has sockets here.

@@ -338,6 +338,28 @@ class UserActor:
             )
             await self.outbox.disconnect(sid)  # the client reconnects when it can
             return
+        self._greet(sid, info, backlog)
+
+    def attach_now(self, sid: str) -> bool:
+        """``Attach`` decided by the caller right now, if nothing is to be waited for: no
+        task handles the mailbox (so it is empty), and the queue read at registration is
+        still all there is. Otherwise False: post ``Attach``."""
+        info = self.sockets.get(sid)
+        if (
+            self._running
+            or self._successor is not None
+            or info is None
+            or info.backlog is None
+            or info.read_at != self._changes
+            or not self.outbox.is_connected(sid)
+        ):
+            return False
+        backlog, info.backlog = info.backlog, None
+        self._greet(sid, info, backlog)
+        return True
+
+    def _greet(self, sid: str, info: SocketInfo, backlog: Backlog) -> None:
+        """An attached socket's first events: ``_settings``, then what its device missed."""
         previous = self.devices.get(info.device)
         if previous is not None:
             previous.stop_waiting()

@@ -152,10 +152,17 @@ async def register(actor: UserActor, outbox: FakeOutbox, sid: str, device: str =
     await asyncio.wait_for(reply, WAIT)
 
 
+def answer_connect(actor: UserActor, sid: str) -> None:
+    """The second half, as the transport does once the connect is answered: at once if the
+    actor is idle and its read still holds, else through the mailbox (ActorRegistry.attach)."""
+    if not actor.attach_now(sid):
+        actor.tell(Attach(sid))
+
+
 async def attach(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = DEVICE) -> Sent:
     """Register and attach a socket as the transport does; returns its _settings."""
     await register(actor, outbox, sid, device)
-    actor.tell(Attach(sid))
+    answer_connect(actor, sid)
     settings = await outbox.next()
     assert settings.event == "_settings"
     return settings
@@ -200,6 +207,36 @@ async def test_batch_first_then_live_in_order(
     assert await asyncio.wait_for(_empty(store), WAIT) == []
 
 
+async def test_an_idle_actor_greets_a_socket_at_once_with_settings_then_its_batch(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
+    await attach(actor, outbox, "s1")
+    actor.tell(Detach("s1"))
+    await actor.drained()
+    actor.tell(await store_message(store, 1))
+    assert (await outbox.next()).sid == "laptop-socket"
+
+    await register(actor, outbox, "s2")
+    assert actor.attach_now("s2")  # decided here, before anything else runs
+    greeting = [outbox.sent.get_nowait(), outbox.sent.get_nowait()]
+    assert [(sent.sid, sent.event) for sent in greeting] == [("s2", "_settings"), ("s2", "_batch")]
+    assert greeting[1].args == [[["n", 1]]]
+    assert not actor.attach_now("s2")  # once only: a second answer finds nothing to greet
+
+
+async def test_a_socket_gone_before_its_connect_was_answered_is_not_greeted(
+    actor: UserActor, outbox: FakeOutbox, store: Store
+) -> None:
+    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
+    await register(actor, outbox, "s1")
+    outbox.connected.discard("s1")  # the client left during the handshake
+    answer_connect(actor, "s1")
+    await actor.drained()
+    assert outbox.nothing_sent()
+    assert DEVICE not in actor.devices
+
+
 async def test_a_register_whose_connect_handler_gave_up_leaves_the_user_offline(
     actor: UserActor, outbox: FakeOutbox, store: Store
 ) -> None:
@@ -225,6 +262,7 @@ async def test_a_message_stored_between_register_and_attach_comes_once_in_the_ba
 
     await register(actor, outbox, "s2")  # reads [1]
     actor.tell(await store_message(store, 2))  # for a device not attached yet: skipped
+    assert not actor.attach_now("s2")  # what was read is not all there is: read again
     actor.tell(Attach("s2"))
     assert (await outbox.next()).sid == "laptop-socket"
     assert (await outbox.next()).event == "_settings"
@@ -244,7 +282,7 @@ async def test_an_ack_between_register_and_attach_is_not_sent_again(
 
     await register(actor, outbox, "s2")  # the same device from a second socket: reads [1]
     first.ack()  # the first socket acks it before the second attaches
-    actor.tell(Attach("s2"))
+    answer_connect(actor, "s2")
     assert (await outbox.next()).event == "_settings"
     await actor.drained()
     assert outbox.nothing_sent()  # no _batch: 1 was acked

@@ -11,7 +11,7 @@ import socketio
 from loguru import logger
 
 from ..actors import service_events
-from ..actors.messages import Attach, Detach, Register, TooManyDevices
+from ..actors.messages import Detach, Register, TooManyDevices
 from ..actors.registry import ActorRegistry
 from ..event_log import events
 from ..sites import SiteConfig
@@ -214,9 +214,9 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(
                 f"Service unavailable: {exc or type(exc).__name__}"
             ) from None
-        # Posted with no await after it: the CONNECT packet is queued before the actor runs,
-        # so _settings and _batch reach the client after its connect.
-        self.registry.tell(user, Attach(sid))
+        # Run once this handler has returned and the CONNECT packet is queued: _settings and
+        # _batch reach the client after its connect.
+        asyncio.get_running_loop().call_soon(self.registry.attach, user, sid)
         return user
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
