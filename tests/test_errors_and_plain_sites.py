@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from tests.harness import Harness
-from tests.test_delivery import wait_for_empty_queue
+from socketio_webservice.sites import SiteConfig
+from socketio_webservice.transport import site_namespace
+from testkit.processes import RedisServer, free_port
+from tests.harness import Harness, SiteStub, connect_error
+from tests.test_delivery import wait_for_empty_queue, wait_until
+
+
+def shop_site(stub: SiteStub) -> SiteConfig:
+    return SiteConfig(
+        name="shop", auth_url=f"{stub.url}/auth", api_key="key", user_room_prefix="user_"
+    )
 
 
 async def test_healthcheck(harness: Harness) -> None:
@@ -245,3 +255,28 @@ async def test_many_connects_at_once(harness: Harness) -> None:
     await harness.send("shop", "staff", "all")
     for client in clients:
         assert (await client.next()).event == "all"
+
+
+async def test_a_connect_the_store_does_not_register_in_time_is_refused_and_leaves_no_device(
+    stub: SiteStub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store stops answering (a frozen Redis) while a device registers: past the
+    register timeout the client gets a connect error, and once the store answers again the
+    device it registered meanwhile is taken offline (nobody is there to be sent to)."""
+    monkeypatch.setattr(site_namespace, "REGISTER_TIMEOUT", 0.3)
+    redis = RedisServer(tmp_path / "redis-frozen", port=free_port())
+    redis.start()
+    harness = Harness("redis", tmp_path, redis.url, stub, sites={"shop": shop_site(stub)})
+    try:
+        await harness.start()
+        stub.answers["t1"] = ["user_1"]
+        with redis.frozen():
+            refused = await connect_error(harness.url, "shop", "t1", "phone")
+        assert refused == "Service unavailable: TimeoutError"
+        await wait_until(harness, lambda: harness.store.online("shop", ["user_1"]), set())
+        client = await harness.connect("shop", "t1", "phone")  # the next try connects
+        assert await harness.store.online("shop", ["user_1"]) == {"user_1"}
+        await client.disconnect()
+    finally:
+        await harness.stop()
+        redis.stop()

@@ -53,6 +53,11 @@ def connect_params(environ: dict[str, Any], auth: Any) -> dict[str, str]:
     return params
 
 
+def _time_out(reply: asyncio.Future[bool]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
+
+
 class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(
         self,
@@ -124,6 +129,16 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     # --- Socket.IO events --------------------------------------------------------------------
 
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        """Connects and disconnects are the only events that reach a namespace here (clients
+        only receive: the adapter ignores what they emit), so they go straight to their
+        handlers, without python-socketio's lookup and coroutine check for each."""
+        if event == "connect":
+            return await self.on_connect(*args)
+        if event == "disconnect":
+            return await self.on_disconnect(*args)
+        return None
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         if self.closing:  # refused as python-socketio refuses any unknown namespace
             raise socketio.exceptions.ConnectionRefusedError("Unable to connect")
@@ -181,7 +196,8 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         user = private[0] if private else public
         shared = [room for room in rooms if not room.startswith(prefix) and room != user]
         device = params.get("deviceId", "")
-        reply: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bool] = loop.create_future()
         self.registry.tell(
             user,
             Register(
@@ -193,11 +209,12 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 reply=reply,
             ),
         )
+        # Not shielded: a connect handler cancelled here cancels the reply, and the actor
+        # then takes the device back offline rather than keep it for a socket never used; so
+        # does a reply that timed out (a timer on the reply: asyncio.timeout costs more).
+        timer = loop.call_later(REGISTER_TIMEOUT, _time_out, reply)
         try:
-            # Not shielded: a connect handler cancelled here cancels the reply, and the actor
-            # then takes the device back offline rather than keep it for a socket never used.
-            async with asyncio.timeout(REGISTER_TIMEOUT):
-                await reply
+            await reply
         except TooManyDevices:
             logger.info(
                 "site={} connect refused: {} devices, all connected",
@@ -210,13 +227,15 @@ class SiteNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             ) from None
         except Exception as exc:
             reply.cancel()
-            logger.warning("site={} connect refused, store unavailable: {}", self.site.name, exc)
-            raise socketio.exceptions.ConnectionRefusedError(
-                f"Service unavailable: {exc or type(exc).__name__}"
-            ) from None
+            why = str(exc) or type(exc).__name__  # a timeout's text is empty
+            logger.warning("site={} connect refused, store unavailable: {}", self.site.name, why)
+            refused = f"Service unavailable: {why}"
+            raise socketio.exceptions.ConnectionRefusedError(refused) from None
+        finally:
+            timer.cancel()
         # Run once this handler has returned and the CONNECT packet is queued: _settings and
         # _batch reach the client after its connect.
-        asyncio.get_running_loop().call_soon(self.registry.attach, user, sid)
+        loop.call_soon(self.registry.attach, user, sid)
         return user
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
