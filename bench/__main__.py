@@ -86,6 +86,13 @@ def parse_args() -> argparse.Namespace:
         "with the same contract (bench/node_reference), scenarios connect, fanout, direct",
     )
     parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count the instructions the service executes per connect, delivery or "
+        "reconnect, under valgrind's callgrind: the same count for the same code, where CPU "
+        "seconds move from run to run (about fifty times slower: use a few hundred clients)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -188,7 +195,10 @@ async def _target(args: argparse.Namespace, store: str) -> AsyncIterator[Target]
                 await auth.stop()
         return
     environment = Environment(
-        store, sqlite_synchronous=args.sqlite_synchronous, log_level=args.log_level
+        store,
+        sqlite_synchronous=args.sqlite_synchronous,
+        log_level=args.log_level,
+        instructions=args.instructions,
     )
     target = await environment.start()
     try:
@@ -214,6 +224,8 @@ async def main() -> None:
     official = {"node4": "4", "node2": "2"}.get(args.client)
     if args.polling_first and official is None:
         raise SystemExit("--polling-first: only with --client node4 or node2")
+    if args.instructions and (args.url or args.reference):
+        raise SystemExit("--instructions: only for a service the bench starts (no --url)")
     if args.reference:
         why_not = NodeReference.unavailable()
         if why_not is not None:
@@ -261,6 +273,7 @@ async def main() -> None:
     meta["runs_per_row"] = args.repeat
     if not args.url and not args.reference:
         meta["log_level"] = args.log_level  # of the service the bench started
+        meta["instructions"] = args.instructions  # its CPU figures then are valgrind's
     if official is not None:
         meta["transports"] = "polling, then websocket" if args.polling_first else "websocket"
     save_json(rows, meta, out, every_run)

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from bench.callgrind import Callgrind
 from testkit.processes import RedisClusterSet, RedisServer, ServiceProcess, free_port, write_sites
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -73,6 +74,7 @@ class Target:
     service_pid: int | None
     redis_pid: int | None
     more_redis_pids: tuple[int, ...] = ()  # Redis Cluster: the other primaries
+    callgrind: Callgrind | None = None  # counts the service's instructions, if it runs under it
 
     @property
     def redis_pids(self) -> tuple[int, ...]:
@@ -88,8 +90,16 @@ class Environment:
         workdir: Path | None = None,
         sqlite_synchronous: str = "NORMAL",
         log_level: str = "warn",
+        instructions: bool = False,
     ) -> None:
         self.store = store
+        # The service's environment names no LOGNAME, USER or HOSTNAME, and HOST is its
+        # listening address: the controller must see the same (see Callgrind).
+        self.callgrind = (
+            Callgrind({"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1"})
+            if instructions
+            else None
+        )
         self.sqlite_synchronous = sqlite_synchronous
         self.log_level = log_level
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sws-bench-"))
@@ -116,7 +126,8 @@ class Environment:
             f"production:\n  winston:\n    console:\n      level: {self.log_level}\n"
         )
         sites = write_sites(self.workdir, self.auth.url)
-        self.service = ServiceProcess(self.workdir, sites, **env)
+        wrapper = self.callgrind.wrapper(self.workdir) if self.callgrind else ()
+        self.service = ServiceProcess(self.workdir, sites, wrapper, **env)
         await self.service.start()
         assert self.service.process is not None
         redis_pid = self.redis.process.pid if self.redis and self.redis.process else None
@@ -127,7 +138,9 @@ class Environment:
         )
         if primaries:
             redis_pid, primaries = primaries[0], primaries[1:]
-        return Target(self.service.url, self.service.process.pid, redis_pid, primaries)
+        return Target(
+            self.service.url, self.service.process.pid, redis_pid, primaries, self.callgrind
+        )
 
     async def stop(self) -> None:
         if self.service is not None:

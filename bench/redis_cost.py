@@ -8,8 +8,7 @@ redis-server, or a Redis Cluster of three primaries (``--cluster``: summed over 
 
 Seconds of CPU on a shared machine move by a quarter from run to run; ``--instructions``
 runs the Redis under valgrind's callgrind instead and counts the instructions it executes
-for the sends and acks alone: the same count for the same code, whatever else the machine
-does (valgrind must be installed; about fifty times slower).
+for the sends and acks alone (``bench/callgrind.py``).
 
     python -m bench.redis_cost                  # single Redis, 1,000 users, 20 sends
     python -m bench.redis_cost --cluster
@@ -20,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import redis
 
+from bench.callgrind import Callgrind
 from socketio_webservice.storage import Message, make_store
 from testkit.processes import RedisClusterSet, RedisServer
 
@@ -48,53 +47,6 @@ def redis_cost(ports: list[int]) -> tuple[float, float, Counter[str]]:
             info = client.info("cpu")
             cpu += info["used_cpu_sys"] + info["used_cpu_user"]
     return scripts_us, cpu, commands
-
-
-class Callgrind:
-    """Redis servers run by callgrind, counting only between :meth:`start` and :meth:`stop`."""
-
-    def __init__(self) -> None:
-        self.outputs: list[Path] = []
-
-    def wrapper(self, workdir: Path) -> tuple[str, ...]:
-        """The command that runs one server (in ``workdir``) under callgrind."""
-        self.outputs.append(workdir / "callgrind.out")
-        return (
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={self.outputs[-1]}",
-        )
-
-    def start(self) -> None:
-        self._control("--instr=on")
-
-    def stop(self) -> None:
-        self._control("--instr=off")
-
-    def _control(self, what: str) -> None:
-        # valgrind's launcher runs the tool as a child: find each by its output file.
-        listed = subprocess.run(["vgdb", "-l"], capture_output=True, text=True)  # exits 1
-        for output in self.outputs:
-            (pid,) = [
-                line.split()[1].removeprefix("--pid=")
-                for line in listed.stdout.splitlines()
-                if f"--callgrind-out-file={output} " in line
-            ]
-            done = subprocess.run(["callgrind_control", what, pid], capture_output=True, text=True)
-            if done.returncode or "Error" in done.stdout + done.stderr:  # it exits 0 on errors
-                raise RuntimeError(f"callgrind_control {what}: {done.stdout}{done.stderr}")
-
-    def instructions(self) -> int:
-        """What was counted, summed over the servers, read once they have ended."""
-        return sum(_totals(output) for output in self.outputs)
-
-
-def _totals(output: Path) -> int:
-    for line in output.read_text().splitlines():
-        if line.startswith("totals:"):  # "summary:" counts only since the last toggle
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {output}")
 
 
 async def measure(

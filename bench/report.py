@@ -18,10 +18,17 @@ COLUMNS = [
     ("service_cpu_per_1000", "cpu/1000", 9),
     ("redis_cpu_per_1000", "redis/1000", 10),
     ("rss_per_connection_kb", "KB/conn", 8),
+    ("service_instructions_per_unit", "instr/unit", 11),
     ("lost", "lost", 5),
     ("doubled", "dup", 4),
     ("out_of_order", "order", 5),
 ]
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """Every column, but the instructions only where counted (``--instructions``)."""
+    counted = any(row.get("service_instructions_per_unit") is not None for row in rows)
+    return [c for c in COLUMNS if counted or c[0] != "service_instructions_per_unit"]
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -29,18 +36,20 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         text = "-" if value is None else str(value)
         return text.rjust(width)
 
-    lines = [" ".join(title.rjust(width) for _, title, width in COLUMNS)]
+    columns = _columns(rows)
+    lines = [" ".join(title.rjust(width) for _, title, width in columns)]
     for row in rows:
-        lines.append(" ".join(cell(row.get(key), width) for key, _, width in COLUMNS))
+        lines.append(" ".join(cell(row.get(key), width) for key, _, width in columns))
     return "\n".join(lines)
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join(" --- " for _ in COLUMNS) + "|"
+    columns = _columns(rows)
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "|".join(" --- " for _ in columns) + "|"
     body = [
         "| "
-        + " | ".join("-" if row.get(k) is None else str(row.get(k)) for k, _, _ in COLUMNS)
+        + " | ".join("-" if row.get(k) is None else str(row.get(k)) for k, _, _ in columns)
         + " |"
         for row in rows
     ]

@@ -43,6 +43,7 @@ class Result:
     lost: int = 0
     doubled: int = 0
     out_of_order: int = 0
+    service_instructions: int | None = None  # under callgrind (``--instructions``)
 
     def figures(self) -> dict[str, Any]:
         per_1000 = 1000 / self.operations if self.operations else 0.0
@@ -71,6 +72,9 @@ class Result:
             else None,
             "rss_per_connection_kb": round(self.rss_per_connection / 1024, 1)
             if self.rss_per_connection is not None
+            else None,
+            "service_instructions_per_unit": round(self.service_instructions / self.operations)
+            if self.service_instructions is not None and self.operations
             else None,
             "lost": self.lost,
             "doubled": self.doubled,
@@ -114,6 +118,8 @@ class Meter:
         self.service_start = self.redis_start = 0.0
 
     def start(self) -> None:
+        if self.target.callgrind:
+            self.target.callgrind.start()
         if self.target.service_pid:
             self.service_start = cpu_seconds(self.target.service_pid)
         if self.target.redis_pids:
@@ -133,6 +139,10 @@ class Meter:
             last = now
 
     def read(self) -> tuple[float | None, float | None]:
+        """CPU seconds of the service and of Redis since :meth:`start` (and, under callgrind,
+        the instructions, kept in the target's ``callgrind.last_window``)."""
+        if self.target.callgrind:
+            self.target.callgrind.end_window()
         service = redis = None
         if self.target.service_pid:
             service = cpu_seconds(self.target.service_pid) - self.service_start
@@ -282,6 +292,7 @@ class Bench:
             service,
             redis,
             rss_per_connection=rss,
+            service_instructions=self._instructions(),
         )
 
     async def _deliver(
@@ -490,7 +501,13 @@ class Bench:
             lost=lost,
             doubled=doubled,
             out_of_order=disorder,
+            service_instructions=self._instructions(),
         )
+
+    def _instructions(self) -> int | None:
+        """The service's instructions in the window just metered, if counted."""
+        callgrind = self.target.callgrind
+        return callgrind.last_window if callgrind else None
 
     async def close(self) -> None:
         if self._pinger is not None:

@@ -168,10 +168,13 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
 class ServiceProcess:
     """``python -m socketio_webservice`` with the given environment, on a free port."""
 
-    def __init__(self, workdir: Path, sites: Path, **env: str) -> None:
+    def __init__(
+        self, workdir: Path, sites: Path, wrapper: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.workdir = workdir
         self.sites = sites
         self.port = free_port()
+        self.wrapper = wrapper  # a command it runs under (valgrind, say)
         self.env = env
         self.process: asyncio.subprocess.Process | None = None
         self.log = workdir / f"service-{self.port}.log"
@@ -194,6 +197,7 @@ class ServiceProcess:
         }
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "socketio_webservice",
@@ -204,7 +208,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=log,
             )
-        await self.wait_healthy()
+        await self.wait_health(200, timeout=180 if self.wrapper else 20)
 
     async def health(self) -> int:
         try:
