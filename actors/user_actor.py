@@ -324,9 +324,10 @@ class UserActor:
         if not self.outbox.is_connected(sid):  # it went away during the handshake
             await self._detach(sid)
             return
-        backlog, info.backlog = info.backlog, None
+        backlog = info.backlog if self._read_holds(info) else None
+        info.backlog = None
         try:
-            if backlog is None or info.read_at != self._changes:
+            if backlog is None:
                 await self._acks_written()
                 backlog = await self.store.read_queue(self.site, self.user, info.device)
         except StoreUnavailable as exc:
@@ -350,13 +351,18 @@ class UserActor:
             or self._successor is not None
             or info is None
             or info.backlog is None
-            or info.read_at != self._changes
+            or not self._read_holds(info)
             or not self.outbox.is_connected(sid)
         ):
             return False
         backlog, info.backlog = info.backlog, None
         self._greet(sid, info, backlog)
         return True
+
+    def _read_holds(self, info: SocketInfo) -> bool:
+        """Nothing of the user's changed since the socket's queue was read at registration
+        (a delivery skipped for it, an ack): that read is still all there is."""
+        return info.read_at == self._changes
 
     def _greet(self, sid: str, info: SocketInfo, backlog: Backlog) -> None:
         """An attached socket's first events: ``_settings``, then what its device missed."""

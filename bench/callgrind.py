@@ -6,7 +6,6 @@ installed (Debian: valgrind)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ class Callgrind:
                 ["callgrind_control", what, pid],
                 capture_output=True,
                 text=True,
-                env=self.env if self.env is not None else dict(os.environ),
+                env=self.env,
             )
             if done.returncode or "Error" in done.stdout + done.stderr:  # it exits 0 on errors
                 raise RuntimeError(f"callgrind_control {what}: {done.stdout}{done.stderr}")

@@ -168,6 +168,14 @@ async def attach(actor: UserActor, outbox: FakeOutbox, sid: str, device: str = D
     return settings
 
 
+async def phone_away(actor: UserActor, outbox: FakeOutbox) -> None:
+    """The laptop keeps the user here; the phone's socket ``s1`` came and went."""
+    await attach(actor, outbox, "laptop-socket", device="laptop")
+    await attach(actor, outbox, "s1")
+    actor.tell(Detach("s1"))
+    await actor.drained()
+
+
 async def store_message(store: Store, n: int, event: str = "n", resync: bool = False) -> Deliver:
     """Store a message for the user, as /send does; the Deliver the dispatcher would post."""
     message = Message(event=event, args=[n], resync=resync)
@@ -178,10 +186,7 @@ async def store_message(store: Store, n: int, event: str = "n", resync: bool = F
 async def test_batch_first_then_live_in_order(
     actor: UserActor, outbox: FakeOutbox, store: Store
 ) -> None:
-    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
-    await attach(actor, outbox, "s1")
-    actor.tell(Detach("s1"))
-    await actor.drained()
+    await phone_away(actor, outbox)
     stored = [await store_message(store, n) for n in (1, 2)]
     assert stored[1].seqs == {DEVICE: 2, "laptop": 2}
     for deliver in stored:
@@ -210,10 +215,7 @@ async def test_batch_first_then_live_in_order(
 async def test_an_idle_actor_greets_a_socket_at_once_with_settings_then_its_batch(
     actor: UserActor, outbox: FakeOutbox, store: Store
 ) -> None:
-    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
-    await attach(actor, outbox, "s1")
-    actor.tell(Detach("s1"))
-    await actor.drained()
+    await phone_away(actor, outbox)
     actor.tell(await store_message(store, 1))
     assert (await outbox.next()).sid == "laptop-socket"
 
@@ -253,10 +255,7 @@ async def test_a_register_whose_connect_handler_gave_up_leaves_the_user_offline(
 async def test_a_message_stored_between_register_and_attach_comes_once_in_the_batch(
     actor: UserActor, outbox: FakeOutbox, store: Store
 ) -> None:
-    await attach(actor, outbox, "laptop-socket", device="laptop")  # keeps the user here
-    await attach(actor, outbox, "s1")
-    actor.tell(Detach("s1"))
-    await actor.drained()
+    await phone_away(actor, outbox)
     actor.tell(await store_message(store, 1))  # the laptop's copy
     assert (await outbox.next()).sid == "laptop-socket"
 
