@@ -6,6 +6,7 @@ installed (Debian: valgrind)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -54,6 +55,18 @@ class Callgrind:
     def instructions(self) -> int:
         """What was counted, summed over the processes, read once they have ended."""
         return sum(_totals(output) for output in self.outputs)
+
+    def keep(self, folder: Path) -> list[Path]:
+        """Copy every output written so far (the final one and each window's dump) into
+        ``folder``, for ``callgrind_annotate``; the copies, named by process and window."""
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for number, output in enumerate(self.outputs):
+            for written in sorted(output.parent.glob(output.name + "*")):
+                copy = folder / f"process{number}.{written.name}"
+                shutil.copyfile(written, copy)
+                kept.append(copy)
+        return kept
 
     def _control(self, what: str) -> None:
         # valgrind's launcher runs the tool as a child: find each by its output file.

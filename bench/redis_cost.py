@@ -13,6 +13,7 @@ for the sends and acks alone (``bench/callgrind.py``).
     python -m bench.redis_cost                  # single Redis, 1,000 users, 20 sends
     python -m bench.redis_cost --cluster
     python -m bench.redis_cost --instructions
+    python -m bench.redis_cost --instructions --keep /tmp/cg   # then callgrind_annotate
 """
 
 from __future__ import annotations
@@ -96,7 +97,15 @@ def main() -> None:
     parser.add_argument(
         "--instructions", action="store_true", help="count Redis's instructions (callgrind)"
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="with --instructions: keep callgrind's files in DIR (for callgrind_annotate)",
+    )
     args = parser.parse_args()
+    if args.keep and not args.instructions:
+        parser.error("--keep needs --instructions")
     callgrind = Callgrind() if args.instructions else None
     with tempfile.TemporaryDirectory() as scratch:
         if args.cluster:
@@ -118,6 +127,9 @@ def main() -> None:
             stop()
         delivered = args.users * args.sends
         counted = f", {callgrind.instructions() / delivered:,.0f} instructions" if callgrind else ""
+        if callgrind and args.keep:
+            kept = callgrind.keep(args.keep)
+            print("callgrind's files: " + ", ".join(str(path) for path in kept))
     kind = "Redis Cluster (3 primaries)" if args.cluster else "one Redis"
     print(
         f"{kind}: per acked fan-out delivery ({args.users} users, {args.sends} sends): "
