@@ -43,6 +43,10 @@ def required_names() -> set[str]:
     return {name for _, names in compatibility.REQUIRED.values() for name in names}
 
 
+def optional_names() -> set[str]:
+    return {name for names in compatibility.OPTIONAL.values() for name in names}
+
+
 def library_names_used() -> set[str]:
     """Names the adapter uses on python-socketio / python-engineio objects: what its classes
     read on ``self`` or ``super()`` or override, that the library object has; and what any
@@ -100,7 +104,8 @@ def library_names_used() -> set[str]:
 def test_the_start_up_check_lists_everything_the_adapter_uses_of_the_libraries() -> None:
     used = library_names_used()
     assert {"_handle_eio_message", "_binary_packet", "namespace_handlers", "callbacks"} <= used
-    assert sorted(used - required_names()) == []
+    assert sorted(used - required_names() - optional_names()) == []
+    assert not optional_names() & required_names()
 
 
 class Without:

@@ -3,7 +3,8 @@ start-up: a version that lacks any of it stops the service with one line, instea
 on the first connection.
 
 ``REQUIRED`` is the one list: for each thing of theirs the adapter touches (a class, or an
-instance of it made here as a probe), the names it reads, calls or overrides there.
+instance of it made here as a probe), the names it reads, calls or overrides there;
+``OPTIONAL``, the few it replaces only where a version has them.
 ``tests/test_boundaries.py`` derives from the adapter's source the names it uses of them and
 fails if one is missing here, and removes each name here in turn to see start-up refuse.
 """
@@ -118,7 +119,17 @@ REQUIRED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
             "get_participants",
         ),
     ),
-    "socketio.AsyncManager()": (lambda: socketio.AsyncManager(), ("rooms", "callbacks", "server")),
+    "socketio.AsyncManager()": (
+        lambda: socketio.AsyncManager(),
+        ("rooms", "callbacks", "server", "pending_disconnect"),
+    ),
+}
+
+
+# Names the adapter replaces where the installed version has them, and that versions it
+# allows may lack: not checked at start-up.
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "socketio.AsyncManager()": ("pending_connect",),  # python-socketio 5.18 and later
 }
 
 

@@ -10,6 +10,9 @@
 - An index of each socket's rooms: python-socketio finds a leaving socket's rooms by scanning
   every room of the namespace, and every socket has a room of its own, so each disconnect
   costs O(connections) and a wave of them (a node restart, a network blip) O(connections²).
+- The sockets waiting between the two steps of a connect (its handler running) or of a
+  disconnect are found by key: python-socketio searched a list of all of them at each step,
+  O(n²) for a wave of n connects (``_Waiting``).
 - Packets queued straight onto a socket (``SocketIOServer.queue_event``), with a bound: a
   client that stops reading is dropped instead of growing its queue forever; so is one whose
   write stays blocked past ``write_timeout`` (``SocketIOServer.drop_stalled_writers``). A
@@ -595,6 +598,26 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         await super()._handle_eio_disconnect(eio_sid, *args)
 
 
+class _Sids(dict[str, None]):
+    """A namespace's sockets waiting to connect or to disconnect, in the order they came: the
+    list methods python-socketio calls on them, each O(1) (and dict's own, in C)."""
+
+    append = dict.setdefault
+    remove = dict.__delitem__
+
+
+class _Waiting(dict[str, _Sids]):
+    """python-socketio's ``pending_connect`` and ``pending_disconnect``: by namespace, the
+    sockets between the two steps of a connect (its handler is running: the auth call, the
+    store) or of a disconnect. python-socketio keeps a list per namespace and finds a socket
+    in it by value at every step, so n connects waiting at once (a wave of reconnects while
+    the site's auth endpoint is slow) cost O(n²): 30,000 took 8.9 s of the event loop. Each
+    list it makes becomes a :class:`_Sids` as it is stored."""
+
+    def __setitem__(self, namespace: str, sids: Any) -> None:
+        super().__setitem__(namespace, sids if type(sids) is _Sids else _Sids(dict.fromkeys(sids)))
+
+
 class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
     """This node's sockets and rooms (plain sites' sends reach other nodes on the node bus,
     not through a python-socketio manager). Keeps which rooms each (namespace, sid) is in,
@@ -606,12 +629,13 @@ class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
 
     rooms: dict[str, dict[Any, Any]]
     callbacks: dict[str, Any]
-    pending_connect: dict[str, list[str]]
-    pending_disconnect: dict[str, list[str]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rooms_of: dict[tuple[str, str], set[Any]] = {}
+        # pending_connect only from python-socketio 5.18 on; unused before
+        self.pending_connect = _Waiting()
+        self.pending_disconnect = _Waiting()
 
     def basic_enter_room(
         self, sid: str, namespace: str, room: Any, eio_sid: str | None = None
@@ -633,8 +657,7 @@ class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
         for room in (*self._rooms_of.pop((namespace, sid), ()), sid, None):
             super().basic_leave_room(sid, namespace, room)
         self.callbacks.pop(sid, None)
-        for name in ("pending_connect", "pending_disconnect"):  # the first only from 5.18
-            pending: dict[str, list[str]] = getattr(self, name, {})
+        for pending in (self.pending_connect, self.pending_disconnect):
             waiting = pending.get(namespace)
             if waiting is not None and sid in waiting:
                 waiting.remove(sid)
