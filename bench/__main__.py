@@ -25,7 +25,8 @@ from bench.official_client import OfficialClients
 from bench.report import markdown, save_chart, save_json, table
 from bench.scenarios import Bench, Result
 
-SCENARIOS = ["connect", "fanout", "direct", "bulk", "reconnect", "churn"]
+SCENARIOS = ["connect", "fanout", "direct", "bulk", "reconnect", "churn"]  # the default run
+ON_REQUEST = ["idle"]  # a minute each: run when named
 PLAIN_SCENARIOS = ["connect", "fanout", "direct"]  # what a site without user rooms does
 
 
@@ -39,7 +40,12 @@ def parse_args() -> argparse.Namespace:
         "--store", choices=["redis", "redis-cluster", "sqlite", "both"], default="both"
     )
     parser.add_argument("--clients", default="1000", help="N, or a comma-separated list")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, of {', '.join(SCENARIOS + ON_REQUEST)} (default: all but "
+        "idle: the clients connected and quiet for a minute, the service's CPU for them)",
+    )
     parser.add_argument("--url", help="benchmark a running service instead of starting one")
     parser.add_argument("--service-pid", type=int, help="with --url: for the CPU figures")
     parser.add_argument("--redis-pid", type=int, help="with --url: for the Redis CPU figures")
@@ -212,7 +218,7 @@ async def main() -> None:
     limit = raise_fd_limit()
     sizes = [int(part) for part in args.clients.split(",")]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS + ON_REQUEST)
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
     if max(sizes) + 200 > limit:

@@ -22,6 +22,7 @@ from bench.sim_client import SimClient
 
 SITE = "shop"
 CONNECT_CONCURRENCY = 200
+IDLE_SECONDS = 60.0
 SETTLE_LIMIT = 3.0
 
 
@@ -419,6 +420,24 @@ class Bench:
         checked: Checked = (lost, doubled, disorder, [])
         return self._result(
             "reconnect", seconds, len(away), "reconnects", (service, redis), checked
+        )
+
+    async def idle(self, seconds: float = IDLE_SECONDS) -> Result:
+        """Every client connected and quiet: what the service spends to keep them (pings
+        and pongs, the checks for clients gone silent), per connection-minute. The window
+        covers a ping interval and a ping timeout (25 s and 20 s by default)."""
+        connected = [client for client in self.clients if not client.closed.is_set()]
+        meter = Meter(self.target)
+        await meter.settle()
+        meter.start()
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        cpu = meter.read()
+        dropped = sum(1 for client in connected if client.closed.is_set())  # counted as lost
+        minutes = max(1, round(len(connected) * elapsed / 60))
+        return self._result(
+            "idle", elapsed, minutes, "connection-minutes", cpu, (dropped, 0, 0, [])
         )
 
     async def churn(self, messages: int = 30, cycle_fraction: float = 0.1) -> Result:
