@@ -46,6 +46,7 @@ REQUIRED: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {
             "_unauthorized",
             "_bad_request",
             "_service_task",
+            "create_event",  # the service task's stop, set by shutdown
             "_trigger_event",
             "generate_id",
             "handle_request",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import os
 import re
 import time
@@ -62,6 +63,7 @@ ACK_PACKET = re.compile(r"3(/[^,]*),(\d+)")  # Socket.IO ACK: namespace and ack 
 PROTOCOL_3 = re.compile(r"(?:^|&)EIO=3(?:&|$)")
 JSONP = re.compile(r"(?:^|&)j=")
 RANDOM_POOL = 4_096  # bytes of os.urandom read at once for session ids
+SERVICE_TICK = 1.0  # seconds between the session checks' wake-ups (``_service_task``)
 
 
 class _WebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
@@ -349,6 +351,33 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
     async def shutdown(self) -> None:
         await self.ping_clock.stop()
         await super().shutdown()
+
+    async def _service_task(self) -> None:
+        """As python-engineio's: every session checked once per ping timeout (one whose
+        client stopped answering pings is closed, a closed one forgotten), the checks spread
+        over that time. python-engineio waited before each session with ``asyncio.wait_for``,
+        a task and a timer for every session in every cycle; this wakes once a second and
+        checks that second's share."""
+        self.service_task_event = stop = self.create_event()
+        while not stop.is_set():
+            sessions = list(self.sockets.values())
+            share = math.ceil(len(sessions) * SERVICE_TICK / self.ping_timeout) or 1
+            for start in range(0, max(len(sessions), 1), share):
+                try:
+                    await asyncio.wait_for(stop.wait(), SERVICE_TICK)
+                    return
+                except TimeoutError:
+                    pass
+                for session in sessions[start : start + share]:
+                    sid = session.sid
+                    try:
+                        if session.closed:
+                            if self.sockets.get(sid) is session:
+                                del self.sockets[sid]
+                        elif not session.closing:
+                            await session.check_ping_timeout()
+                    except Exception:  # one session's failure stops no other's check
+                        logger.exception("checking session {} failed", sid)
 
     def generate_id(self) -> str:
         """As python-engineio's (12 random bytes and a counter, URL-safe base64), the random
