@@ -241,3 +241,63 @@ async def test_a_storm_of_connects_while_the_node_is_busy_waits_in_the_backlog(
     assert harness.service is not None
     completed = _connect_all(harness.service.config.port, 300, timeout=0.5)  # loop blocked
     assert completed.count(True) == 300
+
+
+async def handshake(harness: Harness) -> tuple[int, str]:
+    assert harness.http is not None
+    async with harness.http.get(f"{harness.url}/socket.io/?EIO=4&transport=polling") as answer:
+        return answer.status, await answer.text()
+
+
+async def poll(harness: Harness, sid: str) -> int:
+    assert harness.http is not None
+    url = f"{harness.url}/socket.io/?EIO=4&transport=polling&sid={sid}"
+    async with harness.http.get(url, timeout=aiohttp.ClientTimeout(total=WAIT)) as answer:
+        await answer.read()
+        return answer.status
+
+
+async def test_a_session_that_joins_no_namespace_in_time_is_closed(
+    harness: Harness, logs: list[str]
+) -> None:
+    """A polling handshake opens a session without holding a connection: one that never
+    joins a site's namespace is closed after ``join_timeout``, on a websocket or polling,
+    with one line for all of them; a client that joined is not."""
+    await harness.start(limits=Limits(join_timeout=1))
+    harness.stub.answers["t1"] = ["user_1"]
+    member = await harness.connect("shop", "t1")
+    ws = await raw_websocket(harness)
+    sids = [await polling_session(harness) for _ in range(3)]
+    await closed_by_server(ws)
+    for sid in sids:
+        await poll(harness, sid)  # answered once the session is closed
+        assert await poll(harness, sid) == 400  # and it is gone
+    late = [line for line in dropped_lines(logs) if "no namespace joined within 1 s" in line]
+    assert len(late) == 1, dropped_lines(logs)
+    await harness.send("shop", "user_1", "after", 1)
+    assert (await member.next()).args == [1]
+    await member.disconnect()
+
+
+async def test_handshakes_past_the_limit_of_sessions_not_joined_are_refused(
+    harness: Harness, logs: list[str]
+) -> None:
+    """While ``max_unjoined_sessions`` have not joined, a handshake is answered 503 (memory
+    stays bounded whatever the rate of handshakes), said in one line; once they are closed
+    (``join_timeout``), handshakes and connects are served again."""
+    await harness.start(limits=Limits(max_unjoined_sessions=3, join_timeout=1))
+    harness.stub.answers["t1"] = ["user_1"]
+    for _ in range(3):
+        await polling_session(harness)
+    for _ in range(5):
+        assert await handshake(harness) == (503, "too many sessions waiting to join: try again")
+    refused = [line for line in logs if "handshake refused" in line]
+    assert len(refused) == 1 and "3 sessions have not joined" in refused[0]
+    deadline = time.monotonic() + 3 * WAIT
+    while (await handshake(harness))[0] == 503:
+        assert time.monotonic() < deadline, "the sessions not joined were never closed"
+        await asyncio.sleep(0.1)
+    member = await harness.connect("shop", "t1")
+    await harness.send("shop", "user_1", "after", 1)
+    assert (await member.next()).args == [1]
+    await member.disconnect()

@@ -36,6 +36,13 @@ class Limits:
     devices``. Every send to the user costs one copy per device: this bounds it."""
     max_packets_before_join: int = 16
     """Socket.IO packets a connection may send before it has joined a site's namespace."""
+    max_unjoined_sessions: int = 10_000
+    """Engine.IO sessions open on the node that have not joined a site's namespace (yet: a
+    connect waiting on the auth call counts). A polling handshake opens one without keeping
+    a connection, about 3 KB each; past the limit a handshake is answered 503."""
+    join_timeout: int = 45
+    """Seconds a session has to join a site's namespace before it is closed (socket.io's
+    own connectTimeout)."""
     auth_concurrency: int = 64
     """authUrl calls in flight per site; further connects wait their turn (up to the auth
     timeout, then ``Auth error: busy``)."""

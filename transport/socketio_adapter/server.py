@@ -260,6 +260,8 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self._drops_said = LogThrottle()  # by kind of fault
         self.read_timeout = 60.0
         self.max_outgoing_queue = 1_000
+        self.max_unjoined_sessions = 10_000
+        self.join_timeout = 45.0
         self._closing: set[asyncio.Future[Any]] = set()
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
@@ -305,7 +307,24 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
         self, environ: dict[str, Any], transport: str, jsonp_index: int | None = None
     ) -> Any:
         """A new session: python-engineio's for protocol 4; for protocol 3 the same steps with
-        a ``LegacySocket`` (python-engineio builds its own socket class here)."""
+        a ``LegacySocket`` (python-engineio builds its own socket class here). Refused while
+        ``max_unjoined_sessions`` have not joined a namespace: a polling handshake opens a
+        session without holding a connection, so without it a flood of them from one
+        connection held memory for as long as each lived."""
+        if len(self.sockets.unjoined) >= self.max_unjoined_sessions:
+            unsaid = self._drops_said.due("too many sessions")
+            if unsaid is not None:
+                more = f"; {unsaid} more since the last line" if unsaid else ""
+                logger.warning(
+                    "handshake refused: {} sessions have not joined a namespace{}",
+                    self.max_unjoined_sessions,
+                    more,
+                )
+            return {
+                "status": "503 Service Unavailable",
+                "headers": [("Content-Type", "text/plain; charset=UTF-8")],
+                "response": b"too many sessions waiting to join: try again",
+            }
         if not LEGACY.get():
             return await super()._handle_connect(environ, transport, jsonp_index)
         if self.start_service_task:  # type: ignore[has-type]  # it times out silent sessions
@@ -372,6 +391,7 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                     return
                 except TimeoutError:
                     pass
+                self._close_unjoined()
                 for session in sessions[start : start + share]:
                     sid = session.sid
                     try:
@@ -382,6 +402,14 @@ class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
                             await session.check_ping_timeout()
                     except Exception:  # one session's failure stops no other's check
                         logger.exception("checking session {} failed", sid)
+
+    def _close_unjoined(self) -> None:
+        """Close the sessions that have not joined a namespace within ``join_timeout``."""
+        deadline = time.monotonic() - self.join_timeout
+        for sid in self.sockets.not_joined_since(deadline):
+            session = self.sockets.get(sid)
+            if session is not None:
+                self.drop(session, f"no namespace joined within {self.join_timeout:g} s")
 
     def generate_id(self) -> str:
         """As python-engineio's (12 random bytes and a counter, URL-safe base64), the random
@@ -426,6 +454,8 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self.limits = limits or Limits()
         self.eio.read_timeout = float(self.limits.http_read_timeout)
         self.eio.max_outgoing_queue = self.limits.max_outgoing_queue
+        self.eio.max_unjoined_sessions = self.limits.max_unjoined_sessions
+        self.eio.join_timeout = float(self.limits.join_timeout)
         self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
@@ -609,6 +639,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         await super()._handle_connect(eio_sid, namespace, data)
         if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
             self._joined.add(eio_sid)
+            self.eio.sockets.joined(eio_sid)
             self._unjoined_packets.pop(eio_sid, None)
             environ = self.environ.get(eio_sid)
             if environ is not None:

@@ -275,9 +275,36 @@ class PingClock:
 
 class SocketTable(dict[str, Any]):
     """The server's sessions: each socket python-engineio creates is made a :class:`Socket`
-    as it is stored (python-engineio builds its socket class itself, in ``_handle_connect``)."""
+    as it is stored (python-engineio builds its socket class itself, in ``_handle_connect``).
+    ``unjoined``: the sessions that have not joined a namespace, by when they opened, in
+    that order (the ones opened earlier first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unjoined: dict[str, float] = {}
 
     def __setitem__(self, sid: str, socket: Any) -> None:
         if type(socket) is async_socket.AsyncSocket:
             socket.__class__ = Socket
+        if sid not in self:
+            self.unjoined[sid] = time.monotonic()
         super().__setitem__(sid, socket)
+
+    def __delitem__(self, sid: str) -> None:
+        super().__delitem__(sid)
+        self.unjoined.pop(sid, None)
+
+    def joined(self, sid: str) -> None:
+        self.unjoined.pop(sid, None)
+
+    def not_joined_since(self, deadline: float) -> list[str]:
+        """The sessions opened before ``deadline`` that have not joined, taken off the list:
+        they are to be closed."""
+        late = []
+        for sid, opened in self.unjoined.items():
+            if opened >= deadline:
+                break
+            late.append(sid)
+        for sid in late:
+            del self.unjoined[sid]
+        return late
