@@ -17,6 +17,9 @@
   second's share of the sessions (``_EngineIOServer._service_task``), where python-engineio
   waited before each session in turn with a task and a timer: three quarters of an idle
   connection's cost.
+- Sessions that have not joined a namespace are bounded in number (a handshake past
+  ``max_unjoined_sessions`` is answered 503) and in time (closed after ``join_timeout``): a
+  polling handshake opens one without holding a connection.
 - Packets queued straight onto a socket (``SocketIOServer.queue_event``), with a bound: a
   client that stops reading is dropped instead of growing its queue forever; so is one whose
   write stays blocked past ``write_timeout`` (``SocketIOServer.drop_stalled_writers``). A
