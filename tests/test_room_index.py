@@ -69,3 +69,20 @@ async def test_connects_waiting_at_once_are_each_found_without_a_search() -> Non
     assert manager.is_connected(sids[0], NS) and not manager.is_connected(refused, NS)
     assert [sid for sid, _ in manager.get_participants(NS, None)] == sids
     assert not manager.pending_connect
+
+
+async def test_disconnects_waiting_at_once_are_each_found_without_a_search() -> None:
+    # Between its two steps a disconnect waits (its handler runs); python-socketio kept those
+    # in a list too.
+    manager = IndexedManager()
+    sids = [CountedSid(f"sid{i}") for i in range(1_000)]
+    for i, sid in enumerate(sids):
+        connect(manager, sid, f"eio{i}")
+    for sid in sids:
+        manager.pre_disconnect(sid, NS)
+    assert not manager.is_connected(sids[0], NS)
+    CountedSid.compared = 0
+    for sid in reversed(sids):
+        await manager.disconnect(sid, NS, ignore_queue=True)
+    assert CountedSid.compared < 100
+    assert not manager.pending_disconnect and NS not in manager.rooms
