@@ -26,6 +26,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 
 MESSAGE = str(eio_packet.MESSAGE)
+PING = str(eio_packet.PING)
 PAYLOAD_SEPARATOR = "\x1e"
 ONE_WRITE_LIMIT = 16_384  # characters of queued packets the writer may send in one write
 
@@ -135,7 +136,23 @@ class Socket(async_socket.AsyncSocket):  # type: ignore[misc]
     def ping(self) -> None:
         if not self.closing and not self.closed:
             self.last_ping = time.time()
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+            if not self.write_at_once(PING):
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+
+    def write_at_once(self, encoded: str) -> bool:
+        """Write an encoded Engine.IO packet straight to the websocket if its writer is idle
+        (nothing queued, nothing being written): no task is woken for it. False: queue it."""
+        websocket = getattr(self, "websocket", None)
+        if (
+            websocket is not None
+            and self.queue.empty()
+            and self.upgraded
+            and not self.upgrading
+            and websocket.can_write_now()
+        ):
+            websocket.write_now(encoded)
+            return True
+        return False
 
     async def _websocket_handler(self, ws: Any) -> None:
         """As python-engineio's: the upgrade handshake if the session began on polling, then
