@@ -121,7 +121,9 @@ class LegacySocket(Socket):
     async def receive(self, pkt: eio_packet.Packet) -> None:
         self.heard_from()
         if pkt.packet_type == eio_packet.PING:
-            await self.send(eio_packet.Packet(eio_packet.PONG, data=pkt.data))
+            pong = eio_packet.Packet(eio_packet.PONG, data=pkt.data)
+            if not self.write_at_once(pong.encode()):  # as a ping of protocol 4
+                await self.send(pong)
             return
         await super().receive(pkt)
 
