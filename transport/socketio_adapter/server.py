@@ -459,7 +459,6 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
         self.eio.max_outgoing_queue = self.limits.max_outgoing_queue
         self.eio.max_unjoined_sessions = self.limits.max_unjoined_sessions
         self.eio.join_timeout = float(self.limits.join_timeout)
-        self._joined: set[str] = set()  # Engine.IO sids that joined a namespace
         self._unjoined_packets: dict[str, int] = {}
         self._told_ignored: set[str] = set()
         self._closed_sessions = 0  # Engine.IO sessions ended since start
@@ -586,7 +585,7 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
                 return
         if isinstance(data, str) and data[:1] == "0" and self._is_legacy(eio_sid):
             data = connect_with_auth(data)
-        if eio_sid not in self._joined:
+        if eio_sid in self.eio.sockets.unjoined:
             count = self._unjoined_packets.get(eio_sid, 0) + 1
             self._unjoined_packets[eio_sid] = count
             if count > self.limits.max_packets_before_join:
@@ -631,7 +630,6 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
         await super()._handle_connect(eio_sid, namespace, data)
         if self.manager.sid_from_eio_sid(eio_sid, namespace or "/") is not None:
-            self._joined.add(eio_sid)
             self.eio.sockets.joined(eio_sid)
             self._unjoined_packets.pop(eio_sid, None)
             environ = self.environ.get(eio_sid)
@@ -649,7 +647,6 @@ class SocketIOServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_disconnect(self, eio_sid: str, *args: Any) -> None:
         self._closed_sessions += 1
         self.disconnects[str(args[0]) if args and args[0] else "unknown"] += 1
-        self._joined.discard(eio_sid)
         self._unjoined_packets.pop(eio_sid, None)
         self._told_ignored.discard(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, *args)
@@ -672,7 +669,7 @@ class _Waiting(dict[str, _Sids]):
     list it makes becomes a :class:`_Sids` as it is stored."""
 
     def __setitem__(self, namespace: str, sids: Any) -> None:
-        super().__setitem__(namespace, sids if type(sids) is _Sids else _Sids(dict.fromkeys(sids)))
+        super().__setitem__(namespace, _Sids(dict.fromkeys(sids)))
 
 
 class IndexedManager(socketio.AsyncManager):  # type: ignore[misc]
