@@ -11,31 +11,41 @@ User and device names are escaped (``%``, ``:``, tab, braces) so that no two (us
 pairs can name the same key. The Python helpers take names as the service knows them and
 escape them; the Lua functions of :data:`LUA_PRELUDE`, generated from the same constants, take
 the escaped names the scripts receive, and ``p``, a bucket's prefix for one site. No key is
-spelt anywhere else.
+spelt anywhere else. A device entry, ``{user}:{device}`` (escaped: no ``:`` in either), names
+a device within its bucket and site: the tail of its keys, and what a room's members hold.
 
     {prefix}{b<n>}:{site}:dev:{user}:{device}   HASH  seq (last assigned), conns (all nodes),
                                                       overflow, seen, imported, n:{node}
-                                                      (connections on that node), nodes
-                                                      (the nodes with connections, comma-
-                                                      separated: a send reads one field)
+                                                      (connections on that node)
     {prefix}{b<n>}:{site}:msg:{user}:{device}   HASH  "{seq}:{event}" -> record (flags byte +
                                                       JSON); the event in the field name lets
                                                       a resync ack find an event's messages
                                                       without reading their payloads
+    {prefix}{b<n>}:{site}:holders               HASH  "{user}:{device}" (a device entry) ->
+                                                      the nodes holding its connections,
+                                                      comma-separated ('' offline): a send
+                                                      reads a bucket's in one HMGET; a
+                                                      device has one while its hash is kept
+    {prefix}{b<n>}:{site}:caps                  HASH  device entry -> the highest seq it can
+                                                      take before its queue's length must be
+                                                      read again (see ENQUEUE); "max" -> the
+                                                      max_queue they were counted for
     {prefix}{b<n>}:{site}:user:{user}           HASH  conns
     {prefix}{b<n>}:{site}:devices:{user}        SET   device names
     {prefix}{b<n>}:{site}:rooms:{user}          SET   shared rooms (lower case), latest auth
-    {prefix}{b<n>}:{site}:members:{room}        SET   the bucket's users holding the room
+    {prefix}{b<n>}:{site}:members:{room}        SET   the device entries of the bucket's
+                                                      users holding the room: a send to the
+                                                      room reads its devices, not its users
     {prefix}{b<n>}:{site}:idem:{key}            STRING what the part of a message sent with
                                                       this idempotency key stored (expires)
     {prefix}{b<n>}:depth                        HASH  site -> messages stored in the bucket's
                                                       queues (the queue_depth metric: read
                                                       without walking the keyspace)
     {prefix}{b<n>}:expiring:users               ZSET  "{p}\\t{user}", score: when the user's
-                                                      keys expire (ms); the sweep then takes
-                                                      it out of its rooms' members
+                                                      keys expire (ms)
     {prefix}{b<n>}:expiring:devices             ZSET  "{p}\\t{user}\\t{device}", likewise: the
-                                                      sweep takes it out of its device set
+                                                      sweep takes it out of its device set,
+                                                      its rooms' members and the holders
     {prefix}{b<n>}:node:{node}:devices          SET   "{p}\\t{user}\\t{device}" the node holds
                                                       a connection of, so that a dead node's
                                                       connections can be released
@@ -55,19 +65,22 @@ import zlib
 from functools import lru_cache
 
 DEFAULT_PREFIX = "sws:"
-LAYOUT = "2"  # 1: one prefix per site, no buckets (0.1.0); converted by ``redis_layout``
+LAYOUT = "3"  # converted by ``redis_layout`` from 1 (0.1.0: one prefix per site, no buckets)
+# and 2 (rooms' members were users; each device hash held its nodes field)
 BUCKETS = 256
 SEP = ":"
 HELD_SEP = "\t"
 DEVICE, MESSAGES = "dev", "msg"
 EVENTS = "evt"  # layout 1 only: a per-event index, now in the message field names
 USER, DEVICES, ROOMS, MEMBERS = "user", "devices", "rooms", "members"
+HOLDERS, CAPS = "holders", "caps"
+CAPS_MAX = "max"  # the caps hash's field of the max_queue its caps were counted for
 IDEMPOTENCY = "idem"
 NODE = "node"
 EXPIRING = "expiring"
 DEPTH = "depth"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
-NODES_FIELD = "nodes"  # the device hash's list of the nodes holding its connections
+NODES_FIELD = "nodes"  # layout 2: the device hash's list of its holders (now in HOLDERS)
 
 
 # Every ack and every delivery names a user and a device. Bounded: names are at most a few
@@ -119,6 +132,26 @@ def device_keys(p: str, user: str, device: str) -> tuple[str, str]:
     """The device's hash and its messages, under bucket prefix ``p``."""
     tail = f"{escape(user)}{SEP}{escape(device)}"
     return f"{p}{DEVICE}{SEP}{tail}", f"{p}{MESSAGES}{SEP}{tail}"
+
+
+def device_entry(user: str, device: str) -> str:
+    """A device within its bucket and site, as a room's members and the holders hash hold it."""
+    return f"{escape(user)}{SEP}{escape(device)}"
+
+
+def split_device_entry(entry: str) -> tuple[str, str]:
+    """(user, device) of a device entry, unescaped."""
+    user, _, device = entry.partition(SEP)
+    return unescape(user), unescape(device)
+
+
+def holders(p: str) -> str:
+    """Every device of the bucket's site: the nodes holding its connections."""
+    return f"{p}{HOLDERS}"
+
+
+def caps(p: str) -> str:
+    return f"{p}{CAPS}"
 
 
 def user_keys(p: str, user: str) -> tuple[str, str, str]:
@@ -195,6 +228,19 @@ def layout_1_key(prefix: str, key: str) -> tuple[str, str, str] | None:
     return None
 
 
+def bucket_key(prefix: str, key: str) -> tuple[str, str, str] | None:
+    """(bucket prefix ``p``, kind, rest) of a site's key in a bucket,
+    ``{prefix}{b<n>}:{site}:{kind}:{rest}``; None for the bucket's own keys."""
+    if not key.startswith(f"{prefix}{{b"):
+        return None
+    tag_end = key.find("}" + SEP, len(prefix))
+    parts = key[tag_end + 2 :].split(SEP, 2) if tag_end > 0 else []
+    if len(parts) != 3:
+        return None
+    site, kind, rest = parts
+    return f"{key[: tag_end + 2]}{site}{SEP}", kind, rest
+
+
 def depth(g: str) -> str:
     """The bucket's count of stored messages, per site (a site's queue depth is the sum of its
     field over the buckets). Every script that stores or removes messages changes it; the
@@ -254,6 +300,9 @@ local function device_keys(p, user, device)
   return p .. {_lua(DEVICE + SEP)} .. user .. {_lua(SEP)} .. device,
     p .. {_lua(MESSAGES + SEP)} .. user .. {_lua(SEP)} .. device
 end
+local function entry_keys(p, entry)  -- a device's keys, by its entry
+  return p .. {_lua(DEVICE + SEP)} .. entry, p .. {_lua(MESSAGES + SEP)} .. entry
+end
 local function devices_key(p, user) return p .. {_lua(DEVICES + SEP)} .. user end
 local function user_keys(p, user)
   return p .. {_lua(USER + SEP)} .. user, p .. {_lua(DEVICES + SEP)} .. user,
@@ -271,35 +320,23 @@ end
 local function user_key(p, user) return p .. {_lua(USER + SEP)} .. user end
 local function node_field(node) return {_lua(NODE_FIELD)} .. node end
 local NODE_FIELD = {_lua(NODE_FIELD)}
-local NODES_FIELD = {_lua(NODES_FIELD)}
--- The nodes named by a device hash's n:{{node}} fields, comma-separated.
-local function holders_of(fields)
-  local holders = ''
-  for k = 1, #fields do
-    if string.find(fields[k], NODE_FIELD, 1, true) == 1 then
-      local node = string.sub(fields[k], #NODE_FIELD + 1)
-      holders = holders == '' and node or holders .. ',' .. node
-    end
-  end
-  return holders
-end
--- The nodes holding a device's connections ('' for none), or false: no such device. One
--- field to read on every send; hashes written before it existed are read by their n: fields.
-local function nodes_of(dev)
-  local nodes = redis.call('HGET', dev, NODES_FIELD)
-  if nodes then return nodes end
-  local fields = redis.call('HKEYS', dev)
-  return #fields > 0 and holders_of(fields)
+local function holders_key(p) return p .. {_lua(HOLDERS)} end
+local function caps_key(p) return p .. {_lua(CAPS)} end
+local CAPS_MAX = {_lua(CAPS_MAX)}
+local function device_entry(user, device) return user .. {_lua(SEP)} .. device end
+local function split_device_entry(entry)  -- user, device
+  local at = string.find(entry, {_lua(SEP)}, 1, true)
+  return string.sub(entry, 1, at - 1), string.sub(entry, at + 1)
 end
 -- A device's count of connections on ``node`` changes by ``by`` -> the count left, and the
--- nodes field's new value if the node became, or stopped being, a holder (for the caller's
--- HSET); ``nodes``: the field as the caller read it, if it did.
+-- holders' new value if the node became, or stopped being, one of them (for the caller to
+-- write); ``nodes``: the device's holders as the caller read them.
 local function count_on_node(dev, node, by, nodes)
   local field = node_field(node)
   local left = redis.call('HINCRBY', dev, field, by)
   if left > 0 and left ~= by then return left end  -- the node was, and stays, a holder
   local kept = {{}}
-  for other in string.gmatch(nodes or nodes_of(dev) or '', '[^,]+') do
+  for other in string.gmatch(nodes, '[^,]+') do
     if other ~= node then kept[#kept + 1] = other end
   end
   if left > 0 then kept[#kept + 1] = node else redis.call('HDEL', dev, field) end
@@ -315,6 +352,7 @@ local function user_entry(p, user) return p .. {_lua(HELD_SEP)} .. user end
 local function split_user_entry(entry)
   return string.match(entry, {_lua(_USER_ENTRY_PATTERN)})
 end
+local SEP = {_lua(SEP)}
 -- (%d: a number's own conversion to a string is a float's, several times slower)
 local function message_field(seq, event) return string.format('%d', seq) .. {_lua(SEP)} .. event end
 local function split_message_field(field)  -- seq (a number), event

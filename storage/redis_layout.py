@@ -1,12 +1,14 @@
 """Converts a Redis store written in an earlier key layout, once, when a node starts.
 
-Layout 1 (release 0.1.0) kept each site's keys under one prefix; this release keeps each user's
-keys in a bucket (``redis_keys``). The first node of this release to start converts every key
-(queues with the time they had left, devices, rooms, what expires, what each node held), so
-that nothing queued before the upgrade is lost, then records the layout; the others wait for
-it. Nodes of the earlier release must be stopped first: they write the old layout.
-Idempotency records are not carried over (a retry, after the upgrade, of a send made before
-it stores again).
+Layout 1 (release 0.1.0) kept each site's keys under one prefix; layout 2 keeps each user's
+keys in a bucket (``redis_keys``); layout 3, this release's, keeps the devices of a room's
+members in the room's member sets and each device's holders in its bucket's holders hash.
+The first node of this release to start converts every key (queues with the time they had
+left, devices, rooms, what expires, what each node held), so that nothing queued before the
+upgrade is lost, then records the layout; the others wait for it. Nodes of an earlier release
+must be stopped first: they write the old layout. Idempotency records of layout 1 are not
+carried over (a retry, after the upgrade, of a send made before it stores again); those of
+layout 2 are read as they are.
 """
 
 from __future__ import annotations
@@ -42,32 +44,68 @@ async def upgrade(wire: Wire, prefix: str, dead_after: float) -> None:
                 return
         raise StoreUnavailable("another node is converting the Redis layout and has not finished")
     try:
-        found = await _old_keys(wire, prefix)
-        if found:
+        recorded = await wire.command(b"GET", marker)  # again, under the lock
+        if recorded == LAYOUT.encode():
+            return
+        if recorded not in (None, b"2"):
+            raise StoreUnavailable(
+                f"Redis holds layout {recorded.decode(errors='replace')}, which this release "
+                f"(layout {LAYOUT}) does not know: run the release that wrote it"
+            )
+        found = [] if recorded else await _old_keys(wire, prefix)
+        if found or recorded:
             await _refuse_if_old_nodes_run(wire, prefix, dead_after)
-            logger.info("Redis: converting {} keys of layout 1 to layout {}", len(found), LAYOUT)
+        if found:
+            logger.info("Redis: converting {} keys of layout 1 to layout 2", len(found))
             await _convert(wire, prefix, found)
+        if found or recorded:
+            converted = await _convert_2(wire, prefix)
+            logger.info("Redis: converted {} keys of layout 2 to layout {}", converted, LAYOUT)
         await wire.command(b"SET", marker, LAYOUT)
     finally:
         await wire.command(b"DEL", lock)
 
 
-async def _old_keys(wire: Wire, prefix: str) -> list[tuple[str, tuple[str, str, str]]]:
+async def _scan(wire: Wire, pattern: str) -> list[str]:
+    """Every key matching ``pattern``, on every primary."""
     found = []
     for node in wire.primaries():
         cursor: Any = b"0"
         while True:
             cursor, batch = await node.command(
-                b"SCAN", cursor, b"MATCH", f"{prefix}*", b"COUNT", SCAN_COUNT
+                b"SCAN", cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT
             )
-            for key in batch:
-                name = key.decode()
-                parsed = keys.layout_1_key(prefix, name)
-                if parsed is not None:
-                    found.append((name, parsed))
+            found += [key.decode() for key in batch]
             if cursor == b"0":
                 break
     return found
+
+
+async def _old_keys(wire: Wire, prefix: str) -> list[tuple[str, tuple[str, str, str]]]:
+    found = []
+    for name in await _scan(wire, f"{prefix}*"):
+        parsed = keys.layout_1_key(prefix, name)
+        if parsed is not None:
+            found.append((name, parsed))
+    return found
+
+
+async def _convert_2(wire: Wire, prefix: str) -> int:
+    """Layout 2 to 3: each room's member set holds its users' device entries instead of the
+    users; each device's holders move from its hash to the bucket's holders hash."""
+    calls: list[tuple[Any, list[str], list[Any]]] = []
+    for name in await _scan(wire, f"{prefix}{{b*"):
+        parsed = keys.bucket_key(prefix, name)
+        if parsed is None:
+            continue
+        p, kind, rest = parsed
+        if kind == keys.MEMBERS:
+            calls.append((scripts.CONVERT_MEMBERS, [name], [p]))
+        elif kind == keys.DEVICE and keys.SEP in rest:
+            calls.append((scripts.CONVERT_HOLDERS, [name], [p, rest]))
+    for start in range(0, len(calls), 1000):
+        await wire.run_scripts(calls[start : start + 1000])
+    return len(calls)
 
 
 async def _refuse_if_old_nodes_run(wire: Wire, prefix: str, dead_after: float) -> None:

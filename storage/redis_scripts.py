@@ -138,18 +138,24 @@ local function count(s)
 end
 """
 
-# A device seen now; and its nodes field, when the caller's count_on_node changed it.
-_SEEN = """
-local function mark_seen(dev, nodes)
-  if nodes then
-    redis.call('HSET', dev, 'seen', now_us(), NODES_FIELD, nodes)
-  else
-    redis.call('HSET', dev, 'seen', now_us())
-  end
+# A device seen now; and its holders, when the caller's count_on_node changed them. A device
+# that no longer exists leaves the bucket's indexes: its user's device set, the holders, the
+# caps, and the members of ``rooms`` (its user's).
+_DEVICE = """
+local function mark_seen(dev, p, entry, nodes)
+  redis.call('HSET', dev, 'seen', now_us())
+  if nodes then redis.call('HSET', holders_key(p), entry, nodes) end
+end
+local function unindex_device(p, devices, user, device, rooms)
+  local entry = device_entry(user, device)
+  redis.call('SREM', devices, device)
+  redis.call('HDEL', holders_key(p), entry)
+  redis.call('HDEL', caps_key(p), entry)
+  for _, room in ipairs(rooms) do redis.call('SREM', members_key(p, room), entry) end
 end
 """
 
-_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE + _ARGUMENTS + _SEEN)
+_PRELUDE = _definitions(LUA_PRELUDE + _NOW + _GONE + _ARGUMENTS + _DEVICE)
 
 
 def _script(body: str, with_deadline: bool = False) -> Script:
@@ -172,16 +178,28 @@ CONNECT_DEVICE = _script(
 local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, node, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_devices = tonumber(ARGV[6])
+local entry, holders = device_entry(user, device), holders_key(p)
 -- reads
-local expired, retire = {}, {}
 local exists = redis.call('EXISTS', dev) == 1
+-- a reconnect with the rooms it had (most are) leaves the rooms' members as they are
+local old_rooms = redis.call('SMEMBERS', rooms)
+local same_rooms = #old_rooms == #ARGV - 6
+if same_rooms then
+  local had = {}
+  for _, room in ipairs(old_rooms) do had[room] = true end
+  for i = 7, #ARGV do same_rooms = same_rooms and had[ARGV[i]] == true end
+end
+-- the user's devices: for a new one's place among max_devices, or to follow new rooms
+local names = (not exists or not same_rooms) and redis.call('SMEMBERS', devices) or {}
+local expired, retire, dropped = {}, {}, {}
 if not exists then  -- new to the user: it needs a place among max_devices
   local live, offline = 0, {}
-  for _, other in ipairs(redis.call('SMEMBERS', devices)) do
+  for _, other in ipairs(names) do
     local odev, omsg = device_keys(p, user, other)
     if other == device then
     elseif redis.call('EXISTS', odev, omsg) == 0 or redis.call('EXISTS', odev) == 0 then
       expired[#expired + 1] = other
+      dropped[other] = true
     else
       live = live + 1
       local conns, seen = unpack(redis.call('HMGET', odev, 'conns', 'seen'))
@@ -191,26 +209,20 @@ if not exists then  -- new to the user: it needs a place among max_devices
   local over = live - max_devices + 1
   if over > #offline then return {-1, 0, ''} end
   table.sort(offline, function(a, b) return a[1] < b[1] end)
-  for k = 1, math.max(over, 0) do retire[k] = offline[k][2] end
+  for k = 1, math.max(over, 0) do retire[k] = offline[k][2]; dropped[retire[k]] = true end
 end
--- a reconnect with the rooms it had (most are) leaves the rooms' members as they are
-local old_rooms = redis.call('SMEMBERS', rooms)
-local same_rooms = #old_rooms == #ARGV - 6
-if same_rooms then
-  local had = {}
-  for _, room in ipairs(old_rooms) do had[room] = true end
-  for i = 7, #ARGV do same_rooms = same_rooms and had[ARGV[i]] == true end
-else
+if not same_rooms or not exists then
   for _, room in ipairs(old_rooms) do redis.call('EXISTS', members_key(p, room)) end
   for i = 7, #ARGV do redis.call('EXISTS', members_key(p, ARGV[i])) end
 end
-redis.call('EXISTS', depth_key(p))
+redis.call('EXISTS', depth_key(p), holders, caps_key(p))
 -- the device's state, the queue of a device that expired (not swept yet), and those of the
 -- retired ones
 local overflowed, seq, nodes = 0, '0', ''
 if exists then
-  local state = redis.call('HMGET', dev, 'overflow', 'seq', NODES_FIELD)
-  overflowed, seq, nodes = state[1] and 1 or 0, state[2] or '0', state[3]
+  local state = redis.call('HMGET', dev, 'overflow', 'seq')
+  overflowed, seq = state[1] and 1 or 0, state[2] or '0'
+  nodes = redis.call('HGET', holders, entry) or ''
 end
 local stale = not exists and redis.call('HLEN', msg) or 0
 local retired_queued = {}
@@ -219,12 +231,12 @@ for k, name in ipairs(retire) do
   retired_queued[k] = redis.call('HLEN', omsg)
 end
 -- writes
-for _, name in ipairs(expired) do redis.call('SREM', devices, name) end
+for _, name in ipairs(expired) do unindex_device(p, devices, user, name, old_rooms) end
 for k, name in ipairs(retire) do
   local odev, omsg = device_keys(p, user, name)
   redis.call('DEL', odev, omsg)
   count_out(p, retired_queued[k])
-  redis.call('SREM', devices, name)
+  unindex_device(p, devices, user, name, old_rooms)
   redis.call('ZREM', exp_devices, held_entry(p, user, name))
 end
 if stale > 0 then
@@ -232,12 +244,13 @@ if stale > 0 then
   count_out(p, stale)
 end
 if overflowed == 1 then redis.call('HDEL', dev, 'overflow') end
--- A new hash starts with the two fields each send reads: Redis looks a field of a hash this
--- small up by walking its fields from the first.
-if not exists then redis.call('HSET', dev, 'seq', '0', NODES_FIELD, '') end
+if not exists then
+  redis.call('HSET', dev, 'seq', '0')
+  redis.call('HDEL', caps_key(p), entry)  -- its seq starts again: an old cap says nothing
+end
 redis.call('HINCRBY', dev, 'conns', 1)
 local _, now_nodes = count_on_node(dev, node, 1, nodes)
-mark_seen(dev, now_nodes)
+mark_seen(dev, p, entry, now_nodes)
 redis.call('SADD', held, held_entry(p, user, device))
 redis.call('PERSIST', dev); redis.call('PERSIST', msg)
 redis.call('ZREM', exp_devices, held_entry(p, user, device))
@@ -246,14 +259,23 @@ redis.call('PERSIST', devices)
 redis.call('ZREM', exp_users, user_entry(p, user))
 if same_rooms then
   redis.call('PERSIST', rooms)  -- as a new set would be: its user is connected
-else
+  if not exists then
+    for i = 7, #ARGV do redis.call('SADD', members_key(p, ARGV[i]), entry) end
+  end
+else  -- every device of the user follows the new rooms
+  local entries = {entry}
+  for _, name in ipairs(names) do
+    if name ~= device and not dropped[name] then
+      entries[#entries + 1] = device_entry(user, name)
+    end
+  end
   for _, room in ipairs(old_rooms) do
-    redis.call('SREM', members_key(p, room), user)
+    redis.call('SREM', members_key(p, room), unpack(entries))
   end
   redis.call('DEL', rooms)
   for i = 7, #ARGV do
     redis.call('SADD', rooms, ARGV[i])
-    redis.call('SADD', members_key(p, ARGV[i]), user)
+    redis.call('SADD', members_key(p, ARGV[i]), unpack(entries))
   end
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
@@ -270,19 +292,30 @@ DISCONNECT_DEVICE = _script(
 local dev, msg, ukey, devices, rooms, held, exp_users, exp_devices = unpack(KEYS)
 local p, node, user, device = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, forget = tonumber(ARGV[6]), ARGV[7] == '1'
-redis.call('EXISTS', depth_key(dev))  -- reads first (cluster)
-if redis.call('EXISTS', dev) == 1 then
-  local left, nodes = count_on_node(dev, node, -1)
-  mark_seen(dev, nodes)
+local entry, holders = device_entry(user, device), holders_key(p)
+-- reads
+redis.call('EXISTS', depth_key(dev), holders, caps_key(p))
+local exists = redis.call('EXISTS', dev) == 1
+local nodes = exists and (redis.call('HGET', holders, entry) or '')
+local room_names, queued = {}, 0
+if forget and exists then  -- a device forgotten leaves its rooms' members
+  room_names = redis.call('SMEMBERS', rooms)
+  for _, room in ipairs(room_names) do redis.call('EXISTS', members_key(p, room)) end
+  queued = redis.call('HLEN', msg)
+end
+-- writes
+if exists then
+  local left, now_nodes = count_on_node(dev, node, -1, nodes)
+  mark_seen(dev, p, entry, now_nodes)
   if left <= 0 then
     redis.call('SREM', held, held_entry(p, user, device))
   end
   if redis.call('HINCRBY', dev, 'conns', -1) <= 0 then
     redis.call('HSET', dev, 'conns', 0)
     if forget then
-      count_out(p, redis.call('HLEN', msg))
+      count_out(p, queued)
       redis.call('DEL', dev, msg)
-      redis.call('SREM', devices, device)
+      unindex_device(p, devices, user, device, room_names)
     else
       device_gone(ttl, exp_devices, p, user, device)
     end
@@ -309,95 +342,132 @@ return left
 #   n_rooms, users..., shared rooms...). A part is one bucket's share of a message: its
 #   users, and the rooms whose members in the bucket it reaches. Messages are stored in this
 #   order; after one that ends past step_ms, the rest is left for the next call.
-#   -> how many parts were handled; then for each: n, then user, device, seq, nodes
-#      (comma-separated ids of the nodes where the device is connected) for each of the n
-#      devices that stored it; then m, then user, device for each of the m devices whose
-#      queue is full and overflowed just now; then r, then the r rooms that have no members
-#      in the bucket. A part whose idempotency record exists stores nothing: -1, how many
-#      devices the first attempt stored it for, then n and its n deliveries as above
-#      (recorded when there were at most RECORDED_DELIVERIES), then 0, 0.
+#   -> how many parts were handled; then for each: n, then entry, seq, nodes (comma-separated
+#      ids of the nodes where the device is connected) for each of the n devices that stored
+#      it; then m, then the entries of the m devices whose queue is full and overflowed just
+#      now; then r, then the r rooms that have no members in the bucket. A part whose
+#      idempotency record exists stores nothing: -1, how many devices the first attempt
+#      stored it for, then n and its n deliveries as above (recorded when there were at most
+#      RECORDED_DELIVERIES), then 0, 0.
+# A device's queue holds at most max_queue messages. Reading its length for every message
+# would be a command per delivery; the bucket's caps hash says instead up to which seq it
+# need not be read: a queue found with L messages when seq s was assigned can take seqs up to
+# s + max_queue - L - 1 before it could be full (every message stored takes a seq; acks and
+# expiry only shorten it). A device whose hash is made again starts without a cap.
 ENQUEUE = _script(
     f"local RECORDED_DELIVERIES = {RECORDED_DELIVERIES}"
     + """
-local max_queue, idem_ttl = tonumber(ARGV[2]), ARGV[4]
+local max_text, idem_ttl = ARGV[2], ARGV[4]
+local max_queue = tonumber(max_text)
 local guarded = ARGV[5] == '1'  -- Redis Cluster: a slot may be moving (reads before writes)
 -- This script runs for every delivery: its loops avoid what Lua makes costly (closures and
--- tables per part or device, numbers turned into strings, arrays read where a field does).
+-- tables per device, numbers turned into strings, arrays read where a field does).
 local n_names = count(ARGV[6])
 local in_argv = n_names > 0  -- the key names end ARGV: only the first is declared
 local names, last_arg = key_names(n_names)
 local out, n_out = {0}, 1
-local added = guarded and {}  -- messages this call stored per queue (see below)
 local NONE = {}  -- no rooms without members, no devices whose queue filled: most parts
--- One part's reads, returned as (depth, idem, repeated, found, empty rooms, plans): plans
--- holds 8 values per device. On Redis Cluster every part of the call is read before the
--- first write (a key already moved to another primary fails the script having stored
--- nothing); elsewhere each part is written as soon as it is read.
+local call = redis.call
+-- A bucket hash's fields for every entry, in order (after ``first``'s, if given); unpack
+-- takes a few thousand values at most.
+local function fields_of(key, entries, first)
+  if #entries <= 1000 then
+    if first then return call('HMGET', key, first, unpack(entries)) end
+    return call('HMGET', key, unpack(entries))
+  end
+  local all = first and {call('HGET', key, first)} or {}
+  for j = 1, #entries, 1000 do
+    local some = call('HMGET', key, unpack(entries, j, math.min(j + 999, #entries)))
+    for k = 1, #some do all[#all + 1] = some[k] end
+  end
+  return all
+end
+-- One part's reads, returned as (depth, idem, repeated, found, empty rooms, plan): plan holds
+-- the devices' entries, holders, caps and (for offline devices) time left. On Redis Cluster
+-- every part of the call is read before the first write (a key already moved to another
+-- primary fails the script having stored nothing); elsewhere each part is written as soon
+-- as it is read.
 local function read_part(p, depth, idem, first_user, first_room, n_rooms)
-  if in_argv then redis.call('EXISTS', depth) end  -- written below, and not declared
-  local prior = idem and redis.call('GET', idem)
+  if in_argv then call('EXISTS', depth) end  -- written below, and not declared
+  local prior = idem and call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
     local entries, found = {}, {}
     for entry in string.gmatch(prior, '[^:]+') do entries[#entries + 1] = entry end
     for k = 2, #entries do
       local user, device, seq = string.match(entries[k], '^([^\t]*)\t([^\t]*)\t(%d+)$')
-      local nodes = nodes_of((device_keys(p, user, device))) or ''
-      found[#found + 1] = {user, device, tonumber(seq), nodes}
+      local entry = device_entry(user, device)
+      local nodes = call('HGET', holders_key(p), entry) or ''
+      found[#found + 1] = {entry, tonumber(seq), nodes}
     end
     return depth, idem, tonumber(entries[1]), found
   end
-  -- the users: those named (distinct: the store sends each once), then the rooms' members
-  local targets, n_targets, empty_rooms = ARGV, first_room - 1, NONE
+  -- the devices: those of the users named (distinct: the store sends each once), then the
+  -- rooms' members
+  local entries, n, empty_rooms = NONE, 0, NONE
   if n_rooms == 1 and first_user == first_room then  -- one room: a set has no duplicates
-    targets = redis.call('SMEMBERS', members_key(p, ARGV[first_room]))
-    first_user, n_targets = 1, #targets
-    if n_targets == 0 then empty_rooms = {ARGV[first_room]} end
-  elseif n_rooms > 0 then
-    local seen = {}
-    targets = {}
-    for k = first_user, first_room - 1 do seen[ARGV[k]] = true; targets[#targets + 1] = ARGV[k] end
+    entries = call('SMEMBERS', members_key(p, ARGV[first_room]))
+    n = #entries
+    if n == 0 then empty_rooms = {ARGV[first_room]} end
+  else
+    entries = {}
+    local seen = n_rooms > 0 and {}
+    for k = first_user, first_room - 1 do
+      local user = ARGV[k]
+      local device_names = call('SMEMBERS', devices_key(p, user))
+      for d = 1, #device_names do
+        local entry = device_entry(user, device_names[d])
+        n = n + 1
+        entries[n] = entry
+        if seen then seen[entry] = true end
+      end
+    end
     for k = first_room, first_room + n_rooms - 1 do
-      local found = redis.call('SMEMBERS', members_key(p, ARGV[k]))
+      local found = call('SMEMBERS', members_key(p, ARGV[k]))
       if #found == 0 then
         if empty_rooms == NONE then empty_rooms = {} end
         empty_rooms[#empty_rooms + 1] = ARGV[k]
       end
-      for _, user in ipairs(found) do  -- expired users have no devices; swept later
-        if not seen[user] then seen[user] = true; targets[#targets + 1] = user end
+      for _, entry in ipairs(found) do
+        if not seen[entry] then seen[entry] = true; n = n + 1; entries[n] = entry end
       end
     end
-    first_user, n_targets = 1, #targets
   end
-  local plans, n = {}, 0
-  for t = first_user, n_targets do
-    local user = targets[t]
-    local devices = devices_key(p, user)
-    local device_names = redis.call('SMEMBERS', devices)
-    for d = 1, #device_names do
-      local device = device_names[d]
-      local dev, msg = device_keys(p, user, device)
-      local holders, queued, ttl = nodes_of(dev), 0, 0  -- holders false: the device expired
-      if holders then
-        queued = redis.call('HLEN', msg)
-        -- An offline device's messages expire with it; its first one makes a new hash.
-        if queued == 0 and holders == '' then ttl = redis.call('PTTL', dev) end
-      end
-      plans[n + 1], plans[n + 2], plans[n + 3], plans[n + 4] = devices, user, device, dev
-      plans[n + 5], plans[n + 6], plans[n + 7], plans[n + 8] = msg, holders, queued, ttl
-      n = n + 8
+  if n == 0 then return depth, idem, false, false, empty_rooms, NONE end
+  local holders = fields_of(holders_key(p), entries)
+  local caps = fields_of(caps_key(p), entries, CAPS_MAX)
+  -- An offline device (no holders) is stored for while its hash lasts; its queue expires
+  -- with it. A device without holders is gone: its entries wait for the sweep.
+  local ttls = NONE
+  for d = 1, n do
+    if holders[d] == '' then
+      if ttls == NONE then ttls = {} end
+      ttls[d] = call('PTTL', (entry_keys(p, entries[d])))
     end
   end
-  return depth, idem, false, false, empty_rooms, plans
+  if guarded then
+    local written = {}
+    for d = 1, n do
+      if holders[d] and ttls[d] ~= -2 then
+        local dev, msg = entry_keys(p, entries[d])
+        written[#written + 1] = dev
+        written[#written + 1] = msg
+      end
+    end
+    for j = 1, #written, 1000 do
+      call('EXISTS', unpack(written, j, math.min(j + 999, #written)))
+    end
+  end
+  return depth, idem, false, false, empty_rooms, {entries, holders, caps, ttls}
 end
 -- One part's writes, and its answer appended to out.
-local function write_part(event, record, site, depth, idem, repeated, found, empty_rooms, plans)
+local function write_part(event, record, site, p, depth, idem, repeated, found, empty_rooms, plan)
   if repeated then
     out[n_out + 1], out[n_out + 2], out[n_out + 3] = -1, repeated, #found
     n_out = n_out + 3
     for _, f in ipairs(found) do
-      out[n_out + 1], out[n_out + 2], out[n_out + 3], out[n_out + 4] = f[1], f[2], f[3], f[4]
-      n_out = n_out + 4
+      out[n_out + 1], out[n_out + 2], out[n_out + 3] = f[1], f[2], f[3]
+      n_out = n_out + 3
     end
     out[n_out + 1], out[n_out + 2] = 0, 0
     n_out = n_out + 2
@@ -405,41 +475,69 @@ local function write_part(event, record, site, depth, idem, repeated, found, emp
   end
   local count_at, stored, full = n_out + 1, 0, NONE
   n_out = count_at
-  for k = 1, #plans, 8 do
-    local devices, user, device, dev, msg, holders, queued, ttl = unpack(plans, k, k + 7)
-    if not holders then
-      redis.call('SREM', devices, device)
-    elseif queued + (added and added[msg] or 0) >= max_queue then
-      if redis.call('HSETNX', dev, 'overflow', '1') == 1 then
-        if full == NONE then full = {} end
-        full[#full + 1] = user; full[#full + 1] = device
+  if plan ~= NONE then
+    local entries, holders, caps, ttls = plan[1], plan[2], plan[3], plan[4]
+    local caps_valid = caps[1] == max_text  -- counted for this max_queue
+    local new_caps, n_caps = NONE, 0
+    for d = 1, #entries do
+      local nodes, ttl = holders[d], ttls[d]
+      if nodes and ttl ~= -2 then
+        local entry = entries[d]
+        local dev, msg = entry_keys(p, entry)
+        local seq = call('HINCRBY', dev, 'seq', '1')
+        -- seq and cap as decimal strings: compared without a strtod
+        local text, cap = string.format('%d', seq), caps_valid and caps[d + 1]
+        if not cap or #text > #cap or (#text == #cap and text > cap) then
+          local space = max_queue - call('HLEN', msg)
+          if space <= 0 then
+            call('HINCRBY', dev, 'seq', '-1')  -- not stored: seqs stay without gaps
+            seq = nil
+            if call('HSETNX', dev, 'overflow', '1') == 1 then
+              if full == NONE then full = {} end
+              full[#full + 1] = entry
+            end
+          elseif space > 1 then
+            if new_caps == NONE then new_caps = {} end
+            new_caps[n_caps + 1] = entry
+            new_caps[n_caps + 2] = string.format('%d', seq + space - 1)
+            n_caps = n_caps + 2
+          end
+        end
+        if seq then
+          call('HSET', msg, text .. SEP .. event, record)
+          if ttl and ttl > 0 then call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
+          out[n_out + 1], out[n_out + 2], out[n_out + 3] = entry, seq, nodes
+          n_out = n_out + 3
+          stored = stored + 1
+        end
       end
-    else
-      local seq = redis.call('HINCRBY', dev, 'seq', '1')
-      redis.call('HSET', msg, message_field(seq, event), record)
-      if ttl > 0 then redis.call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
-      if added then added[msg] = (added[msg] or 0) + 1 end
-      out[n_out + 1], out[n_out + 2], out[n_out + 3], out[n_out + 4] = user, device, seq, holders
-      n_out = n_out + 4
-      stored = stored + 1
+    end
+    if n_caps > 0 then
+      local key = caps_key(p)
+      if not caps_valid then call('DEL', key) end  -- counted for another max_queue
+      call('HSET', key, CAPS_MAX, max_text)
+      for j = 1, n_caps, 1000 do
+        call('HSET', key, unpack(new_caps, j, math.min(j + 999, n_caps)))
+      end
     end
   end
   out[count_at] = stored
   if stored > 0 then
-    redis.call('HINCRBY', depth, site, string.format('%d', stored))
+    call('HINCRBY', depth, site, string.format('%d', stored))
   end
   if idem then
     local record_of = {stored}
     if stored <= RECORDED_DELIVERIES then
-      for k = count_at + 1, n_out, 4 do
-        record_of[#record_of + 1] = out[k] .. '\t' .. out[k + 1] .. '\t' .. out[k + 2]
+      for k = count_at + 1, n_out, 3 do
+        local user, device = split_device_entry(out[k])
+        record_of[#record_of + 1] = user .. '\t' .. device .. '\t' .. out[k + 1]
       end
     end
-    redis.call('SET', idem, table.concat(record_of, ':'), 'PX', idem_ttl)
+    call('SET', idem, table.concat(record_of, ':'), 'PX', idem_ttl)
   end
-  out[n_out + 1] = #full / 2
+  out[n_out + 1] = #full
   n_out = n_out + 1
-  for _, name in ipairs(full) do n_out = n_out + 1; out[n_out] = name end
+  for _, entry in ipairs(full) do n_out = n_out + 1; out[n_out] = entry end
   out[n_out + 1] = #empty_rooms
   n_out = n_out + 1
   for _, room in ipairs(empty_rooms) do n_out = n_out + 1; out[n_out] = room end
@@ -467,10 +565,11 @@ while i <= last_arg do
   i = first_room + n_rooms
   if reads then
     if idem then idems[idem] = true end
-    local read = {event, record, site, read_part(p, depth, idem, first_user, first_room, n_rooms)}
-    reads[#reads + 1] = read
+    reads[#reads + 1] = {
+      event, record, site, p, read_part(p, depth, idem, first_user, first_room, n_rooms)
+    }
   else
-    write_part(event, record, site, read_part(p, depth, idem, first_user, first_room, n_rooms))
+    write_part(event, record, site, p, read_part(p, depth, idem, first_user, first_room, n_rooms))
   end
  end
  -- past step_ms (on Redis Cluster, half of it: the writes follow), the rest is left
@@ -478,7 +577,7 @@ while i <= last_arg do
   break
  end
 end
-for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 9)) end
+for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 10)) end
 return out
 """,
     with_deadline=True,
@@ -504,12 +603,17 @@ if n_names > 0 then  -- keys not declared: each group's read before the first wr
   end
 end
 local out, n_out, key, i = {}, 0, groups + 1, 2 * groups + 3
+local call = redis.call
 for g = 1, groups do
   local site, removed = ARGV[2 * g + 1], 0
   for _ = 1, count(ARGV[2 * g + 2]) do
     local last, gone = i + count(ARGV[i]), 0
-    for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
-      gone = gone + redis.call('HDEL', names[key], unpack(ARGV, j, math.min(j + 999, last)))
+    if last == i + 1 then  -- one message, as most acks are
+      gone = call('HDEL', names[key], ARGV[last])
+    else
+      for j = i + 1, last, 1000 do  -- unpack's limit: a batch's ack may hold thousands
+        gone = gone + call('HDEL', names[key], unpack(ARGV, j, math.min(j + 999, last)))
+      end
     end
     n_out = n_out + 1
     out[n_out] = gone
@@ -574,13 +678,16 @@ local node, ttl = ARGV[1], tonumber(ARGV[2])
 -- reads
 local entries = redis.call('SMEMBERS', held)
 redis.call('EXISTS', exp_users, exp_devices)
-local counts = {}
+local counts, holders = {}, {}
 for k, entry in ipairs(entries) do
   local p, user, device = split_held(entry)
   local dev, msg = device_keys(p, user, device)
   local ukey, devices, rooms = user_keys(p, user)
-  redis.call('EXISTS', dev, msg, ukey, devices, rooms)
+  redis.call('EXISTS', dev, msg, ukey, devices, rooms, holders_key(p))
   counts[k] = tonumber(redis.call('HGET', dev, node_field(node)) or '0')
+  if counts[k] > 0 then
+    holders[k] = redis.call('HGET', holders_key(p), device_entry(user, device)) or ''
+  end
 end
 -- writes
 for k, entry in ipairs(entries) do
@@ -588,8 +695,8 @@ for k, entry in ipairs(entries) do
   if count > 0 then
     local p, user, device = split_held(entry)
     local dev = device_keys(p, user, device)
-    local _, nodes = count_on_node(dev, node, -count)
-    redis.call('HSET', dev, NODES_FIELD, nodes)
+    local _, nodes = count_on_node(dev, node, -count, holders[k])
+    if nodes then redis.call('HSET', holders_key(p), device_entry(user, device), nodes) end
     if redis.call('HINCRBY', dev, 'conns', -count) <= 0 then
       redis.call('HSET', dev, 'conns', 0)
       device_gone(ttl, exp_devices, p, user, device)
@@ -613,14 +720,20 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 # KEYS: the bucket's expiring users and devices. ARGV: how many of each to look at, at most
 #   -> {how many set entries were removed, how many due entries were looked at, then the
 #       rooms (as "p\troom") left without members in the bucket}
-#   A device whose keys expired leaves its user's device set; a user whose keys expired leaves
-#   the member set of each of its shared rooms (its rooms set outlives it for this).
+#   A device whose keys expired leaves its user's device set, the holders, the caps and the
+#   members of its user's rooms (the rooms set outlives the user for this); a user whose keys
+#   expired, its rooms set (and the entries of devices an import kept longer than the user).
+#   A user's devices expire no later than it: users are looked at once no device is left
+#   waiting, so that each device still finds its user's rooms.
 SWEEP = _script("""
 local exp_users, exp_devices = unpack(KEYS)
 local limit, now = tonumber(ARGV[1]), now_ms()
 -- reads
 local due_devices = redis.call('ZRANGEBYSCORE', exp_devices, '-inf', now, 'LIMIT', 0, limit)
-local due_users = redis.call('ZRANGEBYSCORE', exp_users, '-inf', now, 'LIMIT', 0, limit)
+local due_users = {}
+if #due_devices < limit then
+  due_users = redis.call('ZRANGEBYSCORE', exp_users, '-inf', now, 'LIMIT', 0, limit)
+end
 local gone_devices, gone_users, left, later = {}, {}, {}, {}
 -- A key that is still there (due this very millisecond, or kept by a reconnect that did not
 -- clear its entry) keeps its entry, due again when its time is up; one without expiry, none.
@@ -628,10 +741,18 @@ local function not_yet(zset, entry, key)
   local ttl = redis.call('PTTL', key)
   later[#later + 1] = {zset, entry, ttl >= 0 and now + ttl + 1 or nil}  -- -1: persisted
 end
+local function read_rooms(p, rooms)  -- and each room's members, counted once
+  local held = redis.call('SMEMBERS', rooms)
+  for _, room in ipairs(held) do
+    local key = members_key(p, room)
+    if left[key] == nil then left[key] = redis.call('SCARD', key) end
+  end
+  return held
+end
 local queues = {}  -- the queues of expired devices: deleted, and counted out of the depth
 for _, entry in ipairs(due_devices) do
   local p, user, device = split_held(entry)
-  local _, devices = user_keys(p, user)
+  local _, devices, rooms = user_keys(p, user)
   local dev, msg = device_keys(p, user, device)
   if redis.call('EXISTS', dev) == 1 then
     not_yet(exp_devices, entry, dev)
@@ -641,43 +762,52 @@ for _, entry in ipairs(due_devices) do
       redis.call('EXISTS', depth_key(msg))
       queues[#queues + 1] = {msg, queued}
     end
-    if redis.call('SISMEMBER', devices, device) == 1 then
-      gone_devices[#gone_devices + 1] = {devices, device}
-    end
+    redis.call('EXISTS', devices, holders_key(p), caps_key(p))
+    gone_devices[#gone_devices + 1] = {p, user, {device}, read_rooms(p, rooms)}
   end
 end
 for _, entry in ipairs(due_users) do
   local p, user = split_user_entry(entry)
-  local ukey, _, rooms = user_keys(p, user)
+  local ukey, devices, rooms = user_keys(p, user)
   if redis.call('EXISTS', ukey) == 1 then
     not_yet(exp_users, entry, ukey)
   else
-    local held = redis.call('SMEMBERS', rooms)
-    for _, room in ipairs(held) do
-      local key = members_key(p, room)
-      if left[key] == nil then left[key] = redis.call('SCARD', key) end
-    end
-    gone_users[#gone_users + 1] = {p, user, rooms, held}
+    local kept = redis.call('SMEMBERS', devices)  -- an imported device may outlive its user
+    gone_users[#gone_users + 1] = {p, user, kept, read_rooms(p, rooms), rooms}
   end
 end
 -- writes
 local removed, emptied = 0, {}
+local function leave(p, user, device_names, rooms)
+  for _, device in ipairs(device_names) do
+    local entry = device_entry(user, device)
+    for _, room in ipairs(rooms) do
+      local key = members_key(p, room)
+      if left[key] > 0 and redis.call('SREM', key, entry) == 1 then
+        removed = removed + 1
+        left[key] = left[key] - 1
+        if left[key] == 0 then emptied[#emptied + 1] = p .. '\t' .. room end
+      end
+    end
+  end
+end
 for _, queue in ipairs(queues) do
   redis.call('DEL', queue[1])
   count_out(queue[1], queue[2])
 end
-for _, gone in ipairs(gone_devices) do removed = removed + redis.call('SREM', gone[1], gone[2]) end
+for _, gone in ipairs(gone_devices) do
+  local p, user, device_names, rooms = unpack(gone)
+  local device = device_names[1]
+  local entry = device_entry(user, device)
+  removed = removed + redis.call('SREM', devices_key(p, user), device)
+  redis.call('HDEL', holders_key(p), entry)
+  redis.call('HDEL', caps_key(p), entry)
+  leave(p, user, device_names, rooms)
+end
 for _, gone in ipairs(gone_users) do
-  local p, user, rooms, held = unpack(gone)
-  for _, room in ipairs(held) do
-    local key = members_key(p, room)
-    if left[key] > 0 and redis.call('SREM', key, user) == 1 then
-      removed = removed + 1
-      left[key] = left[key] - 1
-      if left[key] == 0 then emptied[#emptied + 1] = p .. '\t' .. room end
-    end
-  end
-  redis.call('DEL', rooms)
+  local p, user, device_names, rooms, rooms_key = unpack(gone)
+  leave(p, user, device_names, rooms)
+  redis.call('DEL', rooms_key)
 end
 for _, entry in ipairs(due_devices) do redis.call('ZREM', exp_devices, entry) end
 for _, entry in ipairs(due_users) do redis.call('ZREM', exp_users, entry) end
@@ -706,12 +836,18 @@ IMPORT_QUEUE = _script("""
 local dev, msg, ukey, devices, exp_devices = unpack(KEYS)
 local p, user, device = ARGV[1], ARGV[2], ARGV[3]
 local ttl, max_queue = tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('EXISTS', depth_key(msg))  -- reads first (cluster)
+local entry = device_entry(user, device)
+redis.call('EXISTS', depth_key(msg), holders_key(p), caps_key(p))  -- reads first (cluster)
 local created = redis.call('EXISTS', dev) == 0
-if created then
+local rooms = created and redis.call('SMEMBERS', (select(3, user_keys(p, user)))) or {}
+for _, room in ipairs(rooms) do redis.call('EXISTS', members_key(p, room)) end
+if created then  -- as a connect makes it, offline; in its user's rooms
   count_out(msg, redis.call('HLEN', msg))  -- an expired device's queue, not swept yet
   redis.call('DEL', msg)
-  redis.call('HSET', dev, 'seq', 0, NODES_FIELD, '', 'conns', 0, 'seen', now_us())  -- as connect
+  redis.call('HSET', dev, 'seq', 0, 'conns', 0, 'seen', now_us())
+  redis.call('HSET', holders_key(p), entry, '')
+  redis.call('HDEL', caps_key(p), entry)
+  for _, room in ipairs(rooms) do redis.call('SADD', members_key(p, room), entry) end
 end
 local set_existed = redis.call('EXISTS', devices) == 1
 redis.call('SADD', devices, device)
@@ -789,5 +925,44 @@ end
 redis.call('HINCRBY', depth_key(new), site_field(new), #flat / 2)
 if ttl > 0 then redis.call('PEXPIRE', new, ttl + QUEUE_GRACE_MS) end
 redis.call('DEL', old)
+return 1
+""")
+
+# Layout 2 -> 3 (the converter's). KEYS: a room's members in a bucket. ARGV: the bucket's
+#   prefix for the site -> how many users were replaced by their devices' entries
+CONVERT_MEMBERS = _script("""
+local members, p = KEYS[1], ARGV[1]
+if redis.call('TYPE', members).ok ~= 'set' then return 0 end
+local users = {}
+for _, name in ipairs(redis.call('SMEMBERS', members)) do
+  if not string.find(name, ':', 1, true) then users[#users + 1] = name end
+end
+for _, user in ipairs(users) do
+  for _, device in ipairs(redis.call('SMEMBERS', devices_key(p, user))) do
+    redis.call('SADD', members, device_entry(user, device))
+  end
+  redis.call('SREM', members, user)
+end
+return #users
+""")
+
+# KEYS: a device's hash. ARGV: the bucket's prefix for the site, the device's entry -> 1 if
+#   its holders were moved to the bucket's holders hash (from its nodes field, or, for a hash
+#   older than that field, from its n:{node} fields)
+CONVERT_HOLDERS = _script("""
+local dev, p, entry = KEYS[1], ARGV[1], ARGV[2]
+if redis.call('TYPE', dev).ok ~= 'hash' then return 0 end  -- gone, or a node's (same grammar)
+local nodes = redis.call('HGET', dev, 'nodes')  -- layout 2's field
+if not nodes then
+  local held = {}
+  for _, field in ipairs(redis.call('HKEYS', dev)) do
+    if string.find(field, NODE_FIELD, 1, true) == 1 then
+      held[#held + 1] = string.sub(field, #NODE_FIELD + 1)
+    end
+  end
+  nodes = table.concat(held, ',')
+end
+redis.call('HSET', holders_key(p), entry, nodes)
+redis.call('HDEL', dev, 'nodes')
 return 1
 """)

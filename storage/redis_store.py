@@ -775,9 +775,13 @@ class RedisStore(StoreBase):
             "room_members",
             lambda: self.wire.pipeline([(b"SMEMBERS", keys.members(p, room)) for p in prefixes]),
         )
-        candidates = [
-            (p, m.decode()) for p, members in zip(prefixes, found, strict=True) for m in members
-        ]
+        candidates = list(
+            dict.fromkeys(
+                (p, m.decode().partition(keys.SEP)[0])  # a device entry's user, escaped
+                for p, members in zip(prefixes, found, strict=True)
+                for m in members
+            )
+        )
         alive = await self._call(
             "room_members",
             lambda: self.wire.pipeline([(b"EXISTS", keys.user_key(p, m)) for p, m in candidates]),
@@ -832,13 +836,10 @@ def _part_answers(flat: list[Any], handled: int) -> list[_PartAnswer]:
         if count < 0:
             answer.repeated, count, i = int(flat[i]), int(flat[i + 1]), i + 2
         answer.deliveries = _deliveries(flat, i, count)
-        i += 4 * count
+        i += 3 * count
         full, i = int(flat[i]), i + 1
-        answer.full = [
-            (unescape(flat[j].decode()), unescape(flat[j + 1].decode()))
-            for j in range(i, i + 2 * full, 2)
-        ]
-        i += 2 * full
+        answer.full = [keys.split_device_entry(flat[j].decode()) for j in range(i, i + full)]
+        i += full
         empty, i = int(flat[i]), i + 1
         answer.empty_rooms = [flat[j].decode() for j in range(i, i + empty)]
         i += empty
@@ -847,18 +848,13 @@ def _part_answers(flat: list[Any], handled: int) -> list[_PartAnswer]:
 
 
 def _deliveries(flat: list[Any], at: int, count: int) -> list[Delivery]:
-    """``count`` deliveries of ENQUEUE's answer from ``at``: user, device, seq, nodes."""
+    """``count`` deliveries of ENQUEUE's answer from ``at``: device entry, seq, nodes."""
     deliveries = []
-    for j in range(at, at + 4 * count, 4):
-        nodes = flat[j + 3]
-        deliveries.append(
-            Delivery(
-                unescape(flat[j].decode()),
-                unescape(flat[j + 1].decode()),
-                int(flat[j + 2]),
-                tuple(nodes.decode().split(",")) if nodes else (),
-            )
-        )
+    for j in range(at, at + 3 * count, 3):
+        nodes = flat[j + 2]
+        user, device = keys.split_device_entry(flat[j].decode())
+        held = tuple(nodes.decode().split(",")) if nodes else ()
+        deliveries.append(Delivery(user, device, int(flat[j + 1]), held))
     return deliveries
 
 

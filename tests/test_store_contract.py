@@ -460,7 +460,8 @@ async def test_an_sqlite_file_of_the_previous_release_keeps_its_queue_lengths(
 
 
 async def raw_index(store: Store, url: str | None) -> tuple[set[str], set[str]]:
-    """The store's own index of room ``staff``'s members and of user_2's devices."""
+    """The store's own index of room ``staff``'s members' devices ("user:device") and of
+    user_2's devices."""
     if url is not None:
         p1, p2 = (redis_keys.user_prefix("sws:", SITE, user) for user in ("user_1", "user_2"))
         if redis_url.parse(url).is_cluster:
@@ -477,7 +478,14 @@ async def raw_index(store: Store, url: str | None) -> tuple[set[str], set[str]]:
         return {m.decode() for m in members}, {d.decode() for d in devices}
     db = sqlite3.connect(store.path)  # type: ignore[attr-defined]
     try:
-        members = {row[0] for row in db.execute("SELECT user FROM memberships")}
+        members = {
+            f"{user}:{device}"
+            for user, device in db.execute(
+                "SELECT memberships.user, devices.device FROM memberships"
+                " JOIN devices ON devices.site = memberships.site"
+                " AND devices.user = memberships.user"
+            )
+        }
         devices = {row[0] for row in db.execute("SELECT device FROM devices WHERE user='user_2'")}
     finally:
         db.close()
@@ -497,11 +505,12 @@ async def test_the_sweep_takes_what_expired_out_of_the_indexes(
         await store.connect_device(SITE, "user_2", "c", ["staff"])
         await store.disconnect_device(SITE, "user_2", "c", forget=False)  # user_2 stays
         await store.disconnect_device(SITE, "user_1", "a", forget=False)  # user_1 is gone
-        assert await raw_index(store, store_redis_url) == ({"user_1", "user_2"}, {"b", "c"})
+        everyone = {"user_1:a", "user_2:b", "user_2:c"}
+        assert await raw_index(store, store_redis_url) == (everyone, {"b", "c"})
 
         async def swept() -> bool:
             await store.sweep()
-            return await raw_index(store, store_redis_url) == ({"user_2"}, {"b"})
+            return await raw_index(store, store_redis_url) == ({"user_2:b"}, {"b"})
 
         await until(swept, timeout=15)
         assert await store.shared_room_members(SITE, "staff") == {"user_2"}
