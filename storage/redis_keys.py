@@ -38,9 +38,13 @@ a device within its bucket and site: the tail of its keys, and what a room's mem
                                                       room reads its devices, not its users
     {prefix}{b<n>}:{site}:idem:{key}            STRING what the part of a message sent with
                                                       this idempotency key stored (expires)
-    {prefix}{b<n>}:depth                        HASH  site -> messages stored in the bucket's
-                                                      queues (the queue_depth metric: read
-                                                      without walking the keyspace)
+    {prefix}{b<n>}:depth                        HASH  site -> a share of the messages stored
+                                                      (the queue_depth metric: the sum over
+                                                      the buckets, read without walking the
+                                                      keyspace)
+    {prefix}{b<n>}:probe                        never written: a script that may meet its
+                                                      bucket's slot on the move reads it first
+                                                      (in such a slot, a key not there fails)
     {prefix}{b<n>}:expiring:users               ZSET  "{p}\\t{user}", score: when the user's
                                                       keys expire (ms)
     {prefix}{b<n>}:expiring:devices             ZSET  "{p}\\t{user}\\t{device}", likewise: the
@@ -79,6 +83,7 @@ IDEMPOTENCY = "idem"
 NODE = "node"
 EXPIRING = "expiring"
 DEPTH = "depth"
+PROBE = "probe"
 NODE_FIELD = "n:"  # the field of a device hash counting its connections on one node
 NODES_FIELD = "nodes"  # layout 2: the device hash's list of its holders (now in HOLDERS)
 
@@ -242,9 +247,11 @@ def bucket_key(prefix: str, key: str) -> tuple[str, str, str] | None:
 
 
 def depth(g: str) -> str:
-    """The bucket's count of stored messages, per site (a site's queue depth is the sum of its
-    field over the buckets). Every script that stores or removes messages changes it; the
-    sweep removes an expired device's queue, and counts it out."""
+    """A share of the stored messages, per site: a site's queue depth is the sum of its field
+    over the buckets, and only the sum means anything (a call of ENQUEUE or ACK for several
+    buckets counts all it stores or removes in its first). Every script that stores or
+    removes messages changes it; the sweep removes an expired device's queue, and counts it
+    out."""
     return f"{g}{DEPTH}"
 
 
@@ -312,6 +319,9 @@ local function members_key(p, room) return p .. {_lua(MEMBERS + SEP)} .. room en
 -- Of any key of a site in a bucket (or its prefix p): the bucket's depth hash, the site's field.
 local function depth_key(key)
   return string.sub(key, 1, string.find(key, '}}', 1, true) + 1) .. {_lua(DEPTH)}
+end
+local function probe_key(key)  -- of any key of a bucket: its probe (never written)
+  return string.sub(key, 1, string.find(key, '}}', 1, true) + 1) .. {_lua(PROBE)}
 end
 local function site_field(key)
   local from = string.find(key, '}}', 1, true) + 2

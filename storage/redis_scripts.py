@@ -10,9 +10,10 @@ the bucket's prefix for a site, in ARGV: they are in the bucket's slot by constr
 
 **Reads before writes.** While Redis Cluster moves a slot to another master, a key already
 moved (or not yet created) is not there: a command on it fails the script. So every script
-reads each key it will write before its first write: if the slot is moving, it fails having
-changed nothing, and is run again once the move is done (``redis_wire``). Times are in
-milliseconds; a ttl of 0 means never expire.
+reads each key it will write before its first write, or, for the batched ENQUEUE and ACK,
+each bucket's probe, a key never written, which fails in a slot on the move whichever keys
+have gone: it fails having changed nothing, and is run again once the move is done
+(``redis_wire``). Times are in milliseconds; a ttl of 0 means never expire.
 """
 
 import re
@@ -363,9 +364,9 @@ local guarded = ARGV[5] == '1'  -- Redis Cluster: a slot may be moving (reads be
 -- This script runs for every delivery: its loops avoid what Lua makes costly (closures and
 -- tables per device, numbers turned into strings, arrays read where a field does).
 local n_names = count(ARGV[6])
-local in_argv = n_names > 0  -- the key names end ARGV: only the first is declared
 local names, last_arg = key_names(n_names)
 local out, n_out = {0}, 1
+local counted = {}  -- site -> messages stored: the call's depth, counted in its first bucket
 local NONE = {}  -- no rooms without members, no devices whose queue filled: most parts
 local call = redis.call
 -- A bucket hash's fields for every entry, in order (after ``first``'s, if given); unpack
@@ -382,13 +383,14 @@ local function fields_of(key, entries, first)
   end
   return all
 end
--- One part's reads, returned as (depth, idem, repeated, found, empty rooms, plan): plan holds
--- the devices' entries, holders, caps and (for offline devices) time left. On Redis Cluster
+-- One part's reads, returned as (depth, idem, repeated, found, empty rooms, entries,
+-- holders, caps, ttls): the devices' entries, their holders, caps and, for offline ones,
+-- time left. On Redis Cluster
 -- every part of the call is read before the first write (a key already moved to another
 -- primary fails the script having stored nothing); elsewhere each part is written as soon
 -- as it is read.
 local function read_part(p, depth, idem, first_user, first_room, n_rooms)
-  if in_argv then call('EXISTS', depth) end  -- written below, and not declared
+  if guarded then call('EXISTS', probe_key(depth)) end  -- the slot is not on the move
   local prior = idem and call('GET', idem)
   if prior then
     -- "count" or "count:user\tdevice\tseq:..." (names are escaped: no ':' or tab in them)
@@ -445,23 +447,12 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms)
       ttls[d] = call('PTTL', (entry_keys(p, entries[d])))
     end
   end
-  if guarded then
-    local written = {}
-    for d = 1, n do
-      if holders[d] and ttls[d] ~= -2 then
-        local dev, msg = entry_keys(p, entries[d])
-        written[#written + 1] = dev
-        written[#written + 1] = msg
-      end
-    end
-    for j = 1, #written, 1000 do
-      call('EXISTS', unpack(written, j, math.min(j + 999, #written)))
-    end
-  end
-  return depth, idem, false, false, empty_rooms, {entries, holders, caps, ttls}
+  return depth, idem, false, false, empty_rooms, entries, holders, caps, ttls
 end
 -- One part's writes, and its answer appended to out.
-local function write_part(event, record, site, p, depth, idem, repeated, found, empty_rooms, plan)
+local function write_part(
+  event, record, site, p, depth, idem, repeated, found, empty_rooms, entries, holders, caps, ttls
+)
   if repeated then
     out[n_out + 1], out[n_out + 2], out[n_out + 3] = -1, repeated, #found
     n_out = n_out + 3
@@ -475,8 +466,7 @@ local function write_part(event, record, site, p, depth, idem, repeated, found, 
   end
   local count_at, stored, full = n_out + 1, 0, NONE
   n_out = count_at
-  if plan ~= NONE then
-    local entries, holders, caps, ttls = plan[1], plan[2], plan[3], plan[4]
+  if entries ~= NONE then
     local caps_valid = caps[1] == max_text  -- counted for this max_queue
     local new_caps, n_caps = NONE, 0
     for d = 1, #entries do
@@ -522,9 +512,7 @@ local function write_part(event, record, site, p, depth, idem, repeated, found, 
     end
   end
   out[count_at] = stored
-  if stored > 0 then
-    call('HINCRBY', depth, site, string.format('%d', stored))
-  end
+  if stored > 0 then counted[site] = (counted[site] or 0) + stored end
   if idem then
     local record_of = {stored}
     if stored <= RECORDED_DELIVERIES then
@@ -577,7 +565,10 @@ while i <= last_arg do
   break
  end
 end
-for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 10)) end
+for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 13)) end
+for site, stored in pairs(counted) do
+  call('HINCRBY', names[1], site, string.format('%d', stored))
+end
 return out
 """,
     with_deadline=True,
@@ -591,19 +582,12 @@ return out
 ACK = _script("""
 local n_names, groups = count(ARGV[1]), count(ARGV[2])
 local names = key_names(n_names)
-if n_names > 0 then  -- keys not declared: each group's read before the first write
-  local key = groups + 1
-  for g = 1, groups do
-    local last = key + count(ARGV[2 * g + 2]) - 1
-    redis.call('EXISTS', names[g], unpack(names, key, math.min(key + 998, last)))
-    for j = key + 999, last, 1000 do
-      redis.call('EXISTS', unpack(names, j, math.min(j + 999, last)))
-    end
-    key = last + 1
-  end
+if n_names > 0 then  -- keys not declared: no group's slot is on the move
+  for g = 1, groups do redis.call('EXISTS', probe_key(names[g])) end
 end
 local out, n_out, key, i = {}, 0, groups + 1, 2 * groups + 3
 local call = redis.call
+local counted = {}  -- site -> messages removed: the call's depth, counted in its first bucket
 for g = 1, groups do
   local site, removed = ARGV[2 * g + 1], 0
   for _ = 1, count(ARGV[2 * g + 2]) do
@@ -620,7 +604,10 @@ for g = 1, groups do
     removed = removed + gone
     key, i = key + 1, last + 1
   end
-  if removed > 0 then redis.call('HINCRBY', names[g], site, string.format('%d', -removed)) end
+  if removed > 0 then counted[site] = (counted[site] or 0) + removed end
+end
+for site, removed in pairs(counted) do
+  call('HINCRBY', names[1], site, string.format('%d', -removed))
 end
 return out
 """)
