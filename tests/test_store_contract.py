@@ -313,6 +313,57 @@ async def test_a_full_queue_stores_no_more_and_says_so_once(
         await store.close()
 
 
+async def test_every_device_of_a_user_follows_its_latest_rooms(store: Store) -> None:
+    """The auth answer of one device's connect moves the user's other devices, offline ones
+    included, out of the rooms it no longer names and into the new ones."""
+    await store.connect_device(SITE, "user_1", "away", ["staff", "news"])
+    await store.disconnect_device(SITE, "user_1", "away", forget=False)
+    await store.connect_device(SITE, "user_1", "here", ["staff", "news"])
+    await store.connect_device(SITE, "user_1", "here", ["buyers", "news"])  # a second tab
+    assert await store.enqueue(SITE, [], ["staff"], msg("e", 1)) == []
+    reached = await store.enqueue(SITE, [], ["buyers", "news"], msg("e", 2))
+    assert sorted((d.device, d.seq) for d in reached) == [("away", 1), ("here", 1)]
+    assert await store.shared_room_members(SITE, "staff") == set()
+    assert await store.shared_room_members(SITE, "buyers") == {"user_1"}
+
+
+async def test_the_limit_holds_when_it_is_lowered_and_for_a_device_made_again(
+    store_kind: str, tmp_path: Path, store_redis_url: str | None
+) -> None:
+    """A queue's length is checked against the limit in force (a node started with a lower
+    max_queue), and a device forgotten and made again starts from an empty queue's room, not
+    from what its earlier self had acked (Redis keeps a bound per device: storage/
+    redis_scripts.py, ENQUEUE)."""
+    roomy = make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, max_queue=5)
+    await roomy.open()
+    try:
+        await roomy.connect_device(SITE, "user_1", "phone", [])
+        for n in range(10):  # acked as it goes: the queue never holds more than one
+            (delivery,) = await roomy.enqueue(SITE, ["user_1"], [], msg("e", n))
+            await roomy.ack(SITE, "user_1", "phone", [(delivery.seq, "e")])
+        await roomy.disconnect_device(SITE, "user_1", "phone", forget=True)
+        await roomy.connect_device(SITE, "user_1", "phone", [])
+        stored = [len(await roomy.enqueue(SITE, ["user_1"], [], msg("e", n))) for n in range(7)]
+        assert stored == [1, 1, 1, 1, 1, 0, 0]
+        for seq in (1, 2, 3, 4):
+            await roomy.ack(SITE, "user_1", "phone", [(seq, "e")])
+        assert len(await roomy.enqueue(SITE, ["user_1"], [], msg("e", 7))) == 1  # room for 4
+    finally:
+        await roomy.close()
+    path = getattr(roomy, "path", None)
+    tight = (
+        make_store(store_kind, tmp_path, store_redis_url, device_ttl=3600, max_queue=2)
+        if path is None
+        else type(roomy)(path, device_ttl=3600, max_queue=2)  # type: ignore[call-arg]
+    )
+    await tight.open()
+    try:  # two stored, at the new limit: nothing more
+        assert await tight.enqueue(SITE, ["user_1"], [], msg("e", 8)) == []
+        assert [m.args for m in await tight.pending(SITE, "user_1", "phone")] == [[4], [7]]
+    finally:
+        await tight.close()
+
+
 async def test_a_bulk_send_fills_a_queue_to_the_limit_and_no_further(
     store_kind: str, tmp_path: Path, store_redis_url: str | None
 ) -> None:

@@ -38,6 +38,14 @@ async def test_imported_messages_are_pending_in_original_id_order(store: Store) 
     assert [(d.device, d.seq) for d in deliveries] == [("phone", 4)]
 
 
+async def test_a_device_imported_for_a_user_with_rooms_gets_their_sends(store: Store) -> None:
+    """Its user's shared rooms reach it as they reach the user's other devices."""
+    await store.connect_device(SITE, "user_1", "web", ["staff"])
+    await store.import_queue(SITE, "user_1", "phone", original((1, "a", 1)), ttl=None)
+    deliveries = await store.enqueue(SITE, [], ["staff"], Message("c", [2]))
+    assert sorted((d.device, d.seq) for d in deliveries) == [("phone", 2), ("web", 1)]
+
+
 async def test_importing_again_adds_nothing_and_only_newer_ids_are_added(store: Store) -> None:
     first = original((1, "a", 1), (2, "a", 2))
     await store.import_queue(SITE, "user_1", "phone", first, ttl=None)
