@@ -330,6 +330,7 @@ end
 local function user_key(p, user) return p .. {_lua(USER + SEP)} .. user end
 local function node_field(node) return {_lua(NODE_FIELD)} .. node end
 local NODE_FIELD = {_lua(NODE_FIELD)}
+local NODES_FIELD = {_lua(NODES_FIELD)}  -- layout 2's (the converter reads it)
 local function holders_key(p) return p .. {_lua(HOLDERS)} end
 local function caps_key(p) return p .. {_lua(CAPS)} end
 local CAPS_MAX = {_lua(CAPS_MAX)}

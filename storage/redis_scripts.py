@@ -147,6 +147,11 @@ local function mark_seen(dev, p, entry, nodes)
   redis.call('HSET', dev, 'seen', now_us())
   if nodes then redis.call('HSET', holders_key(p), entry, nodes) end
 end
+local function in_chunks(command, key, values)  -- unpack takes a few thousand at most
+  for j = 1, #values, 1000 do
+    redis.call(command, key, unpack(values, j, math.min(j + 999, #values)))
+  end
+end
 local function unindex_device(p, devices, user, device, rooms)
   local entry = device_entry(user, device)
   redis.call('SREM', devices, device)
@@ -270,13 +275,11 @@ else  -- every device of the user follows the new rooms
       entries[#entries + 1] = device_entry(user, name)
     end
   end
-  for _, room in ipairs(old_rooms) do
-    redis.call('SREM', members_key(p, room), unpack(entries))
-  end
+  for _, room in ipairs(old_rooms) do in_chunks('SREM', members_key(p, room), entries) end
   redis.call('DEL', rooms)
   for i = 7, #ARGV do
     redis.call('SADD', rooms, ARGV[i])
-    redis.call('SADD', members_key(p, ARGV[i]), unpack(entries))
+    in_chunks('SADD', members_key(p, ARGV[i]), entries)
   end
 end
 local conns = redis.call('HINCRBY', ukey, 'conns', 1)
@@ -939,7 +942,7 @@ return #users
 CONVERT_HOLDERS = _script("""
 local dev, p, entry = KEYS[1], ARGV[1], ARGV[2]
 if redis.call('TYPE', dev).ok ~= 'hash' then return 0 end  -- gone, or a node's (same grammar)
-local nodes = redis.call('HGET', dev, 'nodes')  -- layout 2's field
+local nodes = redis.call('HGET', dev, NODES_FIELD)
 if not nodes then
   local held = {}
   for _, field in ipairs(redis.call('HKEYS', dev)) do
@@ -950,6 +953,6 @@ if not nodes then
   nodes = table.concat(held, ',')
 end
 redis.call('HSET', holders_key(p), entry, nodes)
-redis.call('HDEL', dev, 'nodes')
+redis.call('HDEL', dev, NODES_FIELD)
 return 1
 """)
