@@ -386,12 +386,11 @@ local function fields_of(key, entries, first)
   end
   return all
 end
--- One part's reads, returned as (depth, idem, repeated, found, empty rooms, entries,
--- holders, caps, ttls): the devices' entries, their holders, caps and, for offline ones,
--- time left. On Redis Cluster
--- every part of the call is read before the first write (a key already moved to another
--- primary fails the script having stored nothing); elsewhere each part is written as soon
--- as it is read.
+-- One part's reads, returned as (idem, repeated, found, empty rooms, entries, holders,
+-- caps, ttls): the devices' entries, their holders, caps and, for offline ones, time left.
+-- On Redis Cluster every part of the call is read before the first write (a bucket whose
+-- slot is on the move fails the script at its probe, having stored nothing); elsewhere
+-- each part is written as soon as it is read.
 local function read_part(p, depth, idem, first_user, first_room, n_rooms)
   if guarded then call('EXISTS', probe_key(depth)) end  -- the slot is not on the move
   local prior = idem and call('GET', idem)
@@ -405,7 +404,7 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms)
       local nodes = call('HGET', holders_key(p), entry) or ''
       found[#found + 1] = {entry, tonumber(seq), nodes}
     end
-    return depth, idem, tonumber(entries[1]), found
+    return idem, tonumber(entries[1]), found
   end
   -- the devices: those of the users named (distinct: the store sends each once), then the
   -- rooms' members
@@ -438,7 +437,7 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms)
       end
     end
   end
-  if n == 0 then return depth, idem, false, false, empty_rooms, NONE end
+  if n == 0 then return idem, false, false, empty_rooms, NONE end
   local holders = fields_of(holders_key(p), entries)
   local caps = fields_of(caps_key(p), entries, CAPS_MAX)
   -- An offline device (no holders) is stored for while its hash lasts; its queue expires
@@ -450,11 +449,11 @@ local function read_part(p, depth, idem, first_user, first_room, n_rooms)
       ttls[d] = call('PTTL', (entry_keys(p, entries[d])))
     end
   end
-  return depth, idem, false, false, empty_rooms, entries, holders, caps, ttls
+  return idem, false, false, empty_rooms, entries, holders, caps, ttls
 end
 -- One part's writes, and its answer appended to out.
 local function write_part(
-  event, record, site, p, depth, idem, repeated, found, empty_rooms, entries, holders, caps, ttls
+  event, record, site, p, idem, repeated, found, empty_rooms, entries, holders, caps, ttls
 )
   if repeated then
     out[n_out + 1], out[n_out + 2], out[n_out + 3] = -1, repeated, #found
@@ -568,7 +567,7 @@ while i <= last_arg do
   break
  end
 end
-for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 13)) end
+for _, read in ipairs(reads or NONE) do write_part(unpack(read, 1, 12)) end
 for site, stored in pairs(counted) do
   call('HINCRBY', names[1], site, string.format('%d', stored))
 end
