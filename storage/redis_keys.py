@@ -135,8 +135,8 @@ def site_in_bucket(prefix: str, bucket: int, site: str) -> str:
 
 def device_keys(p: str, user: str, device: str) -> tuple[str, str]:
     """The device's hash and its messages, under bucket prefix ``p``."""
-    tail = f"{escape(user)}{SEP}{escape(device)}"
-    return f"{p}{DEVICE}{SEP}{tail}", f"{p}{MESSAGES}{SEP}{tail}"
+    entry = device_entry(user, device)
+    return f"{p}{DEVICE}{SEP}{entry}", f"{p}{MESSAGES}{SEP}{entry}"
 
 
 def device_entry(user: str, device: str) -> str:
@@ -148,15 +148,6 @@ def split_device_entry(entry: str) -> tuple[str, str]:
     """(user, device) of a device entry, unescaped."""
     user, _, device = entry.partition(SEP)
     return unescape(user), unescape(device)
-
-
-def holders(p: str) -> str:
-    """Every device of the bucket's site: the nodes holding its connections."""
-    return f"{p}{HOLDERS}"
-
-
-def caps(p: str) -> str:
-    return f"{p}{CAPS}"
 
 
 def user_keys(p: str, user: str) -> tuple[str, str, str]:
@@ -303,13 +294,12 @@ _USER_ENTRY_PATTERN = f"^([^{HELD_SEP}]*){HELD_SEP}([^{HELD_SEP}]*)$"
 
 # The same grammar for the scripts; every script starts with it (see ``redis_scripts``).
 LUA_PRELUDE = f"""
-local function device_keys(p, user, device)
-  return p .. {_lua(DEVICE + SEP)} .. user .. {_lua(SEP)} .. device,
-    p .. {_lua(MESSAGES + SEP)} .. user .. {_lua(SEP)} .. device
-end
-local function entry_keys(p, entry)  -- a device's keys, by its entry
+local SEP = {_lua(SEP)}
+local function device_entry(user, device) return user .. SEP .. device end
+local function entry_keys(p, entry)  -- a device's hash and messages, by its entry
   return p .. {_lua(DEVICE + SEP)} .. entry, p .. {_lua(MESSAGES + SEP)} .. entry
 end
+local function device_keys(p, user, device) return entry_keys(p, device_entry(user, device)) end
 local function devices_key(p, user) return p .. {_lua(DEVICES + SEP)} .. user end
 local function user_keys(p, user)
   return p .. {_lua(USER + SEP)} .. user, p .. {_lua(DEVICES + SEP)} .. user,
@@ -334,9 +324,8 @@ local NODES_FIELD = {_lua(NODES_FIELD)}  -- layout 2's (the converter reads it)
 local function holders_key(p) return p .. {_lua(HOLDERS)} end
 local function caps_key(p) return p .. {_lua(CAPS)} end
 local CAPS_MAX = {_lua(CAPS_MAX)}
-local function device_entry(user, device) return user .. {_lua(SEP)} .. device end
 local function split_device_entry(entry)  -- user, device
-  local at = string.find(entry, {_lua(SEP)}, 1, true)
+  local at = string.find(entry, SEP, 1, true)
   return string.sub(entry, 1, at - 1), string.sub(entry, at + 1)
 end
 -- A device's count of connections on ``node`` changes by ``by`` -> the count left, and the
@@ -363,9 +352,10 @@ local function user_entry(p, user) return p .. {_lua(HELD_SEP)} .. user end
 local function split_user_entry(entry)
   return string.match(entry, {_lua(_USER_ENTRY_PATTERN)})
 end
-local SEP = {_lua(SEP)}
--- (%d: a number's own conversion to a string is a float's, several times slower)
-local function message_field(seq, event) return string.format('%d', seq) .. {_lua(SEP)} .. event end
+-- A message's field name, of its seq as decimal text and its event. (A seq becomes text with
+-- string.format('%d'): a number's own conversion to a string is a float's, several times
+-- slower.)
+local function message_field(seq_text, event) return seq_text .. SEP .. event end
 local function split_message_field(field)  -- seq (a number), event
   local seq, event = string.match(field, {_lua("^(%d+)" + SEP + "(.*)$")})
   return tonumber(seq), event

@@ -113,7 +113,7 @@ def _needed(body: str, definitions: list[tuple[str, str]]) -> str:
             for name, text in definitions
             if name in used
             for other, _ in definitions
-            if other not in used and re.search(rf"\b{other}\b", text.split("\n", 1)[1])
+            if other not in used and re.search(rf"\b{other}\b", text)
         }
         if not more:
             break
@@ -496,7 +496,7 @@ local function write_part(
           end
         end
         if seq then
-          call('HSET', msg, text .. SEP .. event, record)
+          call('HSET', msg, message_field(text, event), record)
           if ttl and ttl > 0 then call('PEXPIRE', msg, ttl + QUEUE_GRACE_MS) end
           out[n_out + 1], out[n_out + 2], out[n_out + 3] = entry, seq, nodes
           n_out = n_out + 3
@@ -621,7 +621,7 @@ return out
 ACK_HEAD = _script("""
 local dev, msg = unpack(KEYS)
 local seq, event = tonumber(ARGV[1]), ARGV[2]
-local mine = message_field(seq, event)
+local mine = message_field(string.format('%d', seq), event)
 if redis.call('HEXISTS', msg, mine) == 0 then return -1 end
 local head, same = seq, {}
 for _, field in ipairs(redis.call('HKEYS', msg)) do
@@ -828,7 +828,8 @@ local ttl, max_queue = tonumber(ARGV[4]), tonumber(ARGV[5])
 local entry = device_entry(user, device)
 redis.call('EXISTS', depth_key(msg), holders_key(p), caps_key(p))  -- reads first (cluster)
 local created = redis.call('EXISTS', dev) == 0
-local rooms = created and redis.call('SMEMBERS', (select(3, user_keys(p, user)))) or {}
+local _, _, rooms_key = user_keys(p, user)
+local rooms = created and redis.call('SMEMBERS', rooms_key) or {}
 for _, room in ipairs(rooms) do redis.call('EXISTS', members_key(p, room)) end
 if created then  -- as a connect makes it, offline; in its user's rooms
   count_out(msg, redis.call('HLEN', msg))  -- an expired device's queue, not swept yet
@@ -854,7 +855,7 @@ for i = 6, #ARGV, 3 do
       redis.call('HSET', dev, 'overflow', 1)
     else
       local seq = redis.call('HINCRBY', dev, 'seq', 1)
-      redis.call('HSET', msg, message_field(seq, ARGV[i + 1]), ARGV[i + 2])
+      redis.call('HSET', msg, message_field(string.format('%d', seq), ARGV[i + 1]), ARGV[i + 2])
       queued, stored = queued + 1, stored + 1
     end
   end
@@ -909,7 +910,7 @@ local ttl = redis.call('PTTL', old)
 for i = 1, #flat, 2 do
   local record = flat[i + 1]
   local event = string.sub(record, 2, string.find(record, '\\0', 2, true) - 1)
-  redis.call('HSET', new, message_field(flat[i], event), record)
+  redis.call('HSET', new, message_field(string.format('%d', flat[i]), event), record)
 end
 redis.call('HINCRBY', depth_key(new), site_field(new), #flat / 2)
 if ttl > 0 then redis.call('PEXPIRE', new, ttl + QUEUE_GRACE_MS) end
@@ -924,7 +925,7 @@ local members, p = KEYS[1], ARGV[1]
 if redis.call('TYPE', members).ok ~= 'set' then return 0 end
 local users = {}
 for _, name in ipairs(redis.call('SMEMBERS', members)) do
-  if not string.find(name, ':', 1, true) then users[#users + 1] = name end
+  if not string.find(name, SEP, 1, true) then users[#users + 1] = name end  -- not an entry
 end
 for _, user in ipairs(users) do
   for _, device in ipairs(redis.call('SMEMBERS', devices_key(p, user))) do
